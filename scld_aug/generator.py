@@ -1,0 +1,333 @@
+"""The fitted generator: autoencoder + latent diffusion + latent classifier + statistics.
+
+It is independent of scikit-learn: ``SCLDSampler`` has one, caches it, saves it and asks
+it for cells. ``sample`` runs the guided DDIM loop in latent space and decodes the
+result to cells of every input gene.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from scld_aug.data import plain_scalar
+from scld_aug.genes import GenePanel
+from scld_aug.guidance import (
+    classifier_free_guidance,
+    classifier_guidance,
+    classifier_log_prob_gradient,
+    filter_mask,
+)
+from scld_aug.model import Autoencoder, Denoiser, LatentClassifier, NoiseSchedule
+
+SAMPLE_BATCH = 4096
+
+
+@dataclass
+class SamplingParams:
+    """Sampling-time settings; changing them never requires retraining."""
+
+    guidance_scale: float = 2.0
+    post_guidance_scale: float = 0.0
+    n_sampling_steps: int = 50
+    filter_threshold: float | None = None
+    max_filter_rounds: int = 10
+    output: str = "sample"
+
+
+class SCLDGenerator:
+    """A trained SCLD generator.
+
+    Parameters
+    ----------
+    autoencoder, denoiser, classifier : torch modules
+    panel : GenePanel
+        Gene selection and statistics of the training data.
+    classes : ndarray
+        Class labels; class code ``i`` is ``classes[i]``.
+    latent_mean, latent_std : ndarray
+        Standardization of latent codes for the diffusion model.
+    libraries : list of ndarray
+        Observed library sizes per class (counts only), drawn when decoding.
+    config : dict
+        Architecture and training settings (JSON-serializable).
+    history : dict
+        Per-step training losses of each network.
+    """
+
+    def __init__(
+        self,
+        autoencoder: Autoencoder,
+        denoiser: Denoiser,
+        classifier: LatentClassifier,
+        panel: GenePanel,
+        classes: np.ndarray,
+        latent_mean: np.ndarray,
+        latent_std: np.ndarray,
+        libraries: list[np.ndarray],
+        config: dict,
+        history: dict | None = None,
+    ) -> None:
+        self.autoencoder = autoencoder.eval()
+        self.denoiser = denoiser.eval()
+        self.classifier = classifier.eval()
+        self.panel = panel
+        self.classes = np.asarray(classes)
+        self.latent_mean = np.asarray(latent_mean, dtype=np.float32)
+        self.latent_std = np.asarray(latent_std, dtype=np.float32)
+        self.libraries = [np.asarray(lib, dtype=np.float64) for lib in libraries]
+        self.config = dict(config)
+        self.history = history or {}
+        # Standardized training latents lie within a few units; sampling stays in that box.
+        bound = float(config.get("latent_bound", 0.0)) or None
+        self.schedule = NoiseSchedule(config["num_train_timesteps"], config["beta_schedule"], bound)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def n_genes(self) -> int:
+        return self.panel.n_genes
+
+    def to(self, device: str | torch.device) -> SCLDGenerator:
+        for module in (self.autoencoder, self.denoiser, self.classifier):
+            module.to(device)
+        return self
+
+    def class_code(self, label) -> int:
+        matches = np.flatnonzero(self.classes == label)
+        if len(matches) == 0:
+            raise ValueError(
+                f"Unknown class {plain_scalar(label)!r}: the generator was trained on classes "
+                f"{self.classes.tolist()}."
+            )
+        return int(matches[0])
+
+    # ------------------------------------------------------------------ latent sampling
+
+    @torch.no_grad()
+    def _denoise(self, noise: torch.Tensor, code: int, params: SamplingParams) -> torch.Tensor:
+        """Guided DDIM from pure noise to a clean (standardized) latent code."""
+        n = noise.shape[0]
+        labels = torch.full((n,), code, dtype=torch.long, device=noise.device)
+        null = torch.full_like(labels, self.denoiser.null_class)
+        w = params.guidance_scale
+        self.schedule.set_timesteps(params.n_sampling_steps)
+        x = noise
+        for t in self.schedule.timesteps.tolist():
+            tt = torch.full((n,), t, dtype=torch.long, device=x.device)
+            if w == 1.0:
+                eps = self.denoiser(x, tt, labels)
+            else:
+                eps_c, eps_u = self.denoiser(
+                    torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null])
+                ).chunk(2)
+                eps = classifier_free_guidance(eps_c, eps_u, w)
+            if params.post_guidance_scale > 0:
+                grad = classifier_log_prob_gradient(self.classifier, x, tt, labels)
+                eps = classifier_guidance(
+                    eps, grad, self.schedule.noise_level(t), params.post_guidance_scale
+                )
+            x = self.schedule.step(eps, t, x)
+        return x
+
+    @torch.no_grad()
+    def class_probabilities(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latent classifier's class probabilities for clean standardized latents."""
+        t = torch.zeros(latents.shape[0], dtype=torch.long, device=latents.device)
+        return torch.softmax(self.classifier(latents, t), dim=-1)
+
+    def sample_latents(
+        self, code: int, n: int, params: SamplingParams, generator: torch.Generator
+    ) -> np.ndarray:
+        """``n`` standardized latent codes of class ``code``, filtered when asked."""
+        accepted: list[torch.Tensor] = []
+        rejected: list[tuple[torch.Tensor, torch.Tensor]] = []
+        n_accepted = 0
+        rounds = params.max_filter_rounds if params.filter_threshold is not None else 1
+        for _ in range(rounds):
+            need = n - n_accepted
+            # Over-draw when filtering so that one round usually suffices.
+            n_draw = need if params.filter_threshold is None else int(np.ceil(need * 1.25)) + 8
+            for start in range(0, n_draw, SAMPLE_BATCH):
+                size = min(SAMPLE_BATCH, n_draw - start)
+                noise = torch.randn(size, self.latent_mean.shape[0], generator=generator)
+                z = self._denoise(noise.to(self.device), code, params)
+                if params.filter_threshold is None:
+                    accepted.append(z)
+                    continue
+                probs = self.class_probabilities(z)
+                target = torch.full((size,), code, device=z.device)
+                keep = filter_mask(probs, target, params.filter_threshold)
+                accepted.append(z[keep])
+                rejected.append((z[~keep], probs[~keep, code]))
+            n_accepted = sum(len(a) for a in accepted)
+            if n_accepted >= n:
+                break
+        latents = torch.cat(accepted)[:n] if accepted else torch.empty(0)
+        if len(latents) < n:
+            missing = n - len(latents)
+            z_rej = torch.cat([r[0] for r in rejected])
+            p_rej = torch.cat([r[1] for r in rejected])
+            best = torch.argsort(p_rej, descending=True, stable=True)[:missing]
+            warnings.warn(
+                f"Filter (threshold {params.filter_threshold}) accepted only {len(latents)} of "
+                f"{n} cells of class {plain_scalar(self.classes[code])!r} in {rounds} rounds; the remaining "
+                f"{missing} are the best-scoring rejected samples. Lower filter_threshold, "
+                "raise max_filter_rounds or guidance, or check that this class is learnable.",
+                UserWarning,
+                stacklevel=3,
+            )
+            latents = torch.cat([latents.reshape(-1, z_rej.shape[1]), z_rej[best]])
+        return latents.cpu().numpy()
+
+    # ------------------------------------------------------------------ decoding
+
+    @torch.no_grad()
+    def decode(
+        self, latents: np.ndarray, code: int, output: str, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Cells (all genes, dense float64) from standardized latent codes of class ``code``."""
+        panel = self.panel
+        z = torch.as_tensor(latents * self.latent_std + self.latent_mean, device=self.device)
+        decoded = self.autoencoder.decode(z).double().cpu().numpy()
+        dispersion = self.autoencoder.log_dispersion.double().exp().cpu().numpy()
+        n = len(latents)
+        cells = np.zeros((n, panel.n_genes))
+        if panel.likelihood == "nb":
+            library = rng.choice(self.libraries[code], size=n, replace=True)
+            mu = library[:, None] * np.exp(decoded)
+            if output == "mean":
+                values = mu
+            else:
+                rate = rng.gamma(dispersion, mu / dispersion)
+                values = rng.poisson(rate).astype(np.float64)
+            cells[:, panel.genes] = values[:, : len(panel.genes)]
+            if len(panel.rest):
+                other = values[:, -1]
+                profile = panel.rest_profile[code]
+                if output == "mean" or profile.sum() == 0:
+                    cells[:, panel.rest] = other[:, None] * profile
+                else:
+                    cells[:, panel.rest] = rng.multinomial(other.astype(np.int64), profile)
+            return cells
+        mean = decoded * panel.scale + panel.center
+        if output == "mean":
+            values = mean
+        else:
+            values = mean + rng.standard_normal(mean.shape) * dispersion * panel.scale
+        cells[:, panel.genes] = values
+        if len(panel.rest):
+            zero_rate = panel.rest_zero_rate[code]
+            loc, spread = panel.rest_profile[code], panel.rest_spread[code]
+            if output == "mean":
+                cells[:, panel.rest] = (1 - zero_rate) * loc
+            else:
+                draws = loc + spread * rng.standard_normal((n, len(panel.rest)))
+                cells[:, panel.rest] = np.where(
+                    rng.random((n, len(panel.rest))) < zero_rate, 0.0, draws
+                )
+        return np.clip(cells, panel.lower, panel.upper)
+
+    def sample(
+        self, label, n: int, params: SamplingParams, seed: int, batch_size: int = SAMPLE_BATCH
+    ) -> Iterator[np.ndarray]:
+        """Synthetic cells of class ``label`` as dense blocks of at most ``batch_size`` rows.
+
+        Deterministic for a given ``seed`` on CPU; global random state is not touched.
+        """
+        code = self.class_code(label)
+        if params.output == "counts" and self.panel.likelihood != "nb":
+            raise ValueError(
+                "output='counts' needs a generator trained on counts (likelihood='nb'); this one "
+                "models normalized values. Use output='sample' or 'mean'."
+            )
+        torch_gen = torch.Generator().manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        latents = self.sample_latents(code, n, params, torch_gen)
+        for start in range(0, n, batch_size):
+            yield self.decode(latents[start : start + batch_size], code, params.output, rng)
+
+    # ------------------------------------------------------------------ persistence
+
+    def state(self) -> dict:
+        """Tensors and JSON only, so it can be loaded with ``torch.load(weights_only=True)``."""
+        meta = {
+            "config": self.config,
+            "classes": self.classes.tolist(),
+            "classes_dtype": self.classes.dtype.str if self.classes.dtype != object else "object",
+            "likelihood": self.panel.likelihood,
+            "n_genes": self.panel.n_genes,
+            "history": self.history,
+        }
+        panel = {
+            k: torch.from_numpy(np.ascontiguousarray(v))
+            for k, v in self.panel.state().items()
+            if isinstance(v, np.ndarray)
+        }
+        return {
+            "meta": json.dumps(meta),
+            "autoencoder": self.autoencoder.state_dict(),
+            "denoiser": self.denoiser.state_dict(),
+            "classifier": self.classifier.state_dict(),
+            "panel": panel,
+            "latent_mean": torch.from_numpy(self.latent_mean),
+            "latent_std": torch.from_numpy(self.latent_std),
+            "libraries": [torch.from_numpy(lib) for lib in self.libraries],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, device: str | torch.device = "cpu") -> SCLDGenerator:
+        meta = json.loads(state["meta"])
+        config = meta["config"]
+        panel_state = {k: v.numpy() for k, v in state["panel"].items()}
+        panel_state.update(likelihood=meta["likelihood"], n_genes=meta["n_genes"])
+        panel = GenePanel.from_state(panel_state)
+        classes = np.array(
+            meta["classes"],
+            dtype=object if meta["classes_dtype"] == "object" else meta["classes_dtype"],
+        )
+        modules = build_modules(config, panel, len(classes))
+        modules[0].load_state_dict(state["autoencoder"])
+        modules[1].load_state_dict(state["denoiser"])
+        modules[2].load_state_dict(state["classifier"])
+        generator = cls(
+            *modules,
+            panel=panel,
+            classes=classes,
+            latent_mean=state["latent_mean"].numpy(),
+            latent_std=state["latent_std"].numpy(),
+            libraries=[lib.numpy() for lib in state["libraries"]],
+            config=config,
+            history=meta.get("history"),
+        )
+        return generator.to(device)
+
+
+def build_modules(
+    config: dict, panel: GenePanel, n_classes: int
+) -> tuple[Autoencoder, Denoiser, LatentClassifier]:
+    """Fresh (untrained) networks for a configuration and gene panel."""
+    autoencoder = Autoencoder(
+        n_input=len(panel.genes),
+        n_output=panel.n_outputs,
+        latent_dim=config["latent_dim"],
+        hidden_dim=config["hidden_dim"],
+        likelihood=panel.likelihood,
+    )
+    with torch.no_grad():
+        autoencoder.decoder[-1].bias.copy_(torch.from_numpy(panel.output_prior))
+    denoiser = Denoiser(
+        config["latent_dim"],
+        n_classes,
+        hidden_dim=config["hidden_dim"],
+        n_blocks=config["n_blocks"],
+    )
+    classifier = LatentClassifier(config["latent_dim"], n_classes, hidden_dim=config["hidden_dim"])
+    return autoencoder, denoiser, classifier

@@ -1,0 +1,525 @@
+"""``SCLDSampler``: an imbalanced-learn over-sampler backed by single-cell latent diffusion."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import asdict
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from imblearn.over_sampling.base import BaseOverSampler
+from imblearn.utils import check_sampling_strategy
+from sklearn.base import _fit_context
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from scld_aug import data as data_layer
+from scld_aug import train as training
+from scld_aug._random import derive_seeds, resolve_device, seeded
+from scld_aug.data import plain_scalar
+from scld_aug.generator import SamplingParams, SCLDGenerator
+from scld_aug.serialization import atomic_torch_save, safe_torch_load
+
+FORMAT = "scld-aug-sampler"
+FORMAT_VERSION = 1
+TRAINING_PARAMS = (
+    "likelihood",
+    "n_top_genes",
+    "latent_dim",
+    "hidden_dim",
+    "class_balance",
+    "label_dropout",
+    "autoencoder_steps",
+    "diffusion_steps",
+    "classifier_steps",
+    "batch_size",
+    "learning_rate",
+)
+
+
+class SCLDSampler(BaseOverSampler):
+    """Over-sample classes with synthetic cells from a single-cell latent diffusion model.
+
+    An autoencoder compresses expression into a latent space, a class-conditional
+    diffusion model learns the distribution of latent codes, and sampling is steered to
+    the requested cell type by classifier-free guidance (pre-guidance) and, optionally,
+    by the gradient of a classifier on noisy latents (post-guidance) plus a filter.
+    Decoded cells keep every input gene. Follows SCLD (Wang et al., arXiv 2312.14220).
+
+    Training happens on the first ``fit_resample`` (or ``fit``); later calls on the same
+    data with the same training parameters reuse the trained generator, so only
+    sampling-time parameters (``guidance_scale``, ``post_guidance_scale``,
+    ``sampling_strategy``, ``n_sampling_steps``, ``filter_threshold``,
+    ``max_filter_rounds``, ``output``) may change cheaply. ``memory`` extends this reuse
+    across clones and processes.
+
+    Parameters
+    ----------
+    sampling_strategy : float, str, dict or callable, default="auto"
+        Which classes to over-sample and to how many cells, with imbalanced-learn's
+        semantics ("auto", "minority", "not minority", "not majority", "all", a float
+        ratio, a dict ``{class: n_cells_after}``, or a callable ``y -> dict``).
+    random_state : int, RandomState instance or None, default=None
+        Seed for training and sampling. An int gives identical output on CPU and does not
+        touch global random state.
+    likelihood : {"auto", "nb", "gaussian"}, default="auto"
+        Decoder likelihood. ``"auto"`` uses a negative binomial for non-negative integer
+        data (raw counts) and a Gaussian otherwise (e.g. log-normalized values).
+    n_top_genes : int or None, default=2000
+        Number of highly variable genes modelled by the networks; the remaining genes are
+        generated from class-level statistics (see :mod:`scld_aug.genes`). ``None`` models
+        all genes.
+    latent_dim : int, default=32
+        Size of the latent space.
+    hidden_dim : int, default=256
+        Width of the hidden layers of all networks.
+    class_balance : float in [0, 1], default=1.0
+        Minibatches draw cells with probability proportional to ``class_size **
+        -class_balance``: 1 gives every class the same share, 0 is uniform over cells.
+        Without it, a type of ~10 cells among thousands is barely learned.
+    label_dropout : float in (0, 1), default=0.15
+        Probability of replacing the label by the null class while training the
+        denoiser; needed for classifier-free guidance.
+    autoencoder_steps, diffusion_steps, classifier_steps : int
+        Optimizer steps of each network (defaults 1500, 4000, 1000).
+    batch_size : int, default=128
+        Minibatch size for all networks.
+    learning_rate : float, default=1e-3
+        Peak learning rate (one-cycle schedule, AdamW).
+    guidance_scale : float, default=2.0
+        Pre-guidance strength ``w`` in ``eps_u + w (eps_c - eps_u)``: 0 ignores the class,
+        1 is plain conditional sampling, larger values sharpen class identity at some
+        cost in diversity.
+    post_guidance_scale : float, default=0.0
+        Strength of the latent classifier's gradient during sampling (0 disables it).
+    n_sampling_steps : int, default=50
+        DDIM steps per sample.
+    filter_threshold : float in [0, 1] or None, default=None
+        When set, synthetic cells whose latent-classifier probability of their intended
+        class is below the threshold are rejected and re-drawn (up to
+        ``max_filter_rounds`` rounds; a warning says when the quota could not be met).
+    max_filter_rounds : int, default=10
+        Rounds of re-sampling allowed by the filter.
+    output : {"sample", "counts", "mean"}, default="sample"
+        ``"sample"`` draws cells from the decoder's likelihood (integer counts for count
+        data); ``"counts"`` is the same but insists on count data; ``"mean"`` returns
+        expected expression.
+    min_class_size : int, default=3
+        A class must have at least this many cells to be over-sampled.
+    device : str, default="auto"
+        Torch device; ``"auto"`` picks cuda, then mps, then cpu.
+    memory : str, path-like, joblib.Memory or None, default=None
+        Directory where trained generators are cached (keyed by data, labels, training
+        parameters and ``random_state``) so clones, CV folds, searches and other
+        processes reuse them instead of retraining.
+    verbose : bool, default=False
+        Show progress bars for training and sampling.
+
+    Attributes
+    ----------
+    sampling_strategy_ : dict
+        Number of synthetic cells per class.
+    generator_ : SCLDGenerator
+        The trained generator.
+    generator_source_ : {"trained", "reused", "memory", "loaded"}
+        Where ``generator_`` came from on the last fit.
+    likelihood_ : str
+        Likelihood actually used.
+    device_ : torch.device
+        Device used for training and sampling.
+    n_features_in_ : int
+        Number of genes.
+    feature_names_in_ : ndarray of str
+        Gene names, when X was a DataFrame.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scld_aug import SCLDSampler
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.poisson(2.0, size=(60, 30))
+    >>> y = np.array(["common"] * 50 + ["rare"] * 10)
+    >>> sampler = SCLDSampler(random_state=0, autoencoder_steps=20, diffusion_steps=20,
+    ...                       classifier_steps=10, n_sampling_steps=5)
+    >>> X_res, y_res = sampler.fit_resample(X, y)
+    >>> X_res.shape, (y_res == "rare").sum()
+    ((100, 30), np.int64(50))
+    """
+
+    _parameter_constraints: dict = {
+        **BaseOverSampler._parameter_constraints,
+        "likelihood": [StrOptions({"auto", "nb", "gaussian"})],
+        "n_top_genes": [Interval(Integral, 1, None, closed="left"), None],
+        "latent_dim": [Interval(Integral, 1, None, closed="left")],
+        "hidden_dim": [Interval(Integral, 1, None, closed="left")],
+        "class_balance": [Interval(Real, 0, 1, closed="both")],
+        "label_dropout": [Interval(Real, 0, 1, closed="neither")],
+        "autoencoder_steps": [Interval(Integral, 1, None, closed="left")],
+        "diffusion_steps": [Interval(Integral, 1, None, closed="left")],
+        "classifier_steps": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "guidance_scale": [Interval(Real, 0, None, closed="left")],
+        "post_guidance_scale": [Interval(Real, 0, None, closed="left")],
+        "n_sampling_steps": [Interval(Integral, 1, 1000, closed="both")],
+        "filter_threshold": [Interval(Real, 0, 1, closed="both"), None],
+        "max_filter_rounds": [Interval(Integral, 1, None, closed="left")],
+        "output": [StrOptions({"sample", "counts", "mean"})],
+        "min_class_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str],
+        "memory": [None, str, os.PathLike, HasMethods(["cache"])],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        sampling_strategy="auto",
+        random_state=None,
+        likelihood: str = "auto",
+        n_top_genes: int | None = 2000,
+        latent_dim: int = 32,
+        hidden_dim: int = 256,
+        class_balance: float = 1.0,
+        label_dropout: float = 0.15,
+        autoencoder_steps: int = 1500,
+        diffusion_steps: int = 4000,
+        classifier_steps: int = 1000,
+        batch_size: int = 128,
+        learning_rate: float = 1e-3,
+        guidance_scale: float = 2.0,
+        post_guidance_scale: float = 0.0,
+        n_sampling_steps: int = 50,
+        filter_threshold: float | None = None,
+        max_filter_rounds: int = 10,
+        output: str = "sample",
+        min_class_size: int = 3,
+        device: str = "auto",
+        memory=None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(sampling_strategy=sampling_strategy)
+        self.random_state = random_state
+        self.likelihood = likelihood
+        self.n_top_genes = n_top_genes
+        self.latent_dim = latent_dim
+        self.hidden_dim = hidden_dim
+        self.class_balance = class_balance
+        self.label_dropout = label_dropout
+        self.autoencoder_steps = autoencoder_steps
+        self.diffusion_steps = diffusion_steps
+        self.classifier_steps = classifier_steps
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.guidance_scale = guidance_scale
+        self.post_guidance_scale = post_guidance_scale
+        self.n_sampling_steps = n_sampling_steps
+        self.filter_threshold = filter_threshold
+        self.max_filter_rounds = max_filter_rounds
+        self.output = output
+        self.min_class_size = min_class_size
+        self.device = device
+        self.memory = memory
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fitting
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, **params):
+        """Validate the input and train (or reuse) the generator, without resampling.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix, DataFrame} of shape (n_cells, n_genes)
+            Expression matrix: raw counts or normalized values.
+        y : array-like of shape (n_cells,)
+            Cell-type labels.
+
+        Returns
+        -------
+        self : SCLDSampler
+        """
+        check_classification_targets(y)
+        X, y, _ = self._check_X_y(X, y)
+        self.sampling_strategy_ = check_sampling_strategy(
+            self.sampling_strategy, y, self._sampling_type
+        )
+        self._ensure_generator(X, y)
+        return self
+
+    def _fit_resample(self, X, y):
+        self._ensure_generator(X, y)
+        labels, counts = np.unique(y, return_counts=True)
+        size = dict(zip(labels.tolist(), counts.tolist(), strict=True))
+        for label, n in self.sampling_strategy_.items():
+            if n > 0 and size[label] < self.min_class_size:
+                raise ValueError(
+                    f"Class {plain_scalar(label)!r} has {size[label]} cell(s); SCLDSampler needs at least "
+                    f"min_class_size={self.min_class_size} cells of a class to generate it. "
+                    "Leave it out with a dict sampling_strategy, merge it with a related "
+                    "type, or lower min_class_size."
+                )
+        synthetic, synthetic_y = [], []
+        items = [(label, n) for label, n in self.sampling_strategy_.items() if n > 0]
+        for label, n in tqdm(items, desc="generate", disable=not self.verbose, leave=False):
+            synthetic += self._generate_blocks(
+                label, n, X.format if sp.issparse(X) else None, X.dtype
+            )
+            synthetic_y.append(np.full(n, label, dtype=y.dtype))
+        X_res = data_layer.stack_rows(X, synthetic)
+        y_res = np.concatenate([y, *synthetic_y]) if synthetic_y else y.copy()
+        return X_res, y_res
+
+    def _training_config(self, likelihood: str) -> training.TrainingConfig:
+        params = {name: getattr(self, name) for name in TRAINING_PARAMS}
+        params["likelihood"] = likelihood
+        return training.TrainingConfig(**params)
+
+    def _cache_key(self, X: sp.csr_matrix, codes: np.ndarray, classes: np.ndarray, config) -> str:
+        h = hashlib.blake2b(digest_size=20)
+        for array in (X.data, X.indices, X.indptr, codes):
+            h.update(np.ascontiguousarray(array).view(np.uint8).data)
+        seed = self.random_state if isinstance(self.random_state, (int, np.integer)) else "unseeded"
+        h.update(
+            json.dumps(
+                [list(X.shape), [str(c) for c in classes], asdict(config), str(seed)]
+            ).encode()
+        )
+        return h.hexdigest()
+
+    def _memory_path(self, key: str) -> Path | None:
+        if self.memory is None:
+            return None
+        location = getattr(self.memory, "location", self.memory)
+        if location is None:
+            return None
+        return Path(location) / "scld_aug" / f"generator-{key}.pt"
+
+    def _ensure_generator(self, X, y) -> None:
+        """Train the generator unless one for this exact data and config is at hand."""
+        self.device_ = resolve_device(self.device)
+        self.input_dtype_ = np.dtype(X.dtype)
+        self.input_format_ = X.format if sp.issparse(X) else "dense"
+        matrix = data_layer.as_csr(X)
+        self.likelihood_ = data_layer.resolve_likelihood(matrix, self.likelihood)
+        classes, codes = np.unique(y, return_inverse=True)
+        config = self._training_config(self.likelihood_)
+        key = self._cache_key(matrix, codes, classes, config)
+        if getattr(self, "generator_key_", None) == key and hasattr(self, "generator_"):
+            self.generator_source_ = "reused"
+            self.generator_.to(self.device_)
+            return
+        path = self._memory_path(key)
+        if path is not None and path.exists():
+            self.generator_ = SCLDGenerator.from_state(
+                safe_torch_load(path)["generator"], self.device_
+            )
+            self.generator_source_ = "memory"
+        else:
+            if self.likelihood_ == "nb":
+                empty = np.flatnonzero(data_layer.library_sizes(matrix) == 0)
+                if len(empty):
+                    warnings.warn(
+                        f"{len(empty)} cell(s) have zero total counts (first at row {empty[0]}). "
+                        "They carry no expression signal; consider removing empty cells "
+                        "before augmenting.",
+                        UserWarning,
+                        stacklevel=3,
+                    )
+            seed = derive_seeds(self.random_state, 2)[0]
+            with seeded(seed, self.device_):
+                self.generator_ = training.fit_generator(
+                    matrix, codes, classes, config, seed, self.device_, verbose=self.verbose
+                )
+            self.generator_source_ = "trained"
+            if path is not None:
+                atomic_torch_save(
+                    {"format": "scld-aug-generator", "generator": self.generator_.state()}, path
+                )
+        self.generator_key_ = key
+
+    # ------------------------------------------------------------------ generation
+
+    def _sampling_params(self) -> SamplingParams:
+        return SamplingParams(
+            guidance_scale=float(self.guidance_scale),
+            post_guidance_scale=float(self.post_guidance_scale),
+            n_sampling_steps=int(self.n_sampling_steps),
+            filter_threshold=None
+            if self.filter_threshold is None
+            else float(self.filter_threshold),
+            max_filter_rounds=int(self.max_filter_rounds),
+            output=self.output,
+        )
+
+    def _class_seed(self, label) -> int:
+        code = self.generator_.class_code(label)
+        base = derive_seeds(self.random_state, 2)[1]
+        return int(
+            np.random.SeedSequence([base, code]).generate_state(1, np.uint64)[0] >> np.uint64(1)
+        )
+
+    def _generate_blocks(self, label, n: int, sparse_format: str | None, dtype) -> list:
+        params = self._sampling_params()
+        dtype = data_layer.output_dtype(dtype, params.output, self.likelihood_)
+        blocks = []
+        seed = self._class_seed(label)
+        for block in self.generator_.sample(label, n, params, seed):
+            block = block.astype(dtype)
+            blocks.append(sp.csr_matrix(block) if sparse_format else block)
+        return blocks
+
+    def generate(self, n_samples: int, cell_type) -> Any:
+        """Synthetic cells of one class only.
+
+        Parameters
+        ----------
+        n_samples : int
+            Number of cells to generate.
+        cell_type : label
+            A class seen in training.
+
+        Returns
+        -------
+        X_synthetic : ndarray, sparse matrix or DataFrame of shape (n_samples, n_genes)
+            In the container of the training input (CSR/CSC stay sparse, a DataFrame keeps
+            its columns). With an int ``random_state`` the cells equal the synthetic cells
+            of that class produced by ``fit_resample``.
+        """
+        check_is_fitted(self, "generator_")
+        if not isinstance(n_samples, Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        sparse_format = None if self.input_format_ == "dense" else self.input_format_
+        blocks = self._generate_blocks(cell_type, int(n_samples), sparse_format, self.input_dtype_)
+        if sparse_format:
+            return sp.vstack(blocks, format=sparse_format)
+        out = np.vstack(blocks)
+        if hasattr(self, "feature_names_in_"):
+            import pandas as pd
+
+            return pd.DataFrame(out, columns=self.feature_names_in_)
+        return out
+
+    # ------------------------------------------------------------------ AnnData
+
+    def fit_resample_anndata(self, adata, labels_key: str = "cell_type", layer: str | None = None):
+        """Augment an AnnData object by cell type.
+
+        Parameters
+        ----------
+        adata : anndata.AnnData
+            Cells x genes. Not modified.
+        labels_key : str, default="cell_type"
+            Column of ``adata.obs`` with the class labels.
+        layer : str or None, default=None
+            Layer holding the expression to model (e.g. ``"counts"``); ``None`` uses ``X``.
+
+        Returns
+        -------
+        adata_res : anndata.AnnData
+            Original cells first, then synthetic cells, with ``obs["is_synthetic"]``,
+            ``obs[labels_key]`` and the original ``var``. The augmented matrix is in the
+            same place as the input (``X`` or ``layers[layer]``).
+        """
+        X, y = data_layer.anndata_arrays(adata, labels_key, layer)
+        X_res, y_res = self.fit_resample(X, y)
+        return data_layer.augmented_anndata(adata, X_res, np.asarray(y_res), labels_key, layer)
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fitted sampler (parameters + generator) to ``path`` atomically.
+
+        The file holds tensors and JSON only; :meth:`load` reads it without unpickling
+        arbitrary objects.
+        """
+        check_is_fitted(self, "generator_")
+        params = self.get_params(deep=False)
+        portable = {}
+        for name, value in params.items():
+            try:
+                json.dumps(value)
+                portable[name] = value
+            except TypeError:
+                if name == "memory":
+                    portable[name] = str(getattr(value, "location", value))
+                elif name == "sampling_strategy" and isinstance(value, dict):
+                    portable[name] = {
+                        "__dict_items__": [[plain_scalar(k), int(v)] for k, v in value.items()]
+                    }
+                else:
+                    warnings.warn(
+                        f"Parameter {name}={value!r} cannot be saved; the loaded sampler uses "
+                        "its default.",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+        fitted = {
+            "n_features_in_": int(self.n_features_in_),
+            "feature_names_in_": [str(f) for f in getattr(self, "feature_names_in_", [])] or None,
+            "likelihood_": self.likelihood_,
+            "input_dtype_": self.input_dtype_.str,
+            "input_format_": self.input_format_,
+            "generator_key_": self.generator_key_,
+            "sampling_strategy_": [
+                [plain_scalar(k), int(v)] for k, v in self.sampling_strategy_.items()
+            ],
+        }
+        state = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "params": json.dumps(portable),
+            "fitted": json.dumps(fitted),
+            "generator": self.generator_.state(),
+        }
+        atomic_torch_save(state, Path(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> SCLDSampler:
+        """Load a sampler written by :meth:`save`, ready to ``generate`` or resample.
+
+        Parameters
+        ----------
+        path : str or path-like
+        device : str, default="auto"
+            Device to place the generator on.
+        """
+        state = safe_torch_load(Path(path))
+        if state.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a saved SCLDSampler (format {state.get('format')!r}).")
+        if state.get("version", 0) > FORMAT_VERSION:
+            raise ValueError(
+                f"{path} was written by a newer scld-aug (format version {state['version']}); "
+                "upgrade scld-aug to load it."
+            )
+        params = json.loads(state["params"])
+        strategy = params.get("sampling_strategy")
+        if isinstance(strategy, dict) and "__dict_items__" in strategy:
+            params["sampling_strategy"] = {k: v for k, v in strategy["__dict_items__"]}
+        params["device"] = device
+        sampler = cls(**params)
+        fitted = json.loads(state["fitted"])
+        sampler.device_ = resolve_device(device)
+        sampler.generator_ = SCLDGenerator.from_state(state["generator"], sampler.device_)
+        sampler.generator_source_ = "loaded"
+        sampler.n_features_in_ = fitted["n_features_in_"]
+        if fitted["feature_names_in_"] is not None:
+            sampler.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
+        sampler.likelihood_ = fitted["likelihood_"]
+        sampler.input_dtype_ = np.dtype(fitted["input_dtype_"])
+        sampler.input_format_ = fitted["input_format_"]
+        sampler.generator_key_ = fitted["generator_key_"]
+        classes = sampler.generator_.classes
+        sampler.sampling_strategy_ = {
+            classes[classes == k][0] if (classes == k).any() else k: v
+            for k, v in fitted["sampling_strategy_"]
+        }
+        return sampler

@@ -1,0 +1,228 @@
+"""Training: autoencoder first, then latent diffusion and the latent classifier on its codes.
+
+Each network is trained for a fixed number of optimizer steps on weighted minibatches
+(``class_balance``), so rare cell types are seen as often as the caller asks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from scld_aug.data import (
+    MinibatchSampler,
+    dense_rows,
+    iter_row_chunks,
+    library_sizes,
+    sampling_weights,
+)
+from scld_aug.generator import SCLDGenerator, build_modules
+from scld_aug.genes import GenePanel
+from scld_aug.model import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything that determines a trained generator (besides data and seed)."""
+
+    likelihood: str = "nb"
+    n_top_genes: int | None = 2000
+    latent_dim: int = 32
+    hidden_dim: int = 256
+    n_blocks: int = 3
+    class_balance: float = 1.0
+    label_dropout: float = 0.15
+    autoencoder_steps: int = 1500
+    diffusion_steps: int = 4000
+    classifier_steps: int = 1000
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "cosine"
+
+
+Callback = Callable[[str, int, float], None]
+
+
+def _optimizer(module: nn.Module, lr: float, steps: int):
+    # Gene-wise dispersions travel several units in log space: give them a faster rate.
+    dispersion = [p for n, p in module.named_parameters() if n == "log_dispersion"]
+    others = [p for n, p in module.named_parameters() if n != "log_dispersion"]
+    groups = [{"params": others, "lr": lr}]
+    if dispersion:
+        groups.append({"params": dispersion, "lr": 10 * lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4)
+    warmup = max(1, steps // 20)
+
+    def factor(step: int) -> float:
+        # Linear warm-up, then cosine decay to 5% of the peak rate.
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return optimizer, scheduler
+
+
+def _loop(
+    name: str,
+    module: nn.Module,
+    steps: int,
+    lr: float,
+    loss_fn: Callable[[], torch.Tensor],
+    verbose: bool,
+    callback: Callback | None,
+) -> list[float]:
+    module.train()
+    optimizer, scheduler = _optimizer(module, lr, steps)
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc=f"train {name}", disable=not verbose, leave=False)
+    for step in bar:
+        loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(module.parameters(), 5.0)
+        optimizer.step()
+        scheduler.step()
+        value = float(loss.detach())
+        losses.append(value)
+        if callback is not None:
+            callback(name, step, value)
+        if verbose and step % 50 == 0:
+            bar.set_postfix(loss=f"{value:.4g}")
+    module.eval()
+    return losses
+
+
+def _encode_all(
+    autoencoder, X: sp.csr_matrix, panel: GenePanel, library: np.ndarray | None, device
+) -> np.ndarray:
+    codes = []
+    with torch.no_grad():
+        for start, chunk in iter_row_chunks(X, 1024):
+            lib = library[start : start + chunk.shape[0]] if library is not None else None
+            x = torch.from_numpy(panel.encoder_input(chunk.toarray(), lib)).to(device)
+            codes.append(autoencoder.encode(x).cpu().numpy())
+    return np.concatenate(codes)
+
+
+def fit_generator(
+    X: sp.csr_matrix,
+    codes: np.ndarray,
+    classes: np.ndarray,
+    config: TrainingConfig,
+    seed: int,
+    device: torch.device,
+    verbose: bool = False,
+    callback: Callback | None = None,
+) -> SCLDGenerator:
+    """Train a generator on CSR matrix ``X`` (cells x genes) with integer class ``codes``.
+
+    Must run inside :func:`scld_aug._random.seeded` (module initialization and dropout draw
+    from torch's global generator there); minibatches and noise use ``seed`` directly.
+    """
+    n_classes = len(classes)
+    counts = config.likelihood == "nb"
+    rng = np.random.default_rng(seed)
+    weights = sampling_weights(codes, n_classes, config.class_balance)
+    library = library_sizes(X) if counts else None
+    panel = GenePanel.fit(
+        X, codes, n_classes, weights, library, config.n_top_genes, config.likelihood
+    )
+    autoencoder, denoiser, classifier = (
+        m.to(device) for m in build_modules(asdict(config), panel, n_classes)
+    )
+    batches = MinibatchSampler(weights, config.batch_size, rng)
+
+    def autoencoder_loss() -> torch.Tensor:
+        rows = batches.draw()
+        dense = dense_rows(X, rows)
+        lib = library[rows] if counts else None
+        x = torch.from_numpy(panel.encoder_input(dense, lib)).to(device, non_blocking=True)
+        target = torch.from_numpy(panel.decoder_target(dense)).to(device, non_blocking=True)
+        # Empty cells (library 0) would give log(0); a floor of 1 keeps their loss finite.
+        lib_t = (
+            torch.from_numpy(np.maximum(lib, 1.0).astype(np.float32)).to(device) if counts else None
+        )
+        return autoencoder.loss(x, target, lib_t) / target.shape[1]
+
+    history = {
+        "autoencoder": _loop(
+            "autoencoder",
+            autoencoder,
+            config.autoencoder_steps,
+            config.learning_rate,
+            autoencoder_loss,
+            verbose,
+            callback,
+        )
+    }
+
+    latents = _encode_all(autoencoder, X, panel, library, device)
+    latent_mean = latents.mean(0)
+    latent_std = latents.std(0) + 1e-6
+    standardized = (latents - latent_mean) / latent_std
+    latent_bound = float(np.abs(standardized).max()) * 1.1
+    z_all = torch.from_numpy(standardized).float().to(device)
+    y_all = torch.from_numpy(codes).long().to(device)
+    schedule_T = config.num_train_timesteps
+    torch_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    schedule = NoiseSchedule(schedule_T, config.beta_schedule)
+
+    def noisy_batch():
+        rows = torch.from_numpy(batches.draw()).to(device)
+        z0, y = z_all[rows], y_all[rows]
+        noise = torch.randn(z0.shape, generator=torch_gen).to(device)
+        t = torch.randint(0, schedule_T, (len(rows),), generator=torch_gen).to(device)
+        return z0, y, noise, t, schedule.add_noise(z0, noise, t)
+
+    def diffusion_loss() -> torch.Tensor:
+        _, y, noise, t, z_t = noisy_batch()
+        drop = torch.rand(len(y), generator=torch_gen).to(device) < config.label_dropout
+        y = torch.where(drop, torch.full_like(y, denoiser.null_class), y)
+        return nn.functional.mse_loss(denoiser(z_t, t, y), noise)
+
+    def classifier_loss() -> torch.Tensor:
+        _, y, _, t, z_t = noisy_batch()
+        return nn.functional.cross_entropy(classifier(z_t, t), y)
+
+    history["diffusion"] = _loop(
+        "diffusion",
+        denoiser,
+        config.diffusion_steps,
+        config.learning_rate,
+        diffusion_loss,
+        verbose,
+        callback,
+    )
+    history["classifier"] = _loop(
+        "classifier",
+        classifier,
+        config.classifier_steps,
+        config.learning_rate,
+        classifier_loss,
+        verbose,
+        callback,
+    )
+
+    libraries = [library[codes == c] if counts else np.zeros(0) for c in range(n_classes)]
+    return SCLDGenerator(
+        autoencoder,
+        denoiser,
+        classifier,
+        panel=panel,
+        classes=classes,
+        latent_mean=latent_mean,
+        latent_std=latent_std,
+        libraries=libraries,
+        config={**asdict(config), "latent_bound": latent_bound},
+        history=history,
+    )

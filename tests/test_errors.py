@@ -1,0 +1,138 @@
+"""Bad input gets a clear error that says what is wrong and how to fix it."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from scld_aug import SCLDSampler
+
+
+@pytest.fixture
+def sampler(tiny_params):
+    return SCLDSampler(random_state=0, **tiny_params)
+
+
+@pytest.fixture
+def data(counts_data):
+    X, y = counts_data
+    return X.astype(float), y.copy()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_values(sampler, data, bad):
+    X, y = data
+    X[3, 4] = bad
+    with pytest.raises(ValueError, match="NaN|infinity"):
+        sampler.fit_resample(X, y)
+
+
+def test_non_finite_values_sparse(sampler, data):
+    X, y = data
+    X[3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        sampler.fit_resample(sp.csr_matrix(X), y)
+
+
+def test_negative_values_with_count_likelihood(sampler, data):
+    X, y = data
+    X[0, 0] = -1
+    with pytest.raises(ValueError, match="negative values.*likelihood='gaussian'"):
+        sampler.set_params(likelihood="nb").fit_resample(X, y)
+
+
+def test_non_integer_values_with_count_likelihood(sampler, data):
+    X, y = data
+    X[0, 0] = 0.5
+    with pytest.raises(ValueError, match="non-integer values.*raw counts"):
+        sampler.set_params(likelihood="nb").fit_resample(X, y)
+
+
+def test_class_with_too_few_cells(sampler, data):
+    X, y = data
+    y = y.copy()
+    y[-10:-8] = "tiny"  # two cells
+    with pytest.raises(ValueError, match="Class 'tiny' has 2 cell.*min_class_size=3"):
+        sampler.fit_resample(X, y)
+    # Leaving the class out of the strategy is the documented fix.
+    _, y_res = sampler.set_params(sampling_strategy={"type2": 20}).fit_resample(X, y)
+    assert (y_res == "tiny").sum() == 2
+
+
+def test_unknown_class_in_generate(sampler, data):
+    X, y = data
+    sampler.fit(X, y)
+    with pytest.raises(ValueError, match="Unknown class 'neuron'.*type0"):
+        sampler.generate(5, "neuron")
+    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+        sampler.generate(0, "type0")
+
+
+def test_generate_before_fit(sampler):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        sampler.generate(5, "type0")
+
+
+def test_mismatched_shapes(sampler, data):
+    X, y = data
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        sampler.fit_resample(X, y[:-1])
+
+
+def test_empty_input(sampler):
+    with pytest.raises(ValueError, match="0 sample"):
+        sampler.fit_resample(np.zeros((0, 5)), np.array([]))
+
+
+def test_one_dimensional_x(sampler):
+    with pytest.raises(ValueError, match="Expected 2D array"):
+        sampler.fit_resample(np.arange(10.0), np.array([0, 1] * 5))
+
+
+def test_continuous_target(sampler, data):
+    X, _ = data
+    with pytest.raises(ValueError, match="Unknown label type"):
+        sampler.fit_resample(X, np.linspace(0, 1, len(X)))
+
+
+def test_single_class(sampler, data):
+    X, _ = data
+    with pytest.raises(ValueError, match="class"):
+        sampler.fit_resample(X, np.zeros(len(X)))
+
+
+def test_empty_cells_with_count_likelihood_warn(sampler, data):
+    X, y = data
+    X[5] = 0
+    with pytest.warns(UserWarning, match="zero total counts.*row 5"):
+        X_res, _ = sampler.fit_resample(X, y)
+    assert np.isfinite(X_res).all()
+
+
+def test_invalid_parameters_are_rejected_at_fit(data):
+    X, y = data
+    with pytest.raises(ValueError, match="guidance_scale"):
+        SCLDSampler(guidance_scale=-1).fit_resample(X, y)
+    with pytest.raises(ValueError, match="likelihood"):
+        SCLDSampler(likelihood="poisson").fit_resample(X, y)
+
+
+def test_unavailable_device(sampler, data):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    X, y = data
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        sampler.set_params(device="cuda").fit_resample(X, y)
+
+
+def test_load_missing_or_foreign_file(tmp_path):
+    import torch
+
+    with pytest.raises(FileNotFoundError, match="No saved model"):
+        SCLDSampler.load(tmp_path / "missing.scld")
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a saved SCLDSampler"):
+        SCLDSampler.load(tmp_path / "other.pt")

@@ -1,0 +1,86 @@
+"""Does the generator learn class programs? Checked on counts with known class structure."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from scld_aug import SCLDSampler
+
+from .conftest import make_counts
+
+QUALITY = dict(
+    autoencoder_steps=400,
+    diffusion_steps=800,
+    classifier_steps=200,
+    hidden_dim=128,
+    latent_dim=16,
+    n_top_genes=100,
+    n_sampling_steps=25,
+)
+
+
+def _lognorm(X):
+    X = np.asarray(X, dtype=float)
+    return np.log1p(X / X.sum(1, keepdims=True) * 1e4)
+
+
+@pytest.fixture(scope="module")
+def trained(counts_data):
+    X, y = counts_data
+    sampler = SCLDSampler(random_state=0, **QUALITY).fit(X, y)
+    reference = LogisticRegression(max_iter=3000).fit(_lognorm(X), y)
+    return X, y, sampler, reference
+
+
+@pytest.mark.parametrize("cell_type", ["type0", "type1", "type2"])
+def test_synthetic_cells_are_recognised_as_their_class(trained, cell_type):
+    X, y, sampler, reference = trained
+    synthetic = sampler.generate(200, cell_type)
+    accuracy = (reference.predict(_lognorm(synthetic)) == cell_type).mean()
+    assert accuracy >= 0.9, f"{cell_type}: {accuracy:.2f} recognised"
+
+
+@pytest.mark.parametrize("cell_type", ["type0", "type1", "type2"])
+def test_synthetic_gene_means_track_real_class_means(trained, cell_type):
+    X, y, sampler, _ = trained
+    synthetic = sampler.generate(300, cell_type)
+    real_mean = np.log1p(X[y == cell_type].mean(0))
+    synthetic_mean = np.log1p(synthetic.mean(0))
+    r = np.corrcoef(real_mean, synthetic_mean)[0, 1]
+    assert r > 0.9, f"{cell_type}: r = {r:.3f}"
+    # Library sizes come from the class's own cells.
+    real_lib = np.median(X[y == cell_type].sum(1))
+    assert 0.7 < np.median(synthetic.sum(1)) / real_lib < 1.4
+
+
+def test_counts_are_nonnegative_integers(trained):
+    _, _, sampler, _ = trained
+    synthetic = sampler.generate(50, "type2")
+    assert synthetic.dtype == np.int64
+    assert synthetic.min() >= 0
+
+
+def test_mean_output_is_expected_expression(trained):
+    X, y, sampler, _ = trained
+    sampler = sampler.set_params(output="mean")
+    try:
+        means = sampler.generate(100, "type1")
+    finally:
+        sampler.set_params(output="sample")
+    assert means.dtype == np.float64
+    assert not np.allclose(means, np.round(means))
+    r = np.corrcoef(np.log1p(means.mean(0)), np.log1p(X[y == "type1"].mean(0)))[0, 1]
+    assert r > 0.9
+
+
+def test_class_balanced_training_learns_a_10_cell_class():
+    """A 10-cell type among 1,000 cells: balanced minibatches must make it learnable."""
+    X, y = make_counts(sizes=(700, 290, 10), seed=3)
+    reference = LogisticRegression(max_iter=3000).fit(_lognorm(X), y)
+    scores = {}
+    for balance in (1.0, 0.0):
+        sampler = SCLDSampler(random_state=0, class_balance=balance, **QUALITY).fit(X, y)
+        synthetic = sampler.generate(200, "type2")
+        scores[balance] = (reference.predict(_lognorm(synthetic)) == "type2").mean()
+    assert scores[1.0] >= 0.9, scores
+    assert scores[1.0] >= scores[0.0], scores
