@@ -201,8 +201,11 @@ def augmented_anndata(
     obs = pd.concat([adata.obs.copy(), obs_new], axis=0)
     original_labels = adata.obs[labels_key]
     if isinstance(original_labels.dtype, pd.CategoricalDtype):
+        # Labels went through str(); map them back onto the original categories.
+        categories = original_labels.cat.categories
+        lookup = dict(zip(categories.astype(str), categories, strict=True))
         obs[labels_key] = pd.Categorical(
-            obs[labels_key].astype(str), categories=original_labels.cat.categories
+            [lookup.get(str(v), v) for v in obs[labels_key]], categories=categories
         )
     obs["is_synthetic"] = np.r_[np.zeros(n_orig, bool), np.ones(n_new, bool)]
     if layer is None:

@@ -517,9 +517,5 @@ class SCLDSampler(BaseOverSampler):
         sampler.input_dtype_ = np.dtype(fitted["input_dtype_"])
         sampler.input_format_ = fitted["input_format_"]
         sampler.generator_key_ = fitted["generator_key_"]
-        classes = sampler.generator_.classes
-        sampler.sampling_strategy_ = {
-            classes[classes == k][0] if (classes == k).any() else k: v
-            for k, v in fitted["sampling_strategy_"]
-        }
+        sampler.sampling_strategy_ = dict(fitted["sampling_strategy_"])
         return sampler
