@@ -256,17 +256,18 @@ class SCLDSampler(BaseOverSampler):
         return self
 
     def _fit_resample(self, X, y):
-        self._ensure_generator(X, y)
+        # Checked before training: minutes of training must not end in this error.
         labels, counts = np.unique(y, return_counts=True)
         size = dict(zip(labels.tolist(), counts.tolist(), strict=True))
         for label, n in self.sampling_strategy_.items():
             if n > 0 and size[label] < self.min_class_size:
                 raise ValueError(
-                    f"Class {plain_scalar(label)!r} has {size[label]} cell(s); SCLDSampler needs at least "
-                    f"min_class_size={self.min_class_size} cells of a class to generate it. "
-                    "Leave it out with a dict sampling_strategy, merge it with a related "
+                    f"Class {plain_scalar(label)!r} has {size[label]} cell(s); SCLDSampler needs "
+                    f"at least min_class_size={self.min_class_size} cells of a class to generate "
+                    "it. Leave it out with a dict sampling_strategy, merge it with a related "
                     "type, or lower min_class_size."
                 )
+        self._ensure_generator(X, y)
         synthetic, synthetic_y = [], []
         items = [(label, n) for label, n in self.sampling_strategy_.items() if n > 0]
         for label, n in tqdm(items, desc="generate", disable=not self.verbose, leave=False):

@@ -154,17 +154,12 @@ def fit_generator(
         )
         return autoencoder.loss(x, target, lib_t) / target.shape[1]
 
-    history = {
-        "autoencoder": _loop(
-            "autoencoder",
-            autoencoder,
-            config.autoencoder_steps,
-            config.learning_rate,
-            autoencoder_loss,
-            verbose,
-            callback,
-        )
-    }
+    history: dict[str, list[float]] = {}
+
+    def run(name: str, module: nn.Module, steps: int, loss_fn) -> None:
+        history[name] = _loop(name, module, steps, config.learning_rate, loss_fn, verbose, callback)
+
+    run("autoencoder", autoencoder, config.autoencoder_steps, autoencoder_loss)
 
     latents = _encode_all(autoencoder, X, panel, library, device)
     latent_mean = latents.mean(0)
@@ -182,36 +177,20 @@ def fit_generator(
         z0, y = z_all[rows], y_all[rows]
         noise = torch.randn(z0.shape, generator=torch_gen).to(device)
         t = torch.randint(0, schedule_T, (len(rows),), generator=torch_gen).to(device)
-        return z0, y, noise, t, schedule.add_noise(z0, noise, t)
+        return y, noise, t, schedule.add_noise(z0, noise, t)
 
     def diffusion_loss() -> torch.Tensor:
-        _, y, noise, t, z_t = noisy_batch()
+        y, noise, t, z_t = noisy_batch()
         drop = torch.rand(len(y), generator=torch_gen).to(device) < config.label_dropout
         y = torch.where(drop, torch.full_like(y, denoiser.null_class), y)
         return nn.functional.mse_loss(denoiser(z_t, t, y), noise)
 
     def classifier_loss() -> torch.Tensor:
-        _, y, _, t, z_t = noisy_batch()
+        y, _, t, z_t = noisy_batch()
         return nn.functional.cross_entropy(classifier(z_t, t), y)
 
-    history["diffusion"] = _loop(
-        "diffusion",
-        denoiser,
-        config.diffusion_steps,
-        config.learning_rate,
-        diffusion_loss,
-        verbose,
-        callback,
-    )
-    history["classifier"] = _loop(
-        "classifier",
-        classifier,
-        config.classifier_steps,
-        config.learning_rate,
-        classifier_loss,
-        verbose,
-        callback,
-    )
+    run("diffusion", denoiser, config.diffusion_steps, diffusion_loss)
+    run("classifier", classifier, config.classifier_steps, classifier_loss)
 
     libraries = [library[codes == c] if counts else np.zeros(0) for c in range(n_classes)]
     return SCLDGenerator(

@@ -47,12 +47,17 @@ def test_non_integer_values_with_count_likelihood(sampler, data):
         sampler.set_params(likelihood="nb").fit_resample(X, y)
 
 
-def test_class_with_too_few_cells(sampler, data):
+def test_class_with_too_few_cells(sampler, data, monkeypatch):
+    import scld_aug.train
+
     X, y = data
     y = y.copy()
     y[-10:-8] = "tiny"  # two cells
+    original = scld_aug.train.fit_generator
+    monkeypatch.setattr(scld_aug.train, "fit_generator", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(ValueError, match="Class 'tiny' has 2 cell.*min_class_size=3"):
-        sampler.fit_resample(X, y)
+        sampler.fit_resample(X, y)  # fails before any training
+    monkeypatch.setattr(scld_aug.train, "fit_generator", original)
     # Leaving the class out of the strategy is the documented fix.
     _, y_res = sampler.set_params(sampling_strategy={"type2": 20}).fit_resample(X, y)
     assert (y_res == "tiny").sum() == 2

@@ -5,6 +5,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from scld_aug import SCLDSampler
+from scld_aug.preprocessing import log_normalize
 
 from .conftest import make_counts
 
@@ -19,16 +20,11 @@ QUALITY = dict(
 )
 
 
-def _lognorm(X):
-    X = np.asarray(X, dtype=float)
-    return np.log1p(X / X.sum(1, keepdims=True) * 1e4)
-
-
 @pytest.fixture(scope="module")
 def trained(counts_data):
     X, y = counts_data
     sampler = SCLDSampler(random_state=0, **QUALITY).fit(X, y)
-    reference = LogisticRegression(max_iter=3000).fit(_lognorm(X), y)
+    reference = LogisticRegression(max_iter=3000).fit(log_normalize(X), y)
     return X, y, sampler, reference
 
 
@@ -36,7 +32,7 @@ def trained(counts_data):
 def test_synthetic_cells_are_recognised_as_their_class(trained, cell_type):
     X, y, sampler, reference = trained
     synthetic = sampler.generate(200, cell_type)
-    accuracy = (reference.predict(_lognorm(synthetic)) == cell_type).mean()
+    accuracy = (reference.predict(log_normalize(synthetic)) == cell_type).mean()
     assert accuracy >= 0.9, f"{cell_type}: {accuracy:.2f} recognised"
 
 
@@ -76,11 +72,11 @@ def test_mean_output_is_expected_expression(trained):
 def test_class_balanced_training_learns_a_10_cell_class():
     """A 10-cell type among 1,000 cells: balanced minibatches must make it learnable."""
     X, y = make_counts(sizes=(700, 290, 10), seed=3)
-    reference = LogisticRegression(max_iter=3000).fit(_lognorm(X), y)
+    reference = LogisticRegression(max_iter=3000).fit(log_normalize(X), y)
     scores = {}
     for balance in (1.0, 0.0):
         sampler = SCLDSampler(random_state=0, class_balance=balance, **QUALITY).fit(X, y)
         synthetic = sampler.generate(200, "type2")
-        scores[balance] = (reference.predict(_lognorm(synthetic)) == "type2").mean()
+        scores[balance] = (reference.predict(log_normalize(synthetic)) == "type2").mean()
     assert scores[1.0] >= 0.9, scores
     assert scores[1.0] >= scores[0.0], scores

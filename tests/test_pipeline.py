@@ -5,21 +5,16 @@ from imblearn.pipeline import Pipeline
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
-from sklearn.preprocessing import FunctionTransformer
 
 from scld_aug import SCLDSampler
-
-
-def _lognorm(X):
-    X = np.asarray(X, dtype=float)
-    return np.log1p(X / np.maximum(X.sum(1, keepdims=True), 1) * 1e4)
+from scld_aug.preprocessing import log_normalizer
 
 
 def _pipeline(tiny_params, **kwargs):
     return Pipeline(
         [
             ("aug", SCLDSampler(random_state=0, **tiny_params, **kwargs)),
-            ("norm", FunctionTransformer(_lognorm)),
+            ("norm", log_normalizer()),
             ("clf", LogisticRegression(max_iter=500)),
         ]
     )
