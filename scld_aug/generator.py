@@ -196,8 +196,9 @@ class SCLDGenerator:
         """Cells (all genes, dense float64) from standardized latent codes of class ``code``."""
         panel = self.panel
         z = torch.as_tensor(latents * self.latent_std + self.latent_mean, device=self.device)
-        decoded = self.autoencoder.decode(z).double().cpu().numpy()
-        dispersion = self.autoencoder.log_dispersion.double().exp().cpu().numpy()
+        # float64 on the CPU side only: MPS has no float64.
+        decoded = self.autoencoder.decode(z).cpu().double().numpy()
+        dispersion = self.autoencoder.log_dispersion.detach().cpu().double().exp().numpy()
         n = len(latents)
         cells = np.zeros((n, panel.n_genes))
         if panel.likelihood == "nb":

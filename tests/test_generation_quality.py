@@ -80,3 +80,55 @@ def test_class_balanced_training_learns_a_10_cell_class():
         scores[balance] = (reference.predict(log_normalize(synthetic)) == "type2").mean()
     assert scores[1.0] >= 0.9, scores
     assert scores[1.0] >= scores[0.0], scores
+
+
+def _target_probability(sampler, cell_type, n=200):
+    """Mean latent-classifier probability of ``cell_type`` for freshly sampled latents."""
+    import torch
+
+    from scld_aug.generator import SamplingParams
+
+    generator = sampler.generator_
+    code = generator.class_code(cell_type)
+    params = SamplingParams(
+        guidance_scale=sampler.guidance_scale,
+        post_guidance_scale=sampler.post_guidance_scale,
+        n_sampling_steps=sampler.n_sampling_steps,
+        filter_threshold=sampler.filter_threshold,
+    )
+    latents = generator.sample_latents(code, n, params, torch.Generator().manual_seed(0))
+    probs = generator.class_probabilities(torch.as_tensor(latents))[:, code]
+    return probs.numpy()
+
+
+def test_post_guidance_raises_classifier_confidence(trained):
+    _, _, sampler, _ = trained
+    # Without pre-guidance (unconditional sampling), post-guidance alone must steer.
+    sampler.set_params(guidance_scale=0.0)
+    try:
+        plain = _target_probability(sampler, "type2").mean()
+        sampler.set_params(post_guidance_scale=5.0)
+        guided = _target_probability(sampler, "type2").mean()
+    finally:
+        sampler.set_params(guidance_scale=2.0, post_guidance_scale=0.0)
+    assert guided > 0.9 and guided - plain > 0.2, (plain, guided)
+
+
+def test_filter_keeps_only_confident_cells(trained):
+    _, _, sampler, _ = trained
+    sampler.set_params(guidance_scale=0.5, filter_threshold=0.9)
+    try:
+        probs = _target_probability(sampler, "type1")
+    finally:
+        sampler.set_params(guidance_scale=2.0, filter_threshold=None)
+    assert len(probs) == 200 and probs.min() >= 0.9
+
+
+def test_verbose_shows_progress(counts_data, tiny_params, capsys):
+    X, y = counts_data
+    SCLDSampler(random_state=0, verbose=True, **tiny_params).fit_resample(X, y)
+    err = capsys.readouterr().err
+    for stage in ("train autoencoder", "train diffusion", "train classifier", "generate"):
+        assert stage in err
+    SCLDSampler(random_state=0, **tiny_params).fit_resample(X, y)
+    assert capsys.readouterr().err == ""

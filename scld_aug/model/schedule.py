@@ -53,10 +53,14 @@ class NoiseSchedule:
         self.alphas_cumprod_f64 = torch.cumprod(1 - betas, dim=0)
         self.alphas_cumprod = self.alphas_cumprod_f64.float()
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
+        self._alpha_bar_cache: dict = {}
 
     def _alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        ab = self.alphas_cumprod_f64.to(like.device)[t]
-        return ab.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+        # One copy per device and dtype, cast on the CPU first: MPS has no float64.
+        key = (like.device, like.dtype)
+        if key not in self._alpha_bar_cache:
+            self._alpha_bar_cache[key] = self.alphas_cumprod_f64.to(like.dtype).to(like.device)
+        return self._alpha_bar_cache[key][t].reshape(-1, *([1] * (like.dim() - 1)))
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Sample ``x_t ~ q(x_t | x_0)`` for a batch of timesteps ``t``."""
