@@ -1,0 +1,270 @@
+"""Benchmark protocols: natural imbalance, rare-cell downsampling, fidelity of synthetic cells."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.model_selection import train_test_split
+
+from evaluation.methods import make_pipeline, make_sampler
+from scld_aug.metrics import downstream_scores
+
+RARE_FRACTION = 0.02
+MIN_CELLS = 3
+
+
+def split(y: np.ndarray, seed: int, test_size: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/test indices; types with one cell go to training."""
+    idx = np.arange(len(y))
+    counts = Counter(y)
+    single = np.array([counts[v] < 2 for v in y])
+    train, test = train_test_split(
+        idx[~single], test_size=test_size, stratify=y[~single], random_state=seed
+    )
+    return np.sort(np.r_[train, idx[single]]), np.sort(test)
+
+
+def rare_targets(y_train: np.ndarray) -> dict:
+    """Raise the types under 2% of the training cells to the median type size."""
+    counts = Counter(y_train.tolist())
+    target = int(np.median(list(counts.values())))
+    types = [t for t, n in counts.items() if n < RARE_FRACTION * len(y_train)]
+    return {t: target for t in types if MIN_CELLS <= counts[t] < target}
+
+
+def _evaluate(
+    X,
+    y,
+    train,
+    test,
+    targets,
+    evaluated,
+    methods,
+    classifiers,
+    seed,
+    memory,
+    scld_params,
+    log,
+    extra,
+):
+    rows = []
+    for method in methods:
+        params = dict(scld_params)
+        if method.startswith("SCLD w="):
+            params["guidance_scale"] = float(method.split("=")[1])
+        for clf in classifiers:
+            start = time.perf_counter()
+            sampler = make_sampler(method, targets, seed, memory, params)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    pipe = make_pipeline(sampler, clf, seed).fit(X[train], y[train])
+                pred = pipe.predict(X[test])
+                error = ""
+            except (ValueError, RuntimeError) as err:  # e.g. ADASYN finding no neighbours
+                pred, error = None, f"{type(err).__name__}: {err}"
+                log(f"    {method}/{clf} failed: {error}")
+            seconds = time.perf_counter() - start
+            base = {
+                **extra,
+                "seed": seed,
+                "method": method,
+                "classifier": clf,
+                "seconds": seconds,
+                "error": error,
+            }
+            if pred is None:
+                rows.append({**base, "metric": "macro_f1", "value": np.nan})
+                continue
+            scores = downstream_scores(y[test], pred, rare_classes=evaluated)
+            for metric in ("macro_f1", "rare_macro_f1", "balanced_accuracy"):
+                rows.append({**base, "metric": metric, "value": scores[metric]})
+            for label, value in scores["per_class_f1"].items():
+                rows.append({**base, "metric": f"f1[{label}]", "value": value})
+    return rows
+
+
+def natural_imbalance(
+    X, y, seeds, methods, classifiers, memory, scld_params, log=print
+) -> pd.DataFrame:
+    """Stratified splits; rare types (< 2%) of the training part are raised to the median size."""
+    rows = []
+    for seed in seeds:
+        train, test = split(y, seed)
+        targets = rare_targets(y[train])
+        evaluated = sorted(targets)
+        log(f"  seed {seed}: augmenting {evaluated}")
+        rows += _evaluate(
+            X,
+            y,
+            train,
+            test,
+            targets,
+            evaluated,
+            methods,
+            classifiers,
+            seed,
+            memory,
+            scld_params,
+            log,
+            {"protocol": "natural", "k": np.nan},
+        )
+    return pd.DataFrame(rows)
+
+
+def default_downsample_types(y: np.ndarray, n: int = 3) -> list:
+    """The ``n`` largest types after the majority type."""
+    order = [t for t, _ in Counter(y.tolist()).most_common()]
+    return order[1 : 1 + n]
+
+
+def rare_downsampling(
+    X, y, seeds, ks, types, methods, classifiers, memory, scld_params, log=print
+) -> pd.DataFrame:
+    """Cut ``types`` to ``k`` training cells, augment them back, score on all their test cells."""
+    rows = []
+    for k in ks:
+        for seed in seeds:
+            train, test = split(y, seed)
+            rng = np.random.default_rng(seed)
+            keep = [i for i in train if y[i] not in types]
+            for t in types:
+                members = train[y[train] == t]
+                keep += rng.choice(members, size=min(k, len(members)), replace=False).tolist()
+            train_k = np.sort(np.array(keep))
+            # Augment each cut type back to the size it had in the training split.
+            original = Counter(y[train].tolist())
+            targets = {
+                t: original[t] for t in types if MIN_CELLS <= min(k, original[t]) < original[t]
+            }
+            log(
+                f"  k={k} seed {seed}: {types} cut to {k}, augmented back to {list(targets.values())}"
+            )
+            rows += _evaluate(
+                X,
+                y,
+                train_k,
+                test,
+                targets,
+                list(types),
+                methods,
+                classifiers,
+                seed,
+                memory,
+                scld_params,
+                log,
+                {"protocol": "downsample", "k": k},
+            )
+    return pd.DataFrame(rows)
+
+
+SCLD_VARIANTS = {
+    "SCLD no guidance (w=0)": dict(guidance_scale=0.0),
+    "SCLD w=1": dict(guidance_scale=1.0),
+    "SCLD pre (w=2, default)": dict(guidance_scale=2.0),
+    "SCLD w=3": dict(guidance_scale=3.0),
+    "SCLD w=5": dict(guidance_scale=5.0),
+    "SCLD pre+post (w=2, s=2)": dict(guidance_scale=2.0, post_guidance_scale=2.0),
+    "SCLD post only (w=0, s=2)": dict(guidance_scale=0.0, post_guidance_scale=2.0),
+    "SCLD pre+filter (w=2, p>=0.5)": dict(guidance_scale=2.0, filter_threshold=0.5),
+}
+
+
+def _cell_metrics(embedding, real_test, synthetic, other_test) -> dict:
+    from scld_aug.metrics import gene_fidelity, mmd_rbf, sliced_wasserstein, two_sample_auc
+
+    A, B = embedding.transform(real_test), embedding.transform(synthetic)
+    genes = gene_fidelity(real_test, synthetic, other_real=other_test)
+    return {
+        "mmd": mmd_rbf(A, B),
+        "sliced_wasserstein": sliced_wasserstein(A, B),
+        "two_sample_auc": two_sample_auc(A, B, classifier="knn"),
+        "mean_pearson": genes["mean_pearson"],
+        "var_pearson": genes["var_pearson"],
+        "dropout_pearson": genes["dropout_pearson"],
+        "marker_overlap": genes["marker_overlap"],
+        "nonzero_fraction": sp.csr_matrix(synthetic).count_nonzero() / np.prod(synthetic.shape),
+    }
+
+
+def fidelity(
+    X, y, seeds, memory, scld_params, log=print, plot_path=None, variants=SCLD_VARIANTS
+) -> pd.DataFrame:
+    """Synthetic vs held-out real cells per type, in an embedding fitted on real training cells.
+
+    "real (train)" compares held-out cells with real training cells of the same type: the
+    best any generator can do, given the sampling noise of small types.
+    """
+    from imblearn.over_sampling import SMOTE
+
+    from scld_aug import SCLDSampler
+    from scld_aug.metrics import ReferenceEmbedding
+
+    rows = []
+    for seed in seeds:
+        train, test = split(y, seed)
+        y_train, y_test = y[train], y[test]
+        train_counts, test_counts = Counter(y_train.tolist()), Counter(y_test.tolist())
+        types = sorted(
+            t for t in train_counts if train_counts[t] >= MIN_CELLS and test_counts.get(t, 0) >= 3
+        )
+        n_gen = {t: max(test_counts[t], 30) for t in types}
+        embedding = ReferenceEmbedding().fit(X[train])
+        synthetic: dict[str, dict] = {"real (train)": {t: X[train][y_train == t] for t in types}}
+        smote = SMOTE(
+            sampling_strategy={t: train_counts[t] + n_gen[t] for t in types},
+            k_neighbors=2,
+            random_state=seed,
+        )
+        X_s, y_s = smote.fit_resample(X[train], y_train)
+        new = np.arange(len(y_s)) >= len(y_train)
+        synthetic["SMOTE"] = {t: X_s[new & (y_s == t)] for t in types}
+        start = time.perf_counter()
+        sampler = SCLDSampler(random_state=seed, memory=memory, **scld_params).fit(
+            X[train], y_train
+        )
+        log(
+            f"  seed {seed}: SCLD trained in {time.perf_counter() - start:.0f} s ({sampler.generator_source_})"
+        )
+        for name, params in variants.items():
+            sampler.set_params(
+                **{
+                    "guidance_scale": 2.0,
+                    "post_guidance_scale": 0.0,
+                    "filter_threshold": None,
+                    **params,
+                }
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                synthetic[name] = {t: sampler.generate(n_gen[t], t) for t in types}
+        for method, by_type in synthetic.items():
+            for t in types:
+                real_test = X[test][y_test == t]
+                other_test = X[test][y_test != t]
+                metrics = _cell_metrics(embedding, real_test, by_type[t], other_test)
+                for metric, value in metrics.items():
+                    rows.append(
+                        {
+                            "protocol": "fidelity",
+                            "seed": seed,
+                            "method": method,
+                            "cell_type": t,
+                            "n_train": train_counts[t],
+                            "metric": metric,
+                            "value": value,
+                        }
+                    )
+        log(f"  seed {seed}: fidelity of {len(synthetic)} methods x {len(types)} types done")
+        if plot_path is not None and seed == seeds[0]:
+            from evaluation.report import plot_embedding
+
+            rarest = sorted(types, key=lambda t: train_counts[t])[:4]
+            shown = {m: synthetic[m] for m in ("SMOTE", "SCLD pre (w=2, default)")}
+            plot_embedding(embedding, X[train], y_train, X[test], y_test, shown, rarest, plot_path)
+    return pd.DataFrame(rows)

@@ -1,0 +1,216 @@
+"""Tables (CSV + Markdown) and plots from benchmark results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _mean_sd(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "failed"
+    return f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.3f}"
+
+
+def downstream_table(
+    df: pd.DataFrame, metrics=("rare_macro_f1", "macro_f1", "balanced_accuracy")
+) -> pd.DataFrame:
+    """Mean ± sd over seeds, one row per (protocol, k, classifier, method)."""
+    df = df[df["metric"].isin(metrics)].copy()
+    df["k"] = df["k"].fillna(-1)
+    out = (
+        df.groupby(["protocol", "k", "classifier", "method", "metric"], sort=False)["value"]
+        .apply(_mean_sd)
+        .unstack("metric")
+        .reindex(columns=list(metrics))
+        .fillna("failed")
+        .reset_index()
+    )
+    out["k"] = out["k"].map(lambda k: "-" if k < 0 else int(k))
+    return out
+
+
+def fidelity_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean over types and seeds of each fidelity metric, one row per method."""
+    return df.groupby(["method", "metric"], sort=False)["value"].mean().unstack("metric").round(3)
+
+
+def fidelity_by_type(df: pd.DataFrame, methods, metrics=("mmd", "two_sample_auc")) -> pd.DataFrame:
+    """Per type (with its number of training cells): each metric for each method."""
+    sub = df[df["method"].isin(methods) & df["metric"].isin(metrics)]
+    table = (
+        sub.groupby(["cell_type", "n_train", "metric", "method"], sort=False)["value"]
+        .mean()
+        .unstack(["metric", "method"])
+        .round(3)
+        .sort_index(level="n_train")
+    )
+    table.columns = [f"{metric}: {method}" for metric, method in table.columns]
+    table.index = [f"{cell_type} ({n})" for cell_type, n in table.index]
+    table.index.name = "type (training cells)"
+    return table
+
+
+def plot_rare_f1(table: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = table["method"].tolist()
+    means = [float(v.split(" ± ")[0]) if v != "failed" else np.nan for v in table["rare_macro_f1"]]
+    sds = [float(v.split(" ± ")[1]) if v != "failed" else 0.0 for v in table["rare_macro_f1"]]
+    fig, ax = plt.subplots(figsize=(1.1 * len(methods) + 2, 3.6))
+    ax.bar(range(len(methods)), means, yerr=sds, capsize=4, color="tab:blue")
+    ax.set_xticks(range(len(methods)))
+    ax.set_xticklabels(methods, rotation=25, ha="right")
+    ax.set_ylabel("rare-type macro-F1 (mean ± sd)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_guidance_sweep(fidelity: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = {
+        "SCLD no guidance (w=0)": 0.0,
+        "SCLD w=1": 1.0,
+        "SCLD pre (w=2, default)": 2.0,
+        "SCLD w=3": 3.0,
+        "SCLD w=5": 5.0,
+    }
+    sub = fidelity[fidelity["method"].isin(sweep)].copy()
+    sub["w"] = sub["method"].map(sweep)
+    metrics = ["mmd", "two_sample_auc", "marker_overlap", "mean_pearson"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2))
+    reference = fidelity[fidelity["method"] == "real (train)"]
+    for ax, metric in zip(axes, metrics, strict=True):
+        curve = sub[sub["metric"] == metric].groupby("w")["value"].mean()
+        ax.plot(curve.index, curve.values, "o-", label="SCLD")
+        ref = reference[reference["metric"] == metric]["value"].mean()
+        ax.axhline(ref, color="grey", ls="--", label="real (train) cells")
+        ax.set_xlabel("guidance scale w")
+        ax.set_title(metric)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Guidance scale vs fidelity to held-out real cells (mean over types)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_embedding(
+    embedding, X_train, y_train, X_test, y_test, synthetic: dict, types, path: Path
+) -> None:
+    """First two PCs of the reference embedding: real cells and each method's synthetic cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    background = embedding.transform(X_train)
+    fig, axes = plt.subplots(
+        len(synthetic), len(types), figsize=(3.2 * len(types), 3.0 * len(synthetic)), squeeze=False
+    )
+    for row, (method, by_type) in enumerate(synthetic.items()):
+        for col, cell_type in enumerate(types):
+            ax = axes[row][col]
+            ax.scatter(*background[:, :2].T, s=2, c="lightgrey")
+            syn = embedding.transform(by_type[cell_type])
+            ax.scatter(*syn[:, :2].T, s=8, c="tab:orange", alpha=0.6, label=f"{method}")
+            real = embedding.transform(X_train[y_train == cell_type])
+            held = embedding.transform(X_test[y_test == cell_type])
+            ax.scatter(
+                *real[:, :2].T, s=30, facecolors="none", edgecolors="tab:blue", label="real train"
+            )
+            ax.scatter(*held[:, :2].T, s=30, marker="x", c="k", label="real test")
+            both = np.vstack([syn[:, :2], real[:, :2], held[:, :2]])
+            lo, hi = both.min(0), both.max(0)
+            pad = np.maximum(hi - lo, 1.0) * 0.5
+            ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+            ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+            ax.set_title(f"{cell_type} - {method}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.legend(fontsize=6, loc="best")
+    fig.suptitle("PC1/PC2 of real training cells (zoomed per type)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(
+    out: Path,
+    dataset: str,
+    downstream: pd.DataFrame | None,
+    fidelity: pd.DataFrame | None,
+    meta: dict,
+) -> Path:
+    lines = [f"# Benchmark: {dataset}", ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items()]
+    lines.append("")
+    if downstream is not None and not downstream.empty:
+        table = downstream_table(downstream)
+        table.to_csv(out / "downstream_summary.csv", index=False)
+        lines += [
+            "## Downstream classification (mean ± sd over seeds)",
+            "",
+            "`rare_macro_f1`: mean F1 over the augmented types (natural: types under 2% of the "
+            "training cells; downsample: the chosen types cut to k training cells), on untouched "
+            "real test cells. `macro_f1`: all types.",
+            "",
+            table.to_markdown(index=False),
+            "",
+        ]
+        for (protocol, k), part in table[table["classifier"] == "logreg"].groupby(
+            ["protocol", "k"], sort=False
+        ):
+            name = f"rare_f1_{protocol}" + (f"_k{k}" if k != "-" else "") + ".png"
+            plot_rare_f1(
+                part,
+                out / name,
+                f"{dataset}: {protocol}"
+                + (f", k={k}" if k != "-" else "")
+                + " (logistic regression)",
+            )
+            lines.append(f"![{name}]({name})")
+        lines.append("")
+    if fidelity is not None and not fidelity.empty:
+        summary = fidelity_table(fidelity)
+        summary.to_csv(out / "fidelity_summary.csv")
+        headline = ["real (train)", "SMOTE", "SCLD pre (w=2, default)"]
+        lines += [
+            "## Fidelity of synthetic cells to held-out real cells",
+            "",
+            "Embedding: log-normalized counts, 2,000 most variable genes, 50 PCs fitted on real "
+            "training cells. `mmd` (RBF, median bandwidth) and `sliced_wasserstein`: lower is "
+            "closer; `two_sample_auc` (kNN, cross-validated): 0.5 = indistinguishable; gene "
+            "correlations and `marker_overlap` (top-50 markers vs other types): higher is better. "
+            "`real (train)` compares held-out cells with real training cells of the same type: "
+            "the level an ideal generator would reach.",
+            "",
+            "### Mean over types",
+            "",
+            summary.to_markdown(),
+            "",
+            "### Per type (MMD and two-sample AUC)",
+            "",
+            fidelity_by_type(fidelity, headline).to_markdown(),
+            "",
+        ]
+        plot_guidance_sweep(fidelity, out / "guidance_sweep.png")
+        lines.append("![guidance sweep](guidance_sweep.png)")
+        if (out / "embedding.png").exists():
+            lines.append("![embedding](embedding.png)")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
