@@ -84,20 +84,13 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     frames = []
     run = {"natural", "downsample", "fidelity"} if args.protocol == "all" else {args.protocol}
+    runs = protocols.Runs(X, y, args.methods, args.classifiers, cache, scld_params, log)
     if "natural" in run:
         log("natural imbalance")
-        frames.append(
-            protocols.natural_imbalance(
-                X, y, seeds, args.methods, args.classifiers, cache, scld_params, log
-            )
-        )
+        frames.append(protocols.natural_imbalance(runs, seeds))
     if "downsample" in run:
         log(f"rare-cell downsampling of {types} to k={args.k}")
-        frames.append(
-            protocols.rare_downsampling(
-                X, y, seeds, args.k, types, args.methods, args.classifiers, cache, scld_params, log
-            )
-        )
+        frames.append(protocols.rare_downsampling(runs, seeds, args.k, types))
     downstream = pd.concat(frames, ignore_index=True) if frames else None
     fidelity = None
     if "fidelity" in run:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,10 +15,8 @@ import scipy.sparse as sp
 from sklearn.model_selection import train_test_split
 
 from evaluation.methods import make_pipeline, make_sampler
+from scld_aug.demo import MIN_CELLS, rare_strategy
 from scld_aug.metrics import downstream_scores
-
-RARE_FRACTION = 0.02
-MIN_CELLS = 3
 
 
 def split(y: np.ndarray, seed: int, test_size: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
@@ -29,37 +30,29 @@ def split(y: np.ndarray, seed: int, test_size: float = 0.3) -> tuple[np.ndarray,
     return np.sort(np.r_[train, idx[single]]), np.sort(test)
 
 
-def rare_targets(y_train: np.ndarray) -> dict:
-    """Raise the types under 2% of the training cells to the median type size."""
-    counts = Counter(y_train.tolist())
-    target = int(np.median(list(counts.values())))
-    types = [t for t, n in counts.items() if n < RARE_FRACTION * len(y_train)]
-    return {t: target for t in types if MIN_CELLS <= counts[t] < target}
+@dataclass
+class Runs:
+    """What every downstream evaluation shares: data, methods, classifiers, SCLD settings."""
+
+    X: Any
+    y: np.ndarray
+    methods: list
+    classifiers: list
+    memory: str | None
+    scld_params: dict
+    log: Callable = print
 
 
-def _evaluate(
-    X,
-    y,
-    train,
-    test,
-    targets,
-    evaluated,
-    methods,
-    classifiers,
-    seed,
-    memory,
-    scld_params,
-    log,
-    extra,
-):
+def _evaluate(runs: Runs, train, test, targets, evaluated, seed, extra) -> list[dict]:
+    X, y, log = runs.X, runs.y, runs.log
     rows = []
-    for method in methods:
-        params = dict(scld_params)
+    for method in runs.methods:
+        params = dict(runs.scld_params)
         if method.startswith("SCLD w="):
             params["guidance_scale"] = float(method.split("=")[1])
-        for clf in classifiers:
+        for clf in runs.classifiers:
             start = time.perf_counter()
-            sampler = make_sampler(method, targets, seed, memory, params)
+            sampler = make_sampler(method, targets, seed, runs.memory, params)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
@@ -89,30 +82,17 @@ def _evaluate(
     return rows
 
 
-def natural_imbalance(
-    X, y, seeds, methods, classifiers, memory, scld_params, log=print
-) -> pd.DataFrame:
+def natural_imbalance(runs: Runs, seeds) -> pd.DataFrame:
     """Stratified splits; rare types (< 2%) of the training part are raised to the median size."""
+    y, log = runs.y, runs.log
     rows = []
     for seed in seeds:
         train, test = split(y, seed)
-        targets = rare_targets(y[train])
+        targets = rare_strategy(y[train])
         evaluated = sorted(targets)
         log(f"  seed {seed}: augmenting {evaluated}")
         rows += _evaluate(
-            X,
-            y,
-            train,
-            test,
-            targets,
-            evaluated,
-            methods,
-            classifiers,
-            seed,
-            memory,
-            scld_params,
-            log,
-            {"protocol": "natural", "k": np.nan},
+            runs, train, test, targets, evaluated, seed, {"protocol": "natural", "k": np.nan}
         )
     return pd.DataFrame(rows)
 
@@ -123,10 +103,9 @@ def default_downsample_types(y: np.ndarray, n: int = 3) -> list:
     return order[1 : 1 + n]
 
 
-def rare_downsampling(
-    X, y, seeds, ks, types, methods, classifiers, memory, scld_params, log=print
-) -> pd.DataFrame:
+def rare_downsampling(runs: Runs, seeds, ks, types) -> pd.DataFrame:
     """Cut ``types`` to ``k`` training cells, augment them back, score on all their test cells."""
+    y, log = runs.y, runs.log
     rows = []
     for k in ks:
         for seed in seeds:
@@ -145,21 +124,8 @@ def rare_downsampling(
             log(
                 f"  k={k} seed {seed}: {types} cut to {k}, augmented back to {list(targets.values())}"
             )
-            rows += _evaluate(
-                X,
-                y,
-                train_k,
-                test,
-                targets,
-                list(types),
-                methods,
-                classifiers,
-                seed,
-                memory,
-                scld_params,
-                log,
-                {"protocol": "downsample", "k": k},
-            )
+            extra = {"protocol": "downsample", "k": k}
+            rows += _evaluate(runs, train_k, test, targets, list(types), seed, extra)
     return pd.DataFrame(rows)
 
 
