@@ -16,16 +16,10 @@ import pandas as pd
 
 from evaluation import protocols
 from evaluation.report import write_report
+from scld_aug.demo import QUICK
 
 PBMC = Path(__file__).parent / "data" / "pbmc68k_subset.h5ad"
 DATASETS = ("baron", "pbmc")
-QUICK = dict(
-    autoencoder_steps=40,
-    diffusion_steps=80,
-    classifier_steps=20,
-    n_sampling_steps=10,
-    hidden_dim=64,
-)
 
 
 def load(dataset: str, labels_key: str):
