@@ -180,20 +180,19 @@ def fidelity(
             t for t in train_counts if train_counts[t] >= MIN_CELLS and test_counts.get(t, 0) >= 3
         )
         n_gen = {t: max(test_counts[t], 30) for t in types}
-        embedding = ReferenceEmbedding().fit(X[train])
-        synthetic: dict[str, dict] = {"real (train)": {t: X[train][y_train == t] for t in types}}
+        X_train, X_test = X[train], X[test]
+        embedding = ReferenceEmbedding().fit(X_train)
+        synthetic: dict[str, dict] = {"real (train)": {t: X_train[y_train == t] for t in types}}
         smote = SMOTE(
             sampling_strategy={t: train_counts[t] + n_gen[t] for t in types},
             k_neighbors=2,
             random_state=seed,
         )
-        X_s, y_s = smote.fit_resample(X[train], y_train)
+        X_s, y_s = smote.fit_resample(X_train, y_train)
         new = np.arange(len(y_s)) >= len(y_train)
         synthetic["SMOTE"] = {t: X_s[new & (y_s == t)] for t in types}
         start = time.perf_counter()
-        sampler = SCLDSampler(random_state=seed, memory=memory, **scld_params).fit(
-            X[train], y_train
-        )
+        sampler = SCLDSampler(random_state=seed, memory=memory, **scld_params).fit(X_train, y_train)
         log(
             f"  seed {seed}: SCLD trained in {time.perf_counter() - start:.0f} s ({sampler.generator_source_})"
         )
@@ -209,10 +208,10 @@ def fidelity(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 synthetic[name] = {t: sampler.generate(n_gen[t], t) for t in types}
+        by_type_test = {t: (X_test[y_test == t], X_test[y_test != t]) for t in types}
         for method, by_type in synthetic.items():
             for t in types:
-                real_test = X[test][y_test == t]
-                other_test = X[test][y_test != t]
+                real_test, other_test = by_type_test[t]
                 metrics = _cell_metrics(embedding, real_test, by_type[t], other_test)
                 for metric, value in metrics.items():
                     rows.append(
@@ -232,5 +231,5 @@ def fidelity(
 
             rarest = sorted(types, key=lambda t: train_counts[t])[:4]
             shown = {m: synthetic[m] for m in ("SMOTE", "SCLD pre (w=2, default)")}
-            plot_embedding(embedding, X[train], y_train, X[test], y_test, shown, rarest, plot_path)
+            plot_embedding(embedding, X_train, y_train, X_test, y_test, shown, rarest, plot_path)
     return pd.DataFrame(rows)

@@ -170,7 +170,7 @@ class SCLDGenerator:
             n_accepted = sum(len(a) for a in accepted)
             if n_accepted >= n:
                 break
-        latents = torch.cat(accepted)[:n] if accepted else torch.empty(0)
+        latents = torch.cat(accepted)[:n]  # every round appends, so never empty
         if len(latents) < n:
             missing = n - len(latents)
             z_rej = torch.cat([r[0] for r in rejected])
@@ -184,7 +184,7 @@ class SCLDGenerator:
                 UserWarning,
                 stacklevel=3,
             )
-            latents = torch.cat([latents.reshape(-1, z_rej.shape[1]), z_rej[best]])
+            latents = torch.cat([latents, z_rej[best]])
         return latents.cpu().numpy()
 
     # ------------------------------------------------------------------ decoding
