@@ -50,12 +50,34 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, nargs="+", default=[10, 25])
     parser.add_argument("--types", nargs="+", default=None, help="types to cut to k cells")
     parser.add_argument(
-        "--methods", nargs="+", default=["none", "RandomOverSampler", "SMOTE", "ADASYN", "SCLD"]
+        "--methods",
+        nargs="+",
+        default=["none", "RandomOverSampler", "SMOTE", "ADASYN", "scVI", "SCLD"],
     )
     parser.add_argument("--classifiers", nargs="+", default=["logreg", "knn", "random_forest"])
     parser.add_argument("--output", default=None)
     parser.add_argument(
+        "--cache",
+        default=None,
+        help="directory of cached SCLD generators (default: <output>/.generator_cache)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="tiny SCLD model, 2 seeds: a smoke test"
+    )
+    parser.add_argument(
+        "--scvi-epochs",
+        type=int,
+        default=None,
+        help="scVI training epochs (default: scvi-tools' heuristic, 400 for small data)",
+    )
+    parser.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="log the results to MLflow (default URI: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db in the working directory)",
     )
     parser.add_argument(
         "--report-only", action="store_true", help="rebuild report.md and plots from saved results"
@@ -63,13 +85,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.report_only:
         out = Path(args.output or Path(__file__).parent / "results" / Path(args.dataset).stem)
-        return _rebuild(out)
+        return _rebuild(out, args.mlflow)
 
     X, y = load(args.dataset, args.labels_key)
     name = Path(args.dataset).stem if args.dataset not in DATASETS else args.dataset
     out = Path(args.output or Path(__file__).parent / "results" / name)
     out.mkdir(parents=True, exist_ok=True)
-    cache = str(out / ".generator_cache")
+    cache = args.cache or str(out / ".generator_cache")
     scld_params = QUICK if args.quick else {}
     seeds = list(range(2 if args.quick else args.seeds))
     types = args.types or protocols.default_downsample_types(y)
@@ -78,7 +100,9 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     frames = []
     run = {"natural", "downsample", "fidelity"} if args.protocol == "all" else {args.protocol}
-    runs = protocols.Runs(X, y, args.methods, args.classifiers, cache, scld_params, log)
+    runs = protocols.Runs(
+        X, y, args.methods, args.classifiers, cache, scld_params, log, args.scvi_epochs
+    )
     if "natural" in run:
         log("natural imbalance")
         frames.append(protocols.natural_imbalance(runs, seeds))
@@ -90,7 +114,15 @@ def main(argv=None) -> int:
     if "fidelity" in run:
         log("fidelity")
         fidelity = protocols.fidelity(
-            X, y, seeds[: args.fidelity_seeds], cache, scld_params, log, out / "embedding.png"
+            X,
+            y,
+            seeds[: args.fidelity_seeds],
+            cache,
+            scld_params,
+            log,
+            out / "embedding.png",
+            with_scvi="scVI" in args.methods,
+            scvi_epochs=args.scvi_epochs,
         )
     if downstream is not None:
         downstream.to_csv(out / "results_downstream.csv", index=False)
@@ -103,19 +135,34 @@ def main(argv=None) -> int:
         "split": "stratified 70/30 per seed; augmentation inside the Pipeline on the training part only",
         "pipeline": "augment -> log-normalize -> TruncatedSVD(50) -> classifier (logreg: StandardScaler + LogisticRegression; kNN k=15 distance-weighted; random forest 200 trees)",
         "SCLD parameters": json.dumps(scld_params) if scld_params else "defaults",
+        **(
+            {"scVI": f"n_latent 10, ZINB, {args.scvi_epochs or 'default'} epochs"}
+            if "scVI" in args.methods
+            else {}
+        ),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "wall time": f"{time.perf_counter() - start:.0f} s",
         "command": "python -m evaluation "
         + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
     }
     (out / "meta.json").write_text(json.dumps({"dataset": name, **meta}, indent=1, default=str))
-    (out / "meta.json").write_text(json.dumps({"dataset": name, **meta}, indent=1, default=str))
     path = write_report(out, name, downstream, fidelity, meta)
     log(f"wrote {path}")
+    _track(args.mlflow, out, name, downstream, fidelity, meta, log)
     return 0
 
 
-def _rebuild(out: Path) -> int:
+def _track(uri, out, name, downstream, fidelity, meta, log) -> None:
+    if uri is None:
+        return
+    from evaluation.tracking import log_benchmark, tracking_uri
+
+    run_id = log_benchmark(out, name, downstream, fidelity, meta, uri or None)
+    if run_id is not None:
+        log(f"logged to MLflow at {tracking_uri(uri or None)}: run {run_id}")
+
+
+def _rebuild(out: Path, mlflow_uri: str | None = None) -> int:
     meta = json.loads((out / "meta.json").read_text())
     name = meta.pop("dataset")
     frames = {}
@@ -123,6 +170,7 @@ def _rebuild(out: Path) -> int:
         path = out / f"results_{kind}.csv"
         frames[kind] = pd.read_csv(path) if path.exists() else None
     print(f"wrote {write_report(out, name, frames['downstream'], frames['fidelity'], meta)}")
+    _track(mlflow_uri, out, name, frames["downstream"], frames["fidelity"], meta, print)
     return 0
 
 

@@ -28,10 +28,18 @@ METHOD_SPACE = {
     "SMOTE": "interpolated count rows (non-integer)",
     "ADASYN": "interpolated count rows (non-integer)",
     "SCLD": "sampled integer counts (NB decoder)",
+    "scVI": "posterior predictive integer counts of random real cells (ZINB decoder)",
 }
 
 
-def make_sampler(name: str, targets: dict, seed: int, memory: str | None, scld_params: dict):
+def make_sampler(
+    name: str,
+    targets: dict,
+    seed: int,
+    memory: str | None,
+    scld_params: dict,
+    scvi_epochs: int | None = None,
+):
     """A fresh sampler; ``targets`` maps class -> size after resampling."""
     if name == "none":
         return None
@@ -42,6 +50,12 @@ def make_sampler(name: str, targets: dict, seed: int, memory: str | None, scld_p
         return SMOTE(sampling_strategy=targets, k_neighbors=2, random_state=seed)
     if name == "ADASYN":
         return ADASYN(sampling_strategy=targets, n_neighbors=2, random_state=seed)
+    if name == "scVI":
+        from evaluation.scvi_baseline import SCVISampler
+
+        return SCVISampler(
+            sampling_strategy=targets, random_state=seed, max_epochs=scvi_epochs, memory=memory
+        )
     if name.startswith("SCLD"):
         return SCLDSampler(
             sampling_strategy=targets, random_state=seed, memory=memory, **scld_params

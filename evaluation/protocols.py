@@ -41,18 +41,44 @@ class Runs:
     memory: str | None
     scld_params: dict
     log: Callable = print
+    scvi_epochs: int | None = None
+
+
+# Short names of SCLD parameters in method names such as "SCLD w=3 anchor=0.5". All but
+# "balance" are sampling-time parameters and share the trained generators.
+VARIANT_KEYS = {
+    "w": "guidance_scale",
+    "s": "post_guidance_scale",
+    "anchor": "anchor_strength",
+    "filter": "filter_threshold",
+    "balance": "class_balance",
+}
+
+
+def variant_params(method: str) -> dict:
+    """SCLD parameters encoded in a method name: ``"SCLD w=3 anchor=0.5"`` -> dict."""
+    if not method.startswith("SCLD"):
+        return {}
+    params = {}
+    for token in method.split()[1:]:
+        key, sep, value = token.partition("=")
+        if not sep or key not in VARIANT_KEYS:
+            raise ValueError(
+                f"Cannot read {token!r} in method {method!r}: use key=value with keys "
+                f"{sorted(VARIANT_KEYS)}, e.g. 'SCLD w=3 anchor=0.5'."
+            )
+        params[VARIANT_KEYS[key]] = float(value)
+    return params
 
 
 def _evaluate(runs: Runs, train, test, targets, evaluated, seed, extra) -> list[dict]:
     X, y, log = runs.X, runs.y, runs.log
     rows = []
     for method in runs.methods:
-        params = dict(runs.scld_params)
-        if method.startswith("SCLD w="):
-            params["guidance_scale"] = float(method.split("=")[1])
+        params = {**runs.scld_params, **variant_params(method)}
         for clf in runs.classifiers:
             start = time.perf_counter()
-            sampler = make_sampler(method, targets, seed, runs.memory, params)
+            sampler = make_sampler(method, targets, seed, runs.memory, params, runs.scvi_epochs)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
@@ -138,6 +164,7 @@ SCLD_VARIANTS = {
     "SCLD pre+post (w=2, s=2)": dict(guidance_scale=2.0, post_guidance_scale=2.0),
     "SCLD post only (w=0, s=2)": dict(guidance_scale=0.0, post_guidance_scale=2.0),
     "SCLD pre+filter (w=2, p>=0.5)": dict(guidance_scale=2.0, filter_threshold=0.5),
+    "SCLD anchored (w=2, a=0.5)": dict(guidance_scale=2.0, anchor_strength=0.5),
 }
 
 
@@ -159,7 +186,16 @@ def _cell_metrics(embedding, real_test, synthetic, other_test) -> dict:
 
 
 def fidelity(
-    X, y, seeds, memory, scld_params, log=print, plot_path=None, variants=SCLD_VARIANTS
+    X,
+    y,
+    seeds,
+    memory,
+    scld_params,
+    log=print,
+    plot_path=None,
+    variants=SCLD_VARIANTS,
+    with_scvi: bool = False,
+    scvi_epochs: int | None = None,
 ) -> pd.DataFrame:
     """Synthetic vs held-out real cells per type, in an embedding fitted on real training cells.
 
@@ -191,6 +227,20 @@ def fidelity(
         X_s, y_s = smote.fit_resample(X_train, y_train)
         new = np.arange(len(y_s)) >= len(y_train)
         synthetic["SMOTE"] = {t: X_s[new & (y_s == t)] for t in types}
+        if with_scvi:
+            from evaluation.scvi_baseline import SCVISampler
+
+            start = time.perf_counter()
+            scvi = SCVISampler(
+                sampling_strategy=smote.sampling_strategy,
+                random_state=seed,
+                max_epochs=scvi_epochs,
+                memory=memory,
+            )
+            X_v, y_v = scvi.fit_resample(X_train, y_train)
+            new = np.arange(len(y_v)) >= len(y_train)
+            synthetic["scVI"] = {t: X_v[new & (y_v == t)] for t in types}
+            log(f"  seed {seed}: scVI cells in {time.perf_counter() - start:.0f} s")
         start = time.perf_counter()
         sampler = SCLDSampler(random_state=seed, memory=memory, **scld_params).fit(X_train, y_train)
         log(
@@ -202,6 +252,7 @@ def fidelity(
                     "guidance_scale": 2.0,
                     "post_guidance_scale": 0.0,
                     "filter_threshold": None,
+                    "anchor_strength": 1.0,
                     **params,
                 }
             )
@@ -230,6 +281,10 @@ def fidelity(
             from evaluation.report import plot_embedding
 
             rarest = sorted(types, key=lambda t: train_counts[t])[:4]
-            shown = {m: synthetic[m] for m in ("SMOTE", "SCLD pre (w=2, default)")}
+            shown = {
+                m: synthetic[m]
+                for m in ("SMOTE", "scVI", "SCLD pre (w=2, default)")
+                if m in synthetic
+            }
             plot_embedding(embedding, X_train, y_train, X_test, y_test, shown, rarest, plot_path)
     return pd.DataFrame(rows)

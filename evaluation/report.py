@@ -33,6 +33,34 @@ def downstream_table(
     return out
 
 
+def headline_table(table: pd.DataFrame, metric: str = "rare_macro_f1") -> pd.DataFrame:
+    """One row per (protocol, k, classifier), one column per method; best mean in bold."""
+    wide = table.pivot_table(
+        index=["protocol", "k", "classifier"],
+        columns="method",
+        values=metric,
+        aggfunc="first",
+        sort=False,
+    )
+    wide = wide[list(dict.fromkeys(table["method"]))]
+
+    def bold_best(row: pd.Series) -> pd.Series:
+        means = pd.to_numeric(row.str.split(" ± ").str[0], errors="coerce")
+        if means.notna().any():
+            best = means.max()
+            row = row.where(means != best, "**" + row + "**")
+        return row
+
+    wide = wide.apply(bold_best, axis=1)
+    wide.index = [
+        f"{protocol}" + (f" k={k}" if k != "-" else "") + f", {classifier}"
+        for protocol, k, classifier in wide.index
+    ]
+    wide.index.name = "protocol, classifier"
+    wide.columns.name = None
+    return wide
+
+
 def fidelity_table(df: pd.DataFrame) -> pd.DataFrame:
     """Mean over types and seeds of each fidelity metric, one row per method."""
     return df.groupby(["method", "metric"], sort=False)["value"].mean().unstack("metric").round(3)
@@ -55,21 +83,45 @@ def fidelity_by_type(df: pd.DataFrame, methods, metrics=("mmd", "two_sample_auc"
 
 
 def plot_rare_f1(table: pd.DataFrame, path: Path, title: str) -> None:
+    """Grouped bars: rare-type F1 (mean ± sd) per classifier, one bar per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = table["method"].tolist()
-    means = [float(v.split(" ± ")[0]) if v != "failed" else np.nan for v in table["rare_macro_f1"]]
-    sds = [float(v.split(" ± ")[1]) if v != "failed" else 0.0 for v in table["rare_macro_f1"]]
-    fig, ax = plt.subplots(figsize=(1.1 * len(methods) + 2, 3.6))
-    ax.bar(range(len(methods)), means, yerr=sds, capsize=4, color="tab:blue")
-    ax.set_xticks(range(len(methods)))
-    ax.set_xticklabels(methods, rotation=25, ha="right")
-    ax.set_ylabel("rare-type macro-F1 (mean ± sd)")
+    def split(value: str) -> tuple[float, float]:
+        if value == "failed":
+            return np.nan, 0.0
+        mean, sd = value.split(" ± ")
+        return float(mean), float(sd)
+
+    classifiers = list(dict.fromkeys(table["classifier"]))
+    methods = list(dict.fromkeys(table["method"]))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(2.2 * len(classifiers) + 2.5, 3.8))
+    colors = plt.get_cmap("tab10")
+    for j, method in enumerate(methods):
+        rows = table[table["method"] == method].set_index("classifier")
+        stats = [
+            split(rows.loc[c, "rare_macro_f1"]) if c in rows.index else (np.nan, 0.0)
+            for c in classifiers
+        ]
+        x = np.arange(len(classifiers)) + (j - (len(methods) - 1) / 2) * width
+        ax.bar(
+            x,
+            [m for m, _ in stats],
+            width,
+            yerr=[s for _, s in stats],
+            capsize=2,
+            label=method,
+            color=colors(j % 10),
+        )
+    ax.set_xticks(range(len(classifiers)))
+    ax.set_xticklabels(classifiers)
+    ax.set_ylabel("rare-type F1 (mean ± sd over seeds)")
     ax.set_ylim(0, 1.05)
     ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -155,13 +207,42 @@ def write_report(
     fidelity: pd.DataFrame | None,
     meta: dict,
 ) -> Path:
+    from evaluation.methods import METHOD_SPACE
+
     lines = [f"# Benchmark: {dataset}", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     lines.append("")
+    methods = set()
+    for frame in (downstream, fidelity):
+        if frame is not None and not frame.empty:
+            methods |= set(frame["method"])
+    spaces = [
+        (name, space)
+        for name, space in METHOD_SPACE.items()
+        if any(m == name or m.startswith(name + " ") for m in methods)
+    ]
+    if spaces:
+        lines += [
+            "Every method receives raw counts and returns count-space rows; normalization "
+            "happens after augmentation, inside the pipeline. Where synthetic cells live:",
+            "",
+            "| method | synthetic cells |",
+            "|:--|:--|",
+            *[f"| {name} | {space} |" for name, space in spaces],
+            "",
+        ]
     if downstream is not None and not downstream.empty:
         table = downstream_table(downstream)
         table.to_csv(out / "downstream_summary.csv", index=False)
         lines += [
+            "## Rare-type F1 at a glance (mean ± sd over seeds; best mean in bold)",
+            "",
+            headline_table(table).to_markdown(),
+            "",
+            "Macro-F1 over all types (augmentation must not hurt the other types):",
+            "",
+            headline_table(table, "macro_f1").to_markdown(),
+            "",
             "## Downstream classification (mean ± sd over seeds)",
             "",
             "`rare_macro_f1`: mean F1 over the augmented types (natural: types under 2% of the "
@@ -171,23 +252,21 @@ def write_report(
             table.to_markdown(index=False),
             "",
         ]
-        for (protocol, k), part in table[table["classifier"] == "logreg"].groupby(
-            ["protocol", "k"], sort=False
-        ):
+        for (protocol, k), part in table.groupby(["protocol", "k"], sort=False):
             name = f"rare_f1_{protocol}" + (f"_k{k}" if k != "-" else "") + ".png"
             plot_rare_f1(
-                part,
-                out / name,
-                f"{dataset}: {protocol}"
-                + (f", k={k}" if k != "-" else "")
-                + " (logistic regression)",
+                part, out / name, f"{dataset}: {protocol}" + (f", k={k}" if k != "-" else "")
             )
             lines.append(f"![{name}]({name})")
         lines.append("")
     if fidelity is not None and not fidelity.empty:
         summary = fidelity_table(fidelity)
         summary.to_csv(out / "fidelity_summary.csv")
-        headline = ["real (train)", "SMOTE", "SCLD pre (w=2, default)"]
+        headline = [
+            m
+            for m in ("real (train)", "SMOTE", "scVI", "SCLD pre (w=2, default)")
+            if m in set(fidelity["method"])
+        ]
         lines += [
             "## Fidelity of synthetic cells to held-out real cells",
             "",

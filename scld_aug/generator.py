@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scld_aug.data import plain_scalar
+from scld_aug.data import iter_row_chunks, plain_scalar
 from scld_aug.genes import GenePanel
 from scld_aug.guidance import (
     classifier_free_guidance,
@@ -26,6 +26,9 @@ from scld_aug.guidance import (
 from scld_aug.model import Autoencoder, Denoiser, LatentClassifier, NoiseSchedule
 
 SAMPLE_BATCH = 4096
+# Latent codes kept per class for anchored generation: enough to cover a type's variety,
+# bounded so that atlas-sized training sets do not bloat the saved generator.
+MAX_ANCHORS = 4096
 
 
 @dataclass
@@ -38,6 +41,7 @@ class SamplingParams:
     filter_threshold: float | None = None
     max_filter_rounds: int = 10
     output: str = "sample"
+    anchor_strength: float = 1.0
 
 
 class SCLDGenerator:
@@ -58,6 +62,9 @@ class SCLDGenerator:
         Architecture and training settings (JSON-serializable).
     history : dict
         Per-step training losses of each network.
+    anchors : list of ndarray or None
+        Standardized latent codes of (up to ``MAX_ANCHORS``) training cells per class, the
+        starting points of anchored generation (``SamplingParams.anchor_strength < 1``).
     """
 
     def __init__(
@@ -72,6 +79,7 @@ class SCLDGenerator:
         libraries: list[np.ndarray],
         config: dict,
         history: dict | None = None,
+        anchors: list[np.ndarray] | None = None,
     ) -> None:
         self.autoencoder = autoencoder.eval()
         self.denoiser = denoiser.eval()
@@ -83,6 +91,9 @@ class SCLDGenerator:
         self.libraries = [np.asarray(lib, dtype=np.float64) for lib in libraries]
         self.config = dict(config)
         self.history = history or {}
+        self.anchors = (
+            None if anchors is None else [np.asarray(a, dtype=np.float32) for a in anchors]
+        )
         # Standardized training latents lie within a few units; sampling stays in that box.
         bound = float(config.get("latent_bound", 0.0)) or None
         self.schedule = NoiseSchedule(config["num_train_timesteps"], config["beta_schedule"], bound)
@@ -112,15 +123,15 @@ class SCLDGenerator:
     # ------------------------------------------------------------------ latent sampling
 
     @torch.no_grad()
-    def _denoise(self, noise: torch.Tensor, code: int, params: SamplingParams) -> torch.Tensor:
-        """Guided DDIM from pure noise to a clean (standardized) latent code."""
-        n = noise.shape[0]
-        labels = torch.full((n,), code, dtype=torch.long, device=noise.device)
+    def _denoise(
+        self, x: torch.Tensor, code: int, params: SamplingParams, timesteps: list[int]
+    ) -> torch.Tensor:
+        """Guided DDIM from noisy latents at ``timesteps[0]`` to clean standardized codes."""
+        n = x.shape[0]
+        labels = torch.full((n,), code, dtype=torch.long, device=x.device)
         null = torch.full_like(labels, self.denoiser.null_class)
         w = params.guidance_scale
-        self.schedule.set_timesteps(params.n_sampling_steps)
-        x = noise
-        for t in self.schedule.timesteps.tolist():
+        for t in timesteps:
             tt = torch.full((n,), t, dtype=torch.long, device=x.device)
             if w == 1.0:
                 eps = self.denoiser(x, tt, labels)
@@ -136,6 +147,36 @@ class SCLDGenerator:
                 )
             x = self.schedule.step(eps, t, x)
         return x
+
+    def _draw(
+        self, code: int, size: int, params: SamplingParams, generator: torch.Generator
+    ) -> torch.Tensor:
+        """One batch of latents: from pure noise, or from noised codes of real cells."""
+        noise = torch.randn(size, self.latent_mean.shape[0], generator=generator)
+        self.schedule.set_timesteps(params.n_sampling_steps)
+        timesteps = self.schedule.timesteps.tolist()
+        if params.anchor_strength >= 1.0:
+            return self._denoise(noise.to(self.device), code, params, timesteps)
+        # SDEdit-style: noise real codes of the class part of the way, then denoise back.
+        anchors = self.class_anchors(code)
+        picks = torch.randint(len(anchors), (size,), generator=generator)
+        x0 = torch.from_numpy(anchors)[picks]
+        kept = timesteps[len(timesteps) - int(round(len(timesteps) * params.anchor_strength)) :]
+        if not kept:
+            return x0.to(self.device)
+        t0 = torch.full((size,), kept[0], dtype=torch.long)
+        x = self.schedule.add_noise(x0, noise, t0)
+        return self._denoise(x.to(self.device), code, params, kept)
+
+    def class_anchors(self, code: int) -> np.ndarray:
+        """Stored standardized latent codes of real cells of class ``code``."""
+        if self.anchors is None:
+            raise ValueError(
+                "This generator was saved without the latent codes of its training cells, "
+                "which anchored generation (anchor_strength < 1) starts from. Refit it, or "
+                "use anchor_strength=1."
+            )
+        return self.anchors[code]
 
     @torch.no_grad()
     def class_probabilities(self, latents: torch.Tensor) -> torch.Tensor:
@@ -157,8 +198,7 @@ class SCLDGenerator:
             n_draw = need if params.filter_threshold is None else int(np.ceil(need * 1.25)) + 8
             for start in range(0, n_draw, SAMPLE_BATCH):
                 size = min(SAMPLE_BATCH, n_draw - start)
-                noise = torch.randn(size, self.latent_mean.shape[0], generator=generator)
-                z = self._denoise(noise.to(self.device), code, params)
+                z = self._draw(code, size, params, generator)
                 if params.filter_threshold is None:
                     accepted.append(z)
                     continue
@@ -281,6 +321,11 @@ class SCLDGenerator:
             "latent_mean": torch.from_numpy(self.latent_mean),
             "latent_std": torch.from_numpy(self.latent_std),
             "libraries": [torch.from_numpy(lib) for lib in self.libraries],
+            **(
+                {}
+                if self.anchors is None
+                else {"anchors": [torch.from_numpy(a) for a in self.anchors]}
+            ),
         }
 
     @classmethod
@@ -307,6 +352,7 @@ class SCLDGenerator:
             libraries=[lib.numpy() for lib in state["libraries"]],
             config=config,
             history=meta.get("history"),
+            anchors=[a.numpy() for a in state["anchors"]] if "anchors" in state else None,
         )
         return generator.to(device)
 
@@ -332,3 +378,30 @@ def build_modules(
     )
     classifier = LatentClassifier(config["latent_dim"], n_classes, hidden_dim=config["hidden_dim"])
     return autoencoder, denoiser, classifier
+
+
+@torch.no_grad()
+def encode_cells(
+    autoencoder: Autoencoder, X, panel: GenePanel, library: np.ndarray | None, device
+) -> np.ndarray:
+    """Latent codes (not standardized) of every row of CSR ``X``, in chunks of 1,024 rows."""
+    codes = []
+    for start, chunk in iter_row_chunks(X, 1024):
+        lib = library[start : start + chunk.shape[0]] if library is not None else None
+        x = torch.from_numpy(panel.encoder_input(chunk.toarray(), lib)).to(device)
+        codes.append(autoencoder.encode(x).cpu().numpy())
+    return np.concatenate(codes)
+
+
+def select_anchors(
+    standardized: np.ndarray, codes: np.ndarray, n_classes: int, seed: int
+) -> list[np.ndarray]:
+    """Per class, the codes of at most ``MAX_ANCHORS`` cells, chosen at random."""
+    rng = np.random.default_rng(seed)
+    anchors = []
+    for c in range(n_classes):
+        rows = np.flatnonzero(codes == c)
+        if len(rows) > MAX_ANCHORS:
+            rows = np.sort(rng.choice(rows, MAX_ANCHORS, replace=False))
+        anchors.append(np.ascontiguousarray(standardized[rows], dtype=np.float32))
+    return anchors

@@ -1,6 +1,6 @@
 """Gene handling: which genes the networks model, and how the others are generated.
 
-The networks model the ``n_top_genes`` most variable genes (Seurat-style normalized
+The networks model the ``n_top_genes`` most variable genes (Cell Ranger-style normalized
 dispersion for counts, variance for normalized data). Gene moments are weighted like
 the training minibatches, so markers of rare cell types are not drowned by large types.
 Every other gene is still generated, from class-level statistics:
@@ -61,19 +61,26 @@ def _weighted_moments(X: sp.csr_matrix, weights: np.ndarray, library: np.ndarray
     return mean, var, log_mean, log_var
 
 
-def _normalized_dispersion(mean: np.ndarray, var: np.ndarray, n_bins: int = 20) -> np.ndarray:
-    """Dispersion z-scored within bins of mean expression (Satija et al. 2015)."""
+def _normalized_dispersion(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Dispersion normalized within bins of equal gene counts (Zheng et al. 2017, Cell Ranger).
+
+    Bins are percentiles of mean expression, and each gene's dispersion is compared with the
+    median and MAD of its bin. Equal-count bins matter: with equal-width bins the few most
+    expressed genes (hormones, cell-type markers such as INS, GCG, SST) share a bin with
+    hardly any others and lose their rank.
+    """
     score = np.full(mean.shape, -np.inf)
     expressed = mean > 0
-    log_disp = np.log(np.maximum(var[expressed], 1e-12) / mean[expressed])
-    log_mean = np.log1p(mean[expressed])
-    edges = np.linspace(log_mean.min(), log_mean.max() + 1e-9, n_bins + 1)
-    bins = np.digitize(log_mean, edges[1:-1])
-    z = np.zeros_like(log_disp)
+    dispersion = var[expressed] / mean[expressed]
+    m = mean[expressed]
+    edges = np.unique(np.percentile(m, np.arange(10, 100, 5)))
+    bins = np.digitize(m, edges)
+    z = np.zeros_like(dispersion)
     for b in np.unique(bins):
         in_bin = bins == b
-        sd = log_disp[in_bin].std()
-        z[in_bin] = (log_disp[in_bin] - log_disp[in_bin].mean()) / sd if sd > 0 else 0.0
+        median = np.median(dispersion[in_bin])
+        mad = np.median(np.abs(dispersion[in_bin] - median))
+        z[in_bin] = (dispersion[in_bin] - median) / mad if mad > 0 else 0.0
     score[expressed] = z
     return score
 

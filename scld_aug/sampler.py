@@ -30,6 +30,9 @@ from scld_aug.serialization import atomic_torch_save, safe_torch_load
 
 FORMAT = "scld-aug-sampler"
 FORMAT_VERSION = 1
+# Part of the memory= cache key: bump whenever training would give a different generator
+# for the same data and parameters, so caches never serve generators of older code.
+TRAINING_VERSION = 2
 TRAINING_PARAMS = (
     "likelihood",
     "n_top_genes",
@@ -100,6 +103,12 @@ class SCLDSampler(BaseOverSampler):
         cost in diversity.
     post_guidance_scale : float, default=0.0
         Strength of the latent classifier's gradient during sampling (0 disables it).
+    anchor_strength : float in [0, 1], default=1.0
+        Where sampling starts. 1 generates from pure noise (plain SCLD). Below 1, each
+        synthetic cell starts from the latent code of a random real cell of its class,
+        noised to this fraction of the diffusion trajectory and denoised back with
+        guidance: lower values stay closer to the real cells (0 decodes their codes
+        unchanged, a likelihood resampling of real cells), higher values invent more.
     n_sampling_steps : int, default=50
         DDIM steps per sample.
     filter_threshold : float in [0, 1] or None, default=None
@@ -169,6 +178,7 @@ class SCLDSampler(BaseOverSampler):
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "guidance_scale": [Interval(Real, 0, None, closed="left")],
         "post_guidance_scale": [Interval(Real, 0, None, closed="left")],
+        "anchor_strength": [Interval(Real, 0, 1, closed="both")],
         "n_sampling_steps": [Interval(Integral, 1, 1000, closed="both")],
         "filter_threshold": [Interval(Real, 0, 1, closed="both"), None],
         "max_filter_rounds": [Interval(Integral, 1, None, closed="left")],
@@ -197,6 +207,7 @@ class SCLDSampler(BaseOverSampler):
         learning_rate: float = 1e-3,
         guidance_scale: float = 2.0,
         post_guidance_scale: float = 0.0,
+        anchor_strength: float = 1.0,
         n_sampling_steps: int = 50,
         filter_threshold: float | None = None,
         max_filter_rounds: int = 10,
@@ -221,6 +232,7 @@ class SCLDSampler(BaseOverSampler):
         self.learning_rate = learning_rate
         self.guidance_scale = guidance_scale
         self.post_guidance_scale = post_guidance_scale
+        self.anchor_strength = anchor_strength
         self.n_sampling_steps = n_sampling_steps
         self.filter_threshold = filter_threshold
         self.max_filter_rounds = max_filter_rounds
@@ -291,7 +303,13 @@ class SCLDSampler(BaseOverSampler):
         seed = self.random_state if isinstance(self.random_state, (int, np.integer)) else "unseeded"
         h.update(
             json.dumps(
-                [list(X.shape), [str(c) for c in classes], asdict(config), str(seed)]
+                [
+                    TRAINING_VERSION,
+                    list(X.shape),
+                    [str(c) for c in classes],
+                    asdict(config),
+                    str(seed),
+                ]
             ).encode()
         )
         return h.hexdigest()
@@ -359,6 +377,7 @@ class SCLDSampler(BaseOverSampler):
             else float(self.filter_threshold),
             max_filter_rounds=int(self.max_filter_rounds),
             output=self.output,
+            anchor_strength=float(self.anchor_strength),
         )
 
     def _class_seed(self, label) -> int:

@@ -19,11 +19,10 @@ from tqdm.auto import tqdm
 from scld_aug.data import (
     MinibatchSampler,
     dense_rows,
-    iter_row_chunks,
     library_sizes,
     sampling_weights,
 )
-from scld_aug.generator import SCLDGenerator, build_modules
+from scld_aug.generator import SCLDGenerator, build_modules, encode_cells, select_anchors
 from scld_aug.genes import GenePanel
 from scld_aug.model import NoiseSchedule
 
@@ -102,18 +101,6 @@ def _loop(
     return losses
 
 
-def _encode_all(
-    autoencoder, X: sp.csr_matrix, panel: GenePanel, library: np.ndarray | None, device
-) -> np.ndarray:
-    codes = []
-    with torch.no_grad():
-        for start, chunk in iter_row_chunks(X, 1024):
-            lib = library[start : start + chunk.shape[0]] if library is not None else None
-            x = torch.from_numpy(panel.encoder_input(chunk.toarray(), lib)).to(device)
-            codes.append(autoencoder.encode(x).cpu().numpy())
-    return np.concatenate(codes)
-
-
 def fit_generator(
     X: sp.csr_matrix,
     codes: np.ndarray,
@@ -161,7 +148,7 @@ def fit_generator(
 
     run("autoencoder", autoencoder, config.autoencoder_steps, autoencoder_loss)
 
-    latents = _encode_all(autoencoder, X, panel, library, device)
+    latents = encode_cells(autoencoder, X, panel, library, device)
     latent_mean = latents.mean(0)
     latent_std = latents.std(0) + 1e-6
     standardized = (latents - latent_mean) / latent_std
@@ -204,4 +191,5 @@ def fit_generator(
         libraries=libraries,
         config={**asdict(config), "latent_bound": latent_bound},
         history=history,
+        anchors=select_anchors(standardized, codes, n_classes, int(rng.integers(2**62))),
     )

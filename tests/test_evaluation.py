@@ -11,6 +11,8 @@ def test_benchmark_harness_writes_every_output(tmp_path):
     argv = ["all", "--dataset", "pbmc", "--quick", "--output", str(tmp_path)]
     argv += ["--classifiers", "logreg", "--methods", "none", "SMOTE", "SCLD"]
     argv += ["--k", "10", "--fidelity-seeds", "1"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv += ["--mlflow", uri]
     assert main(argv) == 0
     downstream = pd.read_csv(tmp_path / "results_downstream.csv")
     assert set(downstream["protocol"]) == {"natural", "downsample"}
@@ -31,3 +33,92 @@ def test_benchmark_harness_writes_every_output(tmp_path):
         "rare_f1_downsample_k10.png",
     ):
         assert (tmp_path / name).stat().st_size > 0
+
+    _check_mlflow_runs(uri, downstream)
+
+
+def _check_mlflow_runs(uri, downstream):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["scld-aug-benchmark"])
+    parent = runs[runs["tags.mlflow.runName"] == "benchmark pbmc"]
+    assert len(parent) == 1
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
+    scld = children[
+        (children["params.protocol"] == "natural") & (children["params.method"] == "SCLD")
+    ]
+    assert len(scld) == 1
+    expected = downstream[
+        (downstream["protocol"] == "natural")
+        & (downstream["method"] == "SCLD")
+        & (downstream["metric"] == "rare_macro_f1")
+    ]["value"].mean()
+    assert scld["metrics.rare_macro_f1_mean"].iloc[0] == pytest.approx(expected)
+    assert "fidelity SMOTE" in set(children["tags.mlflow.runName"])
+    artifacts = mlflow.artifacts.list_artifacts(run_id=parent["run_id"].iloc[0])
+    assert "report.md" in {a.path for a in artifacts}
+
+
+def test_unreachable_tracking_server_only_warns(tmp_path, monkeypatch):
+    from evaluation.tracking import log_benchmark
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    (tmp_path / "report.md").write_text("# report")
+    # Port 9 (discard) on loopback has no MLflow server.
+    with pytest.warns(RuntimeWarning, match="results in .* are complete"):
+        run_id = log_benchmark(tmp_path, "x", None, None, {}, uri="http://127.0.0.1:9")
+    assert run_id is None
+
+
+@pytest.mark.parametrize(
+    "method, expected",
+    [
+        ("SCLD", {}),
+        ("SCLD w=3", {"guidance_scale": 3.0}),
+        ("SCLD w=0 s=2", {"guidance_scale": 0.0, "post_guidance_scale": 2.0}),
+        ("SCLD anchor=0.5", {"anchor_strength": 0.5}),
+        ("SCLD balance=0.5", {"class_balance": 0.5}),
+        ("SMOTE", {}),
+    ],
+)
+def test_method_names_encode_scld_variants(method, expected):
+    from evaluation.protocols import variant_params
+
+    assert variant_params(method) == expected
+
+
+def test_unknown_variant_key_is_a_clear_error():
+    from evaluation.protocols import variant_params
+
+    with pytest.raises(ValueError, match="key=value"):
+        variant_params("SCLD guidance=3")
+
+
+def test_scvi_baseline_samples_counts_of_the_requested_classes(tmp_path):
+    pytest.importorskip("scvi")
+    import numpy as np
+    import scipy.sparse as sp
+
+    from evaluation.scvi_baseline import SCVISampler
+
+    from .conftest import make_counts
+
+    X, y = make_counts(sizes=(120, 30), n_genes=60)
+    X_csr = sp.csr_matrix(X)
+    kw = dict(sampling_strategy={"type1": 80}, random_state=0, max_epochs=150, memory=tmp_path)
+    X_res, y_res = SCVISampler(**kw).fit_resample(X_csr, y)
+    assert sp.issparse(X_res) and X_res.shape == (200, 60)
+    assert (y_res == "type1").sum() == 80
+    synthetic = X_res[150:].toarray()
+    assert synthetic.min() >= 0 and np.array_equal(synthetic, np.round(synthetic))
+    # Posterior samples of type1 cells look like type1 (its own gene program), not type0.
+    profile = np.log1p(synthetic.mean(0))
+    r = {t: np.corrcoef(profile, np.log1p(X[y == t].mean(0)))[0, 1] for t in ("type0", "type1")}
+    assert r["type1"] > 0.9 and r["type1"] > r["type0"] + 0.05, r
+    # The cached model gives the same cells.
+    again, _ = SCVISampler(**kw).fit_resample(X_csr, y)
+    assert (again != X_res).nnz == 0
+    with pytest.raises(ValueError, match="raw counts"):
+        SCVISampler(**kw).fit_resample(X_csr * 0.5, y)

@@ -132,3 +132,46 @@ def test_verbose_shows_progress(counts_data, tiny_params, capsys):
         assert stage in err
     SCLDSampler(random_state=0, **tiny_params).fit_resample(X, y)
     assert capsys.readouterr().err == ""
+
+
+def _nearest_real_distance(real, synthetic):
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=1).fit(log_normalize(real))
+    return nn.kneighbors(log_normalize(synthetic))[0].mean()
+
+
+def test_anchored_generation_stays_near_real_cells_of_the_class(trained):
+    X, y, sampler, reference = trained
+    real = X[y == "type2"]
+    distances = {}
+    try:
+        for strength in (1.0, 0.3, 0.0):
+            sampler.set_params(anchor_strength=strength, output="mean")
+            synthetic = sampler.generate(200, "type2")
+            assert (reference.predict(log_normalize(synthetic)) == "type2").mean() >= 0.9
+            distances[strength] = _nearest_real_distance(real, synthetic)
+    finally:
+        sampler.set_params(anchor_strength=1.0, output="sample")
+    # Starting from real cells' codes keeps synthetic cells nearer to real cells of the type.
+    assert max(distances[0.0], distances[0.3]) < distances[1.0], distances
+
+
+def test_anchor_strength_zero_decodes_the_real_cells_codes(trained):
+    X, y, sampler, _ = trained
+    generator = sampler.generator_
+    code = generator.class_code("type2")
+    anchors = generator.anchors[code]
+    assert len(anchors) == (y == "type2").sum()
+    try:
+        sampler.set_params(anchor_strength=0.0, output="mean")
+        synthetic = sampler.generate(40, "type2")
+    finally:
+        sampler.set_params(anchor_strength=1.0, output="sample")
+    # Library sizes are drawn per cell, so compare expression proportions (float32 networks:
+    # batch composition moves the last digits).
+    decoded = generator.decode(anchors, code, "mean", np.random.default_rng(0))
+    expected = decoded / decoded.sum(1, keepdims=True)
+    observed = synthetic / synthetic.sum(1, keepdims=True)
+    gaps = np.abs(observed[:, None, :] - expected[None, :, :]).max(-1).min(1)
+    assert gaps.max() < 1e-6

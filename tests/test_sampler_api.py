@@ -169,6 +169,7 @@ def test_generator_is_reused_when_only_sampling_parameters_change(
         dict(n_sampling_steps=3),
         dict(filter_threshold=0.2, max_filter_rounds=2),
         dict(output="mean"),
+        dict(anchor_strength=0.4),
     ):
         sampler.set_params(**params)
         sampler.fit_resample(X, y)
@@ -263,3 +264,24 @@ def test_log_normalized_input_gives_gaussian_output_in_input_space(data, tiny_pa
     assert synthetic.min() >= 0 and synthetic.max() <= logged.max() + 1e-6
     with pytest.raises(ValueError, match="output='counts'"):
         sampler.set_params(output="counts").fit_resample(logged, y)
+
+
+def test_anchored_generation_survives_cache_and_save(data, tiny_params, tmp_path):
+    X, y = data
+    params = dict(random_state=3, anchor_strength=0.5, memory=str(tmp_path / "cache"))
+    sampler = SCLDSampler(**params, **tiny_params).fit(X, y)
+    first = sampler.generate(15, "type2")
+    cached = SCLDSampler(**params, **tiny_params).fit(X, y)
+    assert cached.generator_source_ == "memory"
+    np.testing.assert_array_equal(cached.generate(15, "type2"), first)
+    sampler.save(tmp_path / "model.scld")
+    loaded = SCLDSampler.load(tmp_path / "model.scld")
+    np.testing.assert_array_equal(loaded.generate(15, "type2"), first)
+
+
+def test_anchored_generation_needs_stored_anchors(data, tiny_params):
+    X, y = data
+    sampler = SCLDSampler(random_state=0, anchor_strength=0.5, **tiny_params).fit(X, y)
+    sampler.generator_.anchors = None  # as in a file saved without them
+    with pytest.raises(ValueError, match="without the latent codes"):
+        sampler.generate(5, "type2")
