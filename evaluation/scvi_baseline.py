@@ -5,6 +5,7 @@ decoder. It has no class-conditional prior, so class-specific cells come from it
 posterior predictive distribution: pick a real training cell of the class at random, draw
 a latent code from q(z | cell), decode it with the cell's own library size and sample
 counts. Synthetic cells are therefore integer counts of every input gene, like SCLD's.
+Input is raw counts in any array or sparse form; the output is a CSR matrix.
 
 scvi-tools is an optional dependency (``pip install -e ".[scvi]"``).
 """
@@ -15,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from numbers import Integral
 from pathlib import Path
 
@@ -138,7 +140,10 @@ class SCVISampler(BaseOverSampler):
             if path is not None:
                 tmp = path.with_name(path.name + ".tmp")
                 model.save(str(tmp), overwrite=True)
-                tmp.replace(path)  # a directory rename: readers never see a partial model
+                try:
+                    tmp.replace(path)  # a directory rename: readers never see a partial model
+                except OSError:  # another process saved the same model first
+                    shutil.rmtree(tmp, ignore_errors=True)
         self.model_ = model
         # Reseed so that a cached model samples exactly what a freshly trained one does.
         scvi.settings.seed = seed
