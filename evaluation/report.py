@@ -15,6 +15,14 @@ def _mean_sd(values: pd.Series) -> str:
     return f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.3f}"
 
 
+def _parse_mean_sd(value: str) -> tuple[float, float]:
+    """Inverse of ``_mean_sd``: "failed" (or a missing cell) gives (nan, 0)."""
+    if not isinstance(value, str) or value == "failed":
+        return np.nan, 0.0
+    mean, sd = value.split(" ± ")
+    return float(mean), float(sd)
+
+
 def downstream_table(
     df: pd.DataFrame, metrics=("rare_macro_f1", "macro_f1", "balanced_accuracy")
 ) -> pd.DataFrame:
@@ -45,7 +53,7 @@ def headline_table(table: pd.DataFrame, metric: str = "rare_macro_f1") -> pd.Dat
     wide = wide[list(dict.fromkeys(table["method"]))]
 
     def bold_best(row: pd.Series) -> pd.Series:
-        means = pd.to_numeric(row.str.split(" ± ").str[0], errors="coerce")
+        means = pd.Series([_parse_mean_sd(v)[0] for v in row], index=row.index)
         if means.notna().any():
             best = means.max()
             row = row.where(means != best, "**" + row + "**")
@@ -89,12 +97,6 @@ def plot_rare_f1(table: pd.DataFrame, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def split(value: str) -> tuple[float, float]:
-        if value == "failed":
-            return np.nan, 0.0
-        mean, sd = value.split(" ± ")
-        return float(mean), float(sd)
-
     classifiers = list(dict.fromkeys(table["classifier"]))
     methods = list(dict.fromkeys(table["method"]))
     width = 0.8 / len(methods)
@@ -103,7 +105,7 @@ def plot_rare_f1(table: pd.DataFrame, path: Path, title: str) -> None:
     for j, method in enumerate(methods):
         rows = table[table["method"] == method].set_index("classifier")
         stats = [
-            split(rows.loc[c, "rare_macro_f1"]) if c in rows.index else (np.nan, 0.0)
+            _parse_mean_sd(rows.loc[c, "rare_macro_f1"]) if c in rows.index else (np.nan, 0.0)
             for c in classifiers
         ]
         x = np.arange(len(classifiers)) + (j - (len(methods) - 1) / 2) * width
