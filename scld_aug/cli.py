@@ -1,11 +1,176 @@
-"""Command line: ``scld-aug demo``."""
+"""Command line: ``scld-aug demo`` and ``scld-aug augment IN.h5ad OUT.h5ad``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+
+AUGMENT_EPILOG = """\
+examples:
+  scld-aug augment pancreas.h5ad pancreas_aug.h5ad --labels-key cell_type --layer counts
+  scld-aug augment in.h5ad out.h5ad --types mast schwann --target 200 --save-sampler mast.scld
+
+By default every rare type (under 2% of the cells, at least 3 cells) is raised to the
+median type size. The output holds the original cells, unchanged, then the synthetic
+ones, marked by obs["is_synthetic"]. With --layer, the augmented counts are in that
+layer and X is empty: normalize again downstream.
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _add_augment_parser(sub) -> None:
+    import inspect
+
+    from scld_aug.sampler import SCLDSampler
+
+    # Help shows the sampler's own defaults, so it cannot drift from them.
+    defaults = {name: p.default for name, p in inspect.signature(SCLDSampler).parameters.items()}
+    aug = sub.add_parser(
+        "augment",
+        help="add synthetic cells of the rare cell types to an .h5ad file",
+        description="Train SCLD on an .h5ad file and write it back with synthetic cells "
+        "of the rare (or the named) cell types.",
+        epilog=AUGMENT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    aug.add_argument("input", help="input .h5ad file")
+    aug.add_argument("output", help="output .h5ad file (must not exist, unless --overwrite)")
+    aug.add_argument(
+        "--labels-key",
+        default="cell_type",
+        help="obs column with cell types (default: %(default)s)",
+    )
+    aug.add_argument("--layer", help="layer with raw counts, e.g. counts (default: X)")
+    aug.add_argument(
+        "--types",
+        nargs="+",
+        metavar="TYPE",
+        help="cell types to augment (default: the types with under 2%% of the cells and "
+        "at least 3 cells)",
+    )
+    aug.add_argument(
+        "--target",
+        type=_positive_int,
+        metavar="N",
+        help="cells per augmented type afterwards (default: median type size)",
+    )
+    aug.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    aug.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="auto: a GPU when there is one, else the CPU (default: %(default)s)",
+    )
+    aug.add_argument(
+        "--likelihood",
+        choices=["auto", "nb", "gaussian"],
+        default="auto",
+        help="decoder likelihood; 'gaussian' models non-count (normalized) data as it is",
+    )
+    aug.add_argument(
+        "--guidance-scale",
+        type=_non_negative_float,
+        metavar="W",
+        help=f"classifier-free guidance strength (default: {defaults['guidance_scale']})",
+    )
+    aug.add_argument(
+        "--quick", action="store_true", help="tiny model with few steps, for smoke tests"
+    )
+    for option, param, what in (
+        ("autoencoder-steps", "autoencoder_steps", "autoencoder training steps"),
+        ("diffusion-steps", "diffusion_steps", "diffusion training steps"),
+        ("classifier-steps", "classifier_steps", "latent classifier training steps"),
+        ("sampling-steps", "n_sampling_steps", "DDIM steps per synthetic cell"),
+    ):
+        aug.add_argument(
+            f"--{option}",
+            type=_positive_int,
+            metavar="N",
+            help=f"{what} (default: {defaults[param]})",
+        )
+    aug.add_argument("--save-sampler", metavar="PATH", help="also save the fitted sampler there")
+    aug.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    aug.add_argument("--quiet", action="store_true", help="no progress bars or tables, only errors")
+
+
+def _augment(args: argparse.Namespace) -> int:
+    from scld_aug.augment import AugmentError, augment_h5ad
+    from scld_aug.demo import QUICK
+
+    params = dict(QUICK) if args.quick else {}
+    overrides = {
+        "guidance_scale": args.guidance_scale,
+        "autoencoder_steps": args.autoencoder_steps,
+        "diffusion_steps": args.diffusion_steps,
+        "classifier_steps": args.classifier_steps,
+        "n_sampling_steps": args.sampling_steps,
+    }
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    log = None if args.quiet else print
+    start = time.perf_counter()
+    try:
+        summary = augment_h5ad(
+            args.input,
+            args.output,
+            labels_key=args.labels_key,
+            layer=args.layer,
+            cell_types=args.types,
+            target=args.target,
+            random_state=args.seed,
+            overwrite=args.overwrite,
+            save_sampler=args.save_sampler,
+            verbose=not args.quiet,
+            log=log,
+            device=args.device,
+            likelihood=args.likelihood,
+            **params,
+        )
+    except AugmentError as err:
+        print(f"scld-aug augment: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("scld-aug augment: interrupted; no output was written.", file=sys.stderr)
+        return 130
+    if log is not None:
+        n_new = int(summary["synthetic"].sum())
+        log(summary.to_string())
+        log(
+            f"Wrote {args.output}: {int(summary['after'].sum())} cells "
+            f"({int(summary['before'].sum())} real + {n_new} synthetic, "
+            f'marked by obs["is_synthetic"]) in {time.perf_counter() - start:.0f} s'
+        )
+        if args.layer:
+            log(
+                f"The augmented matrix is in layers[{args.layer!r}] and X is empty: normalize "
+                "again downstream."
+            )
+        if args.save_sampler:
+            log(f"Saved the fitted sampler to {args.save_sampler} (SCLDSampler.load)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``scld-aug`` command line; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="scld-aug", description="Single-cell latent diffusion augmentation."
     )
@@ -17,11 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--folds", type=int, default=3)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quick", action="store_true", help="tiny model, for a smoke test")
+    _add_augment_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from scld_aug.demo import run_demo
 
         run_demo(args.output_dir, n_folds=args.folds, seed=args.seed, quick=args.quick)
+    elif args.command == "augment":
+        return _augment(args)
     return 0
 
 

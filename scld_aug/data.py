@@ -207,9 +207,28 @@ def augmented_anndata(
         obs[labels_key] = pd.Categorical(
             [lookup.get(str(v), v) for v in obs[labels_key]], categories=categories
         )
+    _keep_obs_dtypes(obs, adata.obs)
     obs["is_synthetic"] = np.r_[np.zeros(n_orig, bool), np.ones(n_new, bool)]
     if layer is None:
         return anndata.AnnData(X=X_res, obs=obs, var=adata.var.copy(), uns=dict(adata.uns))
     return anndata.AnnData(
         X=None, obs=obs, var=adata.var.copy(), layers={layer: X_res}, uns=dict(adata.uns)
     )
+
+
+def _keep_obs_dtypes(obs: pd.DataFrame, original: pd.DataFrame) -> None:
+    """Nullable dtypes for columns the synthetic cells have no value in.
+
+    Concatenation with missing values turns bool columns into object columns (which
+    ``write_h5ad`` rejects) and integer columns into floats; ``boolean`` / ``Int64`` keep both.
+    """
+    for column in original.columns:
+        dtype = original[column].dtype
+        if not isinstance(dtype, np.dtype) or not obs[column].isna().any():
+            continue  # extension dtypes hold missing values already
+        if dtype.kind == "b":
+            obs[column] = obs[column].astype("boolean")
+        elif dtype.kind in "iu":
+            obs[column] = obs[column].astype(
+                f"{'U' if dtype.kind == 'u' else ''}Int{8 * dtype.itemsize}"
+            )

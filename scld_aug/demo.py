@@ -16,7 +16,9 @@ from __future__ import annotations
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,10 +30,26 @@ QUICK = dict(
 )
 
 
-def rare_strategy(y) -> dict:
-    """Raise every type with under 2% of the cells (and at least 3 cells) to the median class size."""
+def rare_strategy(y, target: int | None = None) -> dict:
+    """Raise every type with under 2% of the cells (and at least 3 cells) to the median class size.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_cells,)
+        Cell-type labels.
+    target : int or None, default=None
+        Cells per rare type after over-sampling; ``None`` uses the median class size.
+        Types that already have ``target`` cells or more are left out.
+
+    Returns
+    -------
+    strategy : dict
+        ``{type: cells after over-sampling}``, usable as an imbalanced-learn
+        ``sampling_strategy`` (so is the function itself).
+    """
     counts = Counter(np.asarray(y).tolist())
-    target = int(np.median(list(counts.values())))
+    if target is None:
+        target = int(np.median(list(counts.values())))
     return {
         label: target
         for label, n in counts.items()
@@ -64,26 +82,53 @@ def _pipeline(sampler):
     return Pipeline(([("aug", sampler)] if sampler is not None else []) + steps)
 
 
+def cross_validated_predictions(
+    make_pipeline: Callable[[], Any], X, y, n_folds: int, seed: int
+) -> np.ndarray:
+    """Pooled out-of-fold predictions of a fresh pipeline per stratified fold.
+
+    Parameters
+    ----------
+    make_pipeline : callable
+        Returns an unfitted estimator (e.g. an imblearn ``Pipeline``), called once per fold.
+    X : {ndarray, sparse matrix} of shape (n_cells, n_genes)
+    y : ndarray of shape (n_cells,)
+    n_folds : int
+        Folds of ``StratifiedKFold(shuffle=True, random_state=seed)``: the same ``seed``
+        gives the same folds, so methods and classifiers are compared on the same splits.
+    seed : int
+
+    Returns
+    -------
+    predicted : ndarray of str, shape (n_cells,)
+        Each cell's label predicted by the pipeline fitted on the folds without it.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
+    predicted = np.empty(len(y), dtype=object)
+    with warnings.catch_warnings():
+        # Types with fewer cells than folds (t_cell) are expected; sklearn warns about them.
+        warnings.filterwarnings("ignore", message="The least populated class")
+        splits = list(folds.split(np.zeros(len(y)), y))
+    for train, test in splits:
+        pipe = make_pipeline().fit(X[train], y[train])
+        predicted[test] = pipe.predict(X[test])
+    return predicted.astype(str)
+
+
 def cross_validated_f1(X, y, n_folds: int, seed: int, quick: bool, log=print) -> pd.DataFrame:
     """Per-class F1 of each method from pooled out-of-fold predictions (rows: classes)."""
     from sklearn.metrics import f1_score
-    from sklearn.model_selection import StratifiedKFold
 
     classes = np.unique(y)
-    folds = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
     table = {}
     for name, sampler in _samplers(seed, quick).items():
         start = time.perf_counter()
-        predicted = np.empty(len(y), dtype=object)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The least populated class")
-            splits = list(folds.split(np.zeros(len(y)), y))
-        for train, test in splits:
-            pipe = _pipeline(sampler).fit(X[train], y[train])
-            predicted[test] = pipe.predict(X[test])
-        table[name] = f1_score(
-            y, predicted.astype(str), labels=classes, average=None, zero_division=0
+        predicted = cross_validated_predictions(
+            lambda sampler=sampler: _pipeline(sampler), X, y, n_folds, seed
         )
+        table[name] = f1_score(y, predicted, labels=classes, average=None, zero_division=0)
         log(f"  {name:<18} {time.perf_counter() - start:6.1f} s")
     return pd.DataFrame(table, index=classes)
 

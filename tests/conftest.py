@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import scld_aug.train
+
 # Small networks and few steps: enough for API tests, seconds per fit.
 TINY = dict(
     autoencoder_steps=30,
@@ -47,3 +49,17 @@ def counts_data():
 @pytest.fixture
 def tiny_params():
     return dict(TINY)
+
+
+@pytest.fixture
+def count_trainings(monkeypatch):
+    """List that grows by one each time a generator is trained (not reused or loaded)."""
+    calls = []
+    original = scld_aug.train.fit_generator
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scld_aug.train, "fit_generator", counting)
+    return calls

@@ -97,8 +97,8 @@ def _target_probability(sampler, cell_type, n=200):
         filter_threshold=sampler.filter_threshold,
     )
     latents = generator.sample_latents(code, n, params, torch.Generator().manual_seed(0))
-    probs = generator.class_probabilities(torch.as_tensor(latents))[:, code]
-    return probs.numpy()
+    probs = generator.class_probabilities(torch.as_tensor(latents, device=generator.device))
+    return probs[:, code].cpu().numpy()
 
 
 def test_post_guidance_raises_classifier_confidence(trained):

@@ -10,7 +10,6 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import scld_aug.train
 from scld_aug import SCLDSampler
 
 
@@ -18,19 +17,6 @@ from scld_aug import SCLDSampler
 def data(counts_data):
     X, y = counts_data
     return X.copy(), y.copy()
-
-
-@pytest.fixture
-def count_trainings(monkeypatch):
-    calls = []
-    original = scld_aug.train.fit_generator
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(scld_aug.train, "fit_generator", counting)
-    return calls
 
 
 @pytest.mark.parametrize(
@@ -105,6 +91,24 @@ def test_dataframe_keeps_columns_and_generate_returns_dataframe(data, tiny_param
     assert isinstance(y_res, pd.Series) and y_res.name == "cell_type"
     generated = sampler.generate(7, "type2")
     assert isinstance(generated, pd.DataFrame) and list(generated.columns) == genes
+
+
+def test_augmented_anndata_with_bool_and_int_obs_columns_can_be_written(
+    data, tiny_params, tmp_path
+):
+    X, y = data
+    obs = pd.DataFrame(
+        {"cell_type": y, "doublet": np.zeros(len(y), bool), "n_genes": np.arange(len(y))},
+        index=[f"c{i}" for i in range(len(y))],
+    )
+    adata = anndata.AnnData(X=sp.csr_matrix(X), obs=obs)
+    out = SCLDSampler(random_state=0, **tiny_params).fit_resample_anndata(adata)
+    assert out.obs["doublet"].dtype == "boolean" and out.obs["n_genes"].dtype == "Int64"
+    assert out.obs["doublet"].iloc[len(y) :].isna().all()
+    assert (out.obs["n_genes"].iloc[: len(y)].to_numpy() == np.arange(len(y))).all()
+    out.write_h5ad(tmp_path / "out.h5ad")
+    back = anndata.read_h5ad(tmp_path / "out.h5ad")
+    assert back.n_obs == out.n_obs and back.obs["is_synthetic"].sum() == out.n_obs - len(y)
 
 
 def test_anndata_entry_point_marks_synthetic_cells(data, tiny_params):

@@ -1,0 +1,376 @@
+"""Augment the rare cell types of an ``.h5ad`` file: the library behind ``scld-aug augment``.
+
+:func:`augment_h5ad` reads an AnnData file, checks everything that can be checked before
+training (paths, labels, layer, count data, which types to augment), trains
+:class:`~scld_aug.SCLDSampler` on all cells, and writes the original cells followed by the
+synthetic ones (``obs["is_synthetic"]``) to a new ``.h5ad`` atomically: the output appears
+complete or not at all.
+
+Examples
+--------
+>>> from scld_aug.augment import augment_h5ad
+>>> summary = augment_h5ad("pancreas.h5ad", "pancreas_aug.h5ad", labels_key="cell_type",
+...                        layer="counts")  # doctest: +SKIP
+>>> summary.loc["mast"].tolist()  # doctest: +SKIP
+[8, 73, 81]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from scld_aug import data as data_layer
+from scld_aug.demo import MIN_CELLS, RARE_FRACTION, rare_strategy
+
+__all__ = ["AugmentError", "augment_h5ad", "plan_augmentation"]
+
+
+class AugmentError(ValueError):
+    """A problem with the input file or the options; the message says how to fix it."""
+
+
+def _listing(counts: dict) -> str:
+    return ", ".join(f"{label} ({n})" for label, n in sorted(counts.items(), key=lambda t: -t[1]))
+
+
+def plan_augmentation(
+    y: np.ndarray,
+    cell_types: Iterable[str] | None = None,
+    target: int | None = None,
+    min_cells: int = MIN_CELLS,
+) -> dict:
+    """Which cell types to augment and to how many cells, checked before any training.
+
+    Parameters
+    ----------
+    y : ndarray of shape (n_cells,)
+        Cell-type labels.
+    cell_types : iterable of str or None, default=None
+        Types to augment, matched to the labels as text. ``None`` picks the rare types:
+        under 2% of the cells, at least ``min_cells`` cells and fewer than ``target``
+        (the rule of :func:`scld_aug.demo.rare_strategy`).
+    target : int or None, default=None
+        Cells per augmented type after augmentation; ``None`` is the median type size.
+    min_cells : int, default=3
+        Fewest cells a type needs to be generated.
+
+    Returns
+    -------
+    strategy : dict
+        ``{label: cells after augmentation}`` with labels as they appear in ``y``.
+
+    Raises
+    ------
+    AugmentError
+        For unknown types, types that are too small or already at the target, or when
+        no type qualifies.
+    """
+    counts = Counter(np.asarray(y).tolist())
+    if target is None:
+        target = int(np.median(list(counts.values())))
+    if target < 1:
+        raise AugmentError(f"target must be a positive number of cells, got {target}.")
+    if cell_types is None:
+        strategy = {
+            label: n for label, n in rare_strategy(y, target).items() if counts[label] >= min_cells
+        }
+        if not strategy:
+            raise AugmentError(
+                f"No rare cell type to augment: no type has under {RARE_FRACTION:.0%} of the "
+                f"{len(y)} cells, at least {min_cells} cells and fewer than the target of "
+                f"{target}. Name the types to augment with --types (and the size to reach "
+                f"with --target). Types: {_listing(counts)}."
+            )
+        return strategy
+    by_text = {str(label): label for label in counts}
+    requested = list(dict.fromkeys(str(t) for t in cell_types))
+    unknown = [t for t in requested if t not in by_text]
+    if unknown:
+        raise AugmentError(
+            f"Unknown cell type(s) {unknown}. Available types (cells): {_listing(counts)}."
+        )
+    too_small = {t: counts[by_text[t]] for t in requested if counts[by_text[t]] < min_cells}
+    if too_small:
+        raise AugmentError(
+            "Too few cells to learn from: "
+            + ", ".join(f"{t!r} has {n}" for t, n in too_small.items())
+            + f"; a type needs at least {min_cells} cells. Leave it out of --types, or merge "
+            "it with a related type in the labels first."
+        )
+    full = {t: counts[by_text[t]] for t in requested if counts[by_text[t]] >= target}
+    if full:
+        raise AugmentError(
+            "Nothing to add: "
+            + ", ".join(f"{t!r} already has {n} cells" for t, n in full.items())
+            + f", at least the target of {target}. Raise --target or leave "
+            + ("it" if len(full) == 1 else "them")
+            + " out of --types."
+        )
+    return {by_text[t]: target for t in requested}
+
+
+def _first_non_count(X: Any) -> float | None:
+    """A value of ``X`` that is not a non-negative integer, or None for count data."""
+    if sp.issparse(X):
+        values = [X.data] if X.format in ("csr", "csc") else [sp.csr_matrix(X).data]
+    else:
+        # Row blocks: a whole-matrix boolean mask would double the memory of dense data.
+        X = np.asarray(X)
+        step = data_layer.CHUNK_ROWS
+        values = (X[i : i + step] for i in range(0, len(X), step))
+    for v in values:
+        bad = (v < 0) | (v != np.round(v))
+        if bad.any():
+            return float(np.asarray(v)[bad][0])
+    return None
+
+
+def _check_paths(
+    input_path: Path, output_path: Path, save_sampler: Path | None, overwrite: bool
+) -> None:
+    if not input_path.is_file():
+        where = "is a directory" if input_path.is_dir() else "does not exist"
+        raise AugmentError(
+            f"Input file {str(input_path)!r} {where}; pass the path of an .h5ad file."
+        )
+    outputs = {"output": output_path}
+    if save_sampler is not None:
+        outputs["--save-sampler"] = save_sampler
+    for what, path in outputs.items():
+        if path.resolve() == input_path.resolve():
+            raise AugmentError(
+                f"The {what} path {str(path)!r} is the input file; choose another path so the "
+                "input is kept."
+            )
+        if path.is_dir():
+            raise AugmentError(f"The {what} path {str(path)!r} is a directory; give a file name.")
+        if path.exists() and not overwrite:
+            raise AugmentError(
+                f"The {what} file {str(path)!r} already exists; pass --overwrite "
+                "(overwrite=True) to replace it, or choose another path."
+            )
+    if save_sampler is not None and save_sampler.resolve() == output_path.resolve():
+        raise AugmentError("--save-sampler and the output must be different files.")
+
+
+def _check_data(adata: Any, labels_key: str, layer: str | None, likelihood: str) -> None:
+    """Check labels, layer and count data, with messages that name the CLI options."""
+    if labels_key not in adata.obs.columns:
+        raise AugmentError(
+            f"Labels key {labels_key!r} is not a column of obs; pass --labels-key with one of "
+            f"{list(map(str, adata.obs.columns))}."
+        )
+    missing = int(adata.obs[labels_key].isna().sum())
+    if missing:
+        raise AugmentError(
+            f"obs[{labels_key!r}] has {missing} cell(s) without a label; drop or label them first."
+        )
+    if layer is not None:
+        if layer not in adata.layers:
+            available = list(adata.layers.keys())
+            raise AugmentError(
+                f"Layer {layer!r} not found; "
+                + (f"available layers: {available}." if available else "the file has no layers.")
+                + " Leave out --layer to use X."
+            )
+        X, where = adata.layers[layer], f"layer {layer!r}"
+    else:
+        X, where = adata.X, "X"
+        if X is None:
+            raise AugmentError(
+                f"X is empty; pass --layer with the layer of raw counts ({list(adata.layers.keys())})."
+            )
+    bad = _first_non_count(X)
+    if bad is not None and likelihood != "gaussian":
+        count_layers = [
+            name
+            for name, M in adata.layers.items()
+            if name != layer and _first_non_count(M) is None
+        ]
+        hint = (
+            f"pass --layer {count_layers[0]} (layers with counts: {count_layers})"
+            if count_layers
+            else "pass --layer with the layer of raw counts"
+        )
+        raise AugmentError(
+            f"{where} does not hold raw counts (e.g. value {bad:g}; normalized or scaled "
+            f"data?). SCLD models raw UMI counts; {hint}, or pass --likelihood gaussian to "
+            f"model the values of {where} as they are."
+        )
+
+
+def _write_atomically(adata: Any, path: Path) -> None:
+    """Write to a hidden file next to ``path``, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        adata.write_h5ad(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def augment_h5ad(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    labels_key: str = "cell_type",
+    layer: str | None = None,
+    cell_types: Iterable[str] | None = None,
+    target: int | None = None,
+    random_state: int | None = 0,
+    overwrite: bool = False,
+    save_sampler: str | os.PathLike | None = None,
+    verbose: bool = False,
+    log: Callable[[str], None] | None = None,
+    **sampler_params: Any,
+) -> pd.DataFrame:
+    """Augment cell types of an ``.h5ad`` file with SCLD and write the result.
+
+    Everything that can fail on the input is checked before training. The output holds
+    the original cells (unchanged, with their ``obs``) followed by the synthetic cells,
+    marked by ``obs["is_synthetic"]``; ``var`` and ``uns`` are kept, while other layers,
+    ``obsm`` and ``obsp`` are left out (they are undefined for synthetic cells). With
+    ``layer``, the augmented matrix is in that layer and ``X`` is empty.
+
+    Parameters
+    ----------
+    input_path, output_path : str or path-like
+        The ``.h5ad`` to read and the one to write (different files; missing folders are
+        created). The output is written to a temporary file next to it and renamed, so an
+        error never leaves a partial file.
+    labels_key : str, default="cell_type"
+        Column of ``obs`` with the cell types.
+    layer : str or None, default=None
+        Layer with raw counts (e.g. ``"counts"``); ``None`` uses ``X``.
+    cell_types : iterable of str or None, default=None
+        Types to augment; ``None`` picks the rare ones (see :func:`plan_augmentation`).
+    target : int or None, default=None
+        Cells per augmented type afterwards; ``None`` is the median type size.
+    random_state : int or None, default=0
+        Seed for training and sampling.
+    overwrite : bool, default=False
+        Replace existing output files.
+    save_sampler : str, path-like or None, default=None
+        Also save the fitted sampler there (:meth:`SCLDSampler.save`).
+    verbose : bool, default=False
+        Progress bars for training and sampling.
+    log : callable or None, default=None
+        Called with progress messages (e.g. ``print``).
+    **sampler_params
+        Other :class:`~scld_aug.SCLDSampler` parameters (``device``, ``guidance_scale``,
+        ``diffusion_steps``...). Non-count data is refused unless
+        ``likelihood="gaussian"`` is passed.
+
+    Returns
+    -------
+    summary : pandas.DataFrame
+        One row per cell type (largest first) with columns ``before``, ``synthetic`` and
+        ``after``.
+
+    Raises
+    ------
+    AugmentError
+        For problems with the paths, the file or the options, before any training.
+    """
+    import anndata
+
+    from scld_aug import SCLDSampler
+    from scld_aug._random import resolve_device
+
+    say = log or (lambda message: None)
+    input_path, output_path = Path(input_path), Path(output_path)
+    save_path = None if save_sampler is None else Path(save_sampler)
+    _check_paths(input_path, output_path, save_path, overwrite)
+    requested_device = sampler_params.get("device", "auto")
+    try:
+        device = resolve_device(requested_device)
+    except (ValueError, RuntimeError) as err:
+        raise AugmentError(
+            f"Device {requested_device!r} is not available on this machine; pass --device auto "
+            "(a GPU when there is one, else the CPU) or --device cpu."
+        ) from err
+
+    try:
+        adata = anndata.read_h5ad(input_path)
+    except Exception as err:  # h5py and anndata raise many types for unreadable files
+        raise AugmentError(
+            f"Could not read {str(input_path)!r} as an .h5ad file ({type(err).__name__}: {err})."
+        ) from err
+    likelihood = sampler_params.get("likelihood", "auto")
+    _check_data(adata, labels_key, layer, likelihood)
+    _, y = data_layer.anndata_arrays(adata, labels_key, layer)
+    min_cells = sampler_params.get("min_class_size", MIN_CELLS)
+    strategy = plan_augmentation(y, cell_types, target, min_cells)
+    counts = Counter(y.tolist())
+    say(
+        f"Read {input_path}: {adata.n_obs} cells x {adata.n_vars} genes, {len(counts)} cell "
+        f"types in obs[{labels_key!r}], expression from " + (f"layer {layer!r}" if layer else "X")
+    )
+    if cell_types is None:
+        skipped = {t: n for t, n in counts.items() if n < RARE_FRACTION * len(y) and n < min_cells}
+        if skipped:
+            say(f"Too few cells to augment (< {min_cells}), left as they are: {_listing(skipped)}")
+    say(
+        "Augmenting "
+        + ", ".join(
+            f"{label} ({counts[label]} -> {n})"
+            for label, n in sorted(strategy.items(), key=lambda t: -counts[t[0]])
+        )
+        + f"; training SCLD on {device}"
+    )
+
+    try:
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise AugmentError(f"Could not create the output folder: {err}.") from err
+    # Found out now rather than after minutes of training.
+    if not os.access(output_path.parent, os.W_OK):
+        raise AugmentError(f"Cannot write to the folder {str(output_path.parent)!r}.")
+    sampler = SCLDSampler(
+        sampling_strategy=strategy,
+        random_state=random_state,
+        verbose=verbose,
+        **sampler_params,
+    )
+    start = time.perf_counter()
+    result = sampler.fit_resample_anndata(adata, labels_key=labels_key, layer=layer)
+    say(f"Trained and sampled in {time.perf_counter() - start:.1f} s")
+
+    try:
+        _write_atomically(result, output_path)
+    except OSError as err:
+        raise AugmentError(
+            f"Could not write {str(output_path)!r} ({err}); no partial file was left. Check "
+            "the folder's permissions and free disk space."
+        ) from err
+    if save_path is not None:
+        try:
+            sampler.save(save_path)  # atomic as well
+        except OSError as err:
+            raise AugmentError(
+                f"Wrote {str(output_path)!r} but could not save the sampler to "
+                f"{str(save_path)!r} ({err})."
+            ) from err
+
+    after = Counter(result.obs[labels_key].astype(str))
+    summary = pd.DataFrame(
+        {
+            "before": [counts[label] for label in counts],
+            "after": [after[str(label)] for label in counts],
+        },
+        index=pd.Index([str(label) for label in counts], name=labels_key),
+    )
+    summary.insert(1, "synthetic", summary["after"] - summary["before"])
+    return summary.sort_values(["before", "synthetic"], ascending=False)

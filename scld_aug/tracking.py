@@ -1,0 +1,549 @@
+"""Optional MLflow tracking of sampler fits and tuning studies.
+
+Tracking never decides whether work succeeds: every call to MLflow goes through
+:class:`RunLogger`, which turns the first failure (unreachable server, server dying
+mid-run, bad URI) into one clear warning and stops logging, while the fit or study goes on
+and returns its result.
+
+Where runs go: the ``tracking_uri`` argument, else ``MLFLOW_TRACKING_URI``, else a SQLite
+store ``mlflow.db`` in the working directory (``mlflow ui --backend-store-uri
+sqlite:///mlflow.db`` shows it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import time
+import urllib.request
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+FIT_EXPERIMENT = "scld-aug"
+# Loss values per network are logged every `LOSS_LOG_EVERY` optimizer steps (as the mean
+# over those steps): per-step curves of thousands of points add nothing but storage.
+LOSS_LOG_EVERY = 10
+MODEL_NAME = "generator"
+MODEL_CODE = Path(__file__).with_name("_mlflow_model.py")
+# What an environment needs to load a logged model (scld-aug itself included).
+MODEL_REQUIREMENTS = ["scld-aug", "torch>=2.2", "numpy", "scipy", "pandas", "scikit-learn"]
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """``uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite store in the working directory."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+_resolve_uri = tracking_uri  # for functions whose own argument is named tracking_uri
+
+
+def metric_key(name: Any) -> str:
+    """An MLflow-safe metric or parameter name (cell-type names may hold ``+`` or ``#``)."""
+    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", str(name))[:250]
+
+
+def _require_mlflow():
+    try:
+        import mlflow
+    except ImportError as err:  # pragma: no cover - mlflow is a core dependency
+        raise ImportError(
+            "MLflow tracking needs mlflow: pip install 'mlflow>=2.12,<3.18'."
+        ) from err
+    return mlflow
+
+
+def _check_reachable(uri: str, timeout: float = 3.0) -> None:
+    """Fail fast on an HTTP server that does not answer (MLflow itself retries for minutes)."""
+    if uri.startswith(("http://", "https://")):
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            response.read()
+
+
+class RunLogger:
+    """One MLflow run, written through ``MlflowClient`` so the caller's active run is untouched.
+
+    The first failing call warns once (naming the URI and the error) and disables the
+    logger; later calls do nothing. ``active`` tells whether logging still works.
+
+    Parameters
+    ----------
+    run_name : str
+    experiment : str
+        Experiment name; created when missing.
+    uri : str or None
+        Tracking URI (see :func:`tracking_uri`).
+    parent : RunLogger or None
+        Makes this run a nested child of ``parent``. Without it, the run nests under the
+        caller's active MLflow run (and in its experiment) when that run uses the same
+        tracking URI.
+    tags : dict or None
+    """
+
+    def __init__(
+        self,
+        run_name: str,
+        experiment: str = FIT_EXPERIMENT,
+        uri: str | None = None,
+        parent: RunLogger | None = None,
+        tags: dict | None = None,
+    ) -> None:
+        self.uri = tracking_uri(uri) if parent is None else parent.uri
+        self.run_id: str | None = None
+        self.client = None
+        self.active = False
+        self._warned = parent._warned if parent is not None else [False]
+        if parent is not None and not parent.active:
+            return
+        try:
+            mlflow = _require_mlflow()
+            if parent is None:
+                _check_reachable(self.uri)
+                self.client = mlflow.MlflowClient(tracking_uri=self.uri)
+                outer = mlflow.active_run()
+                if outer is not None and mlflow.get_tracking_uri() == self.uri:
+                    # Inside the caller's run: nest there, in its experiment.
+                    parent_id, experiment_id = outer.info.run_id, outer.info.experiment_id
+                else:
+                    parent_id = None
+                    found = self.client.get_experiment_by_name(experiment)
+                    experiment_id = (
+                        found.experiment_id
+                        if found is not None
+                        else self.client.create_experiment(experiment)
+                    )
+            else:
+                self.client = parent.client
+                experiment_id = parent.experiment_id
+                parent_id = parent.run_id
+            all_tags = {"mlflow.runName": run_name, **(tags or {})}
+            if parent_id is not None:
+                all_tags["mlflow.parentRunId"] = parent_id
+            run = self.client.create_run(
+                experiment_id, tags={k: str(v) for k, v in all_tags.items()}
+            )
+            self.experiment_id = experiment_id
+            self.run_id = run.info.run_id
+            self.active = True
+        except Exception as err:  # noqa: BLE001 - tracking must never break the work
+            self._fail(err)
+
+    def _fail(self, err: Exception) -> None:
+        self.active = False
+        if not self._warned[0]:
+            self._warned[0] = True
+            warnings.warn(
+                f"MLflow tracking to {self.uri!r} failed ({type(err).__name__}: {err}); the "
+                "computation continues without tracking and its result is unaffected.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def _call(self, method: str, *args, **kwargs) -> None:
+        if not self.active:
+            return
+        try:
+            getattr(self.client, method)(self.run_id, *args, **kwargs)
+        except Exception as err:  # noqa: BLE001
+            self._fail(err)
+
+    def child(self, run_name: str, tags: dict | None = None) -> RunLogger:
+        """A nested run under this one."""
+        return RunLogger(run_name, parent=self, tags=tags)
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(metric_key(k), str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self._call("log_batch", params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict, step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(metric_key(k), float(v), now, int(step))
+            for k, v in metrics.items()
+            if v is not None and np.isfinite(v)
+        ]
+        for start in range(0, len(items), 1000):
+            self._call("log_batch", metrics=items[start : start + 1000])
+
+    def log_history(self, name: str, values: Iterable[float], steps: Iterable[int]) -> None:
+        """A metric's whole curve in few requests."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(metric_key(name), float(v), now, int(s))
+            for v, s in zip(values, steps, strict=True)
+        ]
+        for start in range(0, len(items), 1000):
+            self._call("log_batch", metrics=items[start : start + 1000])
+
+    def set_tags(self, tags: dict) -> None:
+        for key, value in tags.items():
+            self._call("set_tag", key, str(value))
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self._call("log_artifact", str(path), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._call("set_terminated", status)
+
+
+# ---------------------------------------------------------------------- sampler fits
+
+
+def _binned(values: list[float], every: int) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values) // every * every
+    if n == 0:
+        return values, np.arange(len(values))
+    means = values[:n].reshape(-1, every).mean(1)
+    return means, np.arange(len(means)) * every + every - 1
+
+
+def plot_losses(history: dict[str, list[float]], path: str | os.PathLike) -> Path:
+    """Training-loss curves of the autoencoder, denoiser and latent classifier (one panel each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(history), figsize=(4 * len(history), 3.2), squeeze=False)
+    for ax, (name, values) in zip(axes[0], history.items(), strict=True):
+        ax.plot(values, lw=0.5, alpha=0.35, color="tab:blue", label="per step")
+        smooth, steps = _binned(values, max(1, len(values) // 100))
+        ax.plot(steps, smooth, color="tab:blue", label="smoothed")
+        ax.set_title(name)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_embedding(
+    X_real, y_real, X_synthetic, y_synthetic, path: str | os.PathLike, max_real: int = 5000
+) -> Path:
+    """Real vs synthetic cells on the first two principal components of the real cells.
+
+    Uses :class:`scld_aug.metrics.ReferenceEmbedding` (log-normalized counts, PCA fitted to
+    real cells only), so synthetic cells are placed in the real cells' coordinates.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from scld_aug.data import as_csr, is_count_matrix
+    from scld_aug.metrics import ReferenceEmbedding
+
+    rng = np.random.default_rng(0)
+    keep = np.sort(rng.permutation(X_real.shape[0])[:max_real])
+    real = as_csr(X_real)[keep]
+    counts = is_count_matrix(real)
+    embedding = ReferenceEmbedding(n_components=2, counts=counts).fit(real)
+    Z_real = embedding.transform(real)
+    Z_syn = embedding.transform(as_csr(X_synthetic))
+    y_real = np.asarray(y_real)[keep].astype(str)
+    y_syn = np.asarray(y_synthetic).astype(str)
+    types = list(dict.fromkeys(y_syn.tolist()))
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.scatter(*Z_real.T, s=3, c="lightgrey", label="real (other types)")
+    colors = plt.get_cmap("tab10")
+    for i, cell_type in enumerate(types):
+        color = colors(i % 10)
+        sel = y_real == cell_type
+        ax.scatter(*Z_syn[y_syn == cell_type].T, s=6, color=color, alpha=0.5, marker="o")
+        ax.scatter(
+            *Z_real[sel].T, s=30, facecolors="none", edgecolors=color, linewidths=1.2,
+            label=f"{cell_type}: real (rings) / synthetic (dots)",
+        )  # fmt: skip
+    ax.set_xlabel("PC 1 of real cells")
+    ax.set_ylabel("PC 2 of real cells")
+    ax.set_title("Real vs synthetic cells")
+    ax.legend(fontsize=7, loc="best", markerscale=1.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def _class_table(y, y_res) -> pd.DataFrame:
+    before = pd.Series(np.asarray(y)).value_counts()
+    after = pd.Series(np.asarray(y_res)).value_counts()
+    table = pd.DataFrame({"real": before, "after": after}).fillna(0).astype(int)
+    table["synthetic"] = table["after"] - table["real"]
+    table.index = table.index.map(str)
+    table.index.name = "cell_type"
+    return table.sort_values("real", ascending=False)
+
+
+def _fidelity(sampler, X, y, X_res, y_res) -> dict[str, float]:
+    """Per augmented type: RBF-MMD between real and synthetic cells (reference PCA space)."""
+    from scld_aug.data import as_csr, is_count_matrix
+    from scld_aug.metrics import ReferenceEmbedding, mmd_rbf
+
+    n = X.shape[0]
+    y, y_res = np.asarray(y), np.asarray(y_res)
+    real = as_csr(X)
+    synthetic = as_csr(X_res)[n:]
+    y_syn = y_res[n:]
+    if synthetic.shape[0] == 0:
+        return {}
+    embedding = ReferenceEmbedding(counts=is_count_matrix(real)).fit(real)
+    metrics = {}
+    for label in np.unique(y_syn):
+        a = embedding.transform(real[np.flatnonzero(y == label)])
+        b = embedding.transform(synthetic[np.flatnonzero(y_syn == label)][:2000])
+        if len(a) >= 2 and len(b) >= 2:
+            metrics[f"mmd_{label}"] = mmd_rbf(a, b)
+    if metrics:
+        metrics["mmd_mean"] = float(np.mean(list(metrics.values())))
+    return metrics
+
+
+def log_fit(
+    sampler,
+    X,
+    y,
+    X_res=None,
+    y_res=None,
+    *,
+    run_name: str | None = None,
+    experiment: str = FIT_EXPERIMENT,
+    tracking_uri: str | None = None,
+    log_model: bool = True,
+    fit_seconds: float | None = None,
+    tags: dict | None = None,
+) -> str | None:
+    """Log a fitted :class:`~scld_aug.SCLDSampler` to MLflow.
+
+    Logs all constructor parameters; the training losses of each network (curves binned
+    every ``LOSS_LOG_EVERY`` steps, and final values); the per-class cell counts table;
+    loss-curve and real-vs-synthetic embedding plots; per-type MMD between real and
+    synthetic cells (when ``X_res, y_res`` are given); and, with ``log_model``, the
+    generator as an MLflow model that :func:`load_sampler` (or ``mlflow.pyfunc``) loads
+    back to generate cells.
+
+    Parameters
+    ----------
+    sampler : SCLDSampler
+        Fitted.
+    X, y : array-like
+        The data it was fitted on.
+    X_res, y_res : array-like or None
+        Output of ``fit_resample`` (original rows first, then synthetic rows).
+    run_name, experiment, tracking_uri : str
+        Where to log (see :func:`tracking_uri`).
+    log_model : bool, default=True
+    fit_seconds : float or None
+        Wall time of the fit, logged as a metric when given.
+    tags : dict or None
+
+    Returns
+    -------
+    run_id : str or None
+        None when tracking failed (a warning says why).
+
+    Examples
+    --------
+    >>> from scld_aug.tracking import fit_resample_logged  # doctest: +SKIP
+    >>> X_res, y_res, run_id = fit_resample_logged(SCLDSampler(random_state=0), X, y)  # doctest: +SKIP
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(sampler, "generator_")
+    generator = sampler.generator_
+    run = RunLogger(
+        run_name or "SCLDSampler fit",
+        experiment,
+        tracking_uri,
+        tags={"scld_aug.kind": "sampler_fit", **(tags or {})},
+    )
+    if not run.active:
+        return None
+    params = {k: v for k, v in sampler.get_params(deep=False).items()}
+    params.update(
+        n_cells=X.shape[0],
+        n_genes=X.shape[1],
+        n_classes=len(generator.classes),
+        likelihood_used=sampler.likelihood_,
+        device_used=str(sampler.device_),
+        generator_source=getattr(sampler, "generator_source_", "unknown"),
+        modelled_genes=len(generator.panel.genes),
+    )
+    run.log_params(params)
+    final = {}
+    for name, values in generator.history.items():
+        if not values:
+            continue
+        binned, steps = _binned(values, LOSS_LOG_EVERY)
+        run.log_history(f"loss_{name}", binned, steps)
+        final[f"final_loss_{name}"] = float(np.mean(values[-LOSS_LOG_EVERY:]))
+    if fit_seconds is not None:
+        final["fit_seconds"] = fit_seconds
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if generator.history:
+            run.log_artifact(plot_losses(generator.history, tmp / "loss_curves.png"), "plots")
+        if X_res is not None and y_res is not None:
+            table = _class_table(y, y_res)
+            table.to_csv(tmp / "class_counts.csv")
+            run.log_artifact(tmp / "class_counts.csv")
+            final["n_synthetic"] = int(table["synthetic"].sum())
+            n = X.shape[0]
+            if X_res.shape[0] > n:
+                final.update(_fidelity(sampler, X, y, X_res, y_res))
+                run.log_artifact(
+                    plot_embedding(
+                        X, y, _rows(X_res, n), np.asarray(y_res)[n:], tmp / "embedding.png"
+                    ),
+                    "plots",
+                )
+        run.log_metrics(final)
+        if log_model:
+            _log_model(run, sampler, tmp)
+    run.end()
+    return run.run_id if run.active else None
+
+
+def _rows(X, start: int):
+    """Rows from ``start`` on, for any container fit_resample returns."""
+    if hasattr(X, "iloc"):
+        return X.iloc[start:].to_numpy()
+    return X[start:]
+
+
+def _log_model(run: RunLogger, sampler, tmp: Path) -> None:
+    """The sampler (generator included) as an MLflow pyfunc model, logged from code.
+
+    "Models from code" stores our loader script instead of a pickled object, so loading
+    the model unpickles nothing: the sampler file is read with the safe loader of
+    :meth:`SCLDSampler.load`.
+    """
+    if not run.active:
+        return
+    try:
+        import mlflow
+        from mlflow.models import infer_signature
+
+        from scld_aug.data import plain_scalar
+
+        path = tmp / "sampler.pt"
+        with warnings.catch_warnings():
+            # A callable sampling_strategy cannot be stored; generating does not need it.
+            warnings.filterwarnings("ignore", message="Parameter sampling_strategy=")
+            sampler.save(path)
+        example = pd.DataFrame(
+            {"cell_type": [plain_scalar(sampler.generator_.classes[0])], "n_cells": [10]}
+        )
+        # The model is created for our run explicitly, so that it is linked to this run
+        # and not to whatever fluent run the caller has active.
+        model = run.client.create_logged_model(
+            experiment_id=run.experiment_id, name=MODEL_NAME, source_run_id=run.run_id
+        )
+        with _using_uri(run.uri), _quiet_mlflow():
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME,
+                model_id=model.model_id,
+                signature=infer_signature(example),
+                python_model=str(MODEL_CODE),
+                artifacts={"sampler": str(path)},
+                pip_requirements=MODEL_REQUIREMENTS,
+            )
+        run.set_tags({"scld_aug.model_uri": info.model_uri})
+        run.client.log_outputs(run.run_id, [_model_output(info)])
+    except Exception as err:  # noqa: BLE001
+        run._fail(err)
+
+
+@contextlib.contextmanager
+def _quiet_mlflow():
+    """No progress bars or notices from MLflow while it stores a model."""
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
+def _model_output(info):
+    from mlflow.entities import LoggedModelOutput
+
+    return LoggedModelOutput(model_id=info.model_id, step=0)
+
+
+def load_sampler(model_uri: str, device: str = "auto", tracking_uri: str | None = None):
+    """Load a sampler logged by :func:`log_fit` (``model_uri`` as ``models:/<id>`` or
+    ``runs:/<run_id>/generator``), ready to ``generate`` cells."""
+    mlflow = _require_mlflow()
+    from scld_aug.sampler import SCLDSampler
+
+    with tempfile.TemporaryDirectory() as tmp, _using_uri(_resolve_uri(tracking_uri)):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        return SCLDSampler.load(local / "artifacts" / "sampler.pt", device=device)
+
+
+@contextlib.contextmanager
+def _using_uri(uri: str):
+    """MLflow's fluent API with ``uri``, restoring the caller's tracking URI afterwards."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def fit_resample_logged(
+    sampler,
+    X,
+    y,
+    *,
+    run_name: str | None = None,
+    experiment: str = FIT_EXPERIMENT,
+    tracking_uri: str | None = None,
+    log_model: bool = True,
+):
+    """``sampler.fit_resample(X, y)``, then :func:`log_fit`; returns ``(X_res, y_res, run_id)``.
+
+    The resampled data are computed before anything is sent to MLflow, so a tracking
+    failure costs nothing but a warning (``run_id`` is then None).
+    """
+    start = time.perf_counter()
+    X_res, y_res = sampler.fit_resample(X, y)
+    seconds = time.perf_counter() - start
+    run_id = log_fit(
+        sampler,
+        X,
+        y,
+        X_res,
+        y_res,
+        run_name=run_name,
+        experiment=experiment,
+        tracking_uri=tracking_uri,
+        log_model=log_model,
+        fit_seconds=seconds,
+    )
+    return X_res, y_res, run_id

@@ -1,0 +1,640 @@
+"""Tune sampling-time parameters (guidance, filter) against downstream classifier accuracy.
+
+An Optuna study scores each candidate setting by cross-validation: on every training fold
+the sampler adds synthetic cells, a classifier is fitted on the augmented fold and scored
+on the held-out real cells. Only sampling-time parameters are searched, so the generator of
+each fold is trained once and reused by every trial: a study of many trials costs one
+training per fold plus, per trial, the sampling and the classifier fits.
+
+Several processes (or machines) can share one study through ``storage=``: an Optuna RDB URL
+(``sqlite:///study.db``, ``postgresql://...``) or a journal file (a path ending in
+``.journal``). Pass the same ``memory=`` directory to share the trained fold generators too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from sklearn.base import clone
+from sklearn.metrics import check_scoring
+from sklearn.model_selection import StratifiedKFold, check_cv
+from sklearn.utils import _safe_indexing
+from tqdm.auto import tqdm
+
+from scld_aug.sampler import SCLDSampler
+
+# Parameters a study may search: changing them never retrains the generator.
+SAMPLING_PARAMS = (
+    "guidance_scale",
+    "post_guidance_scale",
+    "filter_threshold",
+    "max_filter_rounds",
+    "anchor_strength",
+    "n_sampling_steps",
+    "sampling_strategy",
+    "output",
+)
+
+
+def default_search_space() -> dict[str, BaseDistribution]:
+    """Pre-guidance scale, post-guidance scale and the filter threshold.
+
+    ``guidance_scale`` 0–6 spans unconditional (0), plain conditional (1) and sharpened
+    sampling; ``post_guidance_scale`` 0–4 goes from off to a strong classifier push; the
+    filter is off (None) or keeps cells the latent classifier gives at least 0.5 / 0.8.
+    """
+    return {
+        "guidance_scale": FloatDistribution(0.0, 6.0),
+        "post_guidance_scale": FloatDistribution(0.0, 4.0),
+        "filter_threshold": CategoricalDistribution([None, 0.5, 0.8]),
+    }
+
+
+def _as_distribution(name: str, spec: Any) -> BaseDistribution:
+    """Optuna distributions as they are, ``(low, high)`` as a float range, a list as choices."""
+    if isinstance(spec, BaseDistribution):
+        return spec
+    if isinstance(spec, tuple) and len(spec) == 2:
+        low, high = spec
+        if isinstance(low, int) and isinstance(high, int):
+            return IntDistribution(low, high)
+        return FloatDistribution(float(low), float(high))
+    if isinstance(spec, list) and spec:
+        return CategoricalDistribution(spec)
+    raise TypeError(
+        f"search_space[{name!r}] = {spec!r}: use an optuna distribution, a (low, high) tuple "
+        "or a non-empty list of choices."
+    )
+
+
+def _check_search_space(search_space: Mapping | None) -> dict[str, BaseDistribution]:
+    space = default_search_space() if search_space is None else dict(search_space)
+    if not space:
+        raise ValueError("search_space is empty; name at least one sampling-time parameter.")
+    unknown = [name for name in space if name not in SAMPLING_PARAMS]
+    if unknown:
+        raise ValueError(
+            f"Cannot tune {unknown}: only sampling-time parameters are searched (the generator "
+            f"is trained once per fold), i.e. {list(SAMPLING_PARAMS)}. Compare training "
+            "parameters with separate studies or a grid search."
+        )
+    return {name: _as_distribution(name, spec) for name, spec in space.items()}
+
+
+def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    raise TypeError(f"Unsupported distribution for {name!r}: {type(dist).__name__}.")
+
+
+def _storage(storage):
+    """Optuna storage from a URL, a ``.journal`` file path, or a storage object."""
+    if isinstance(storage, (str, os.PathLike)) and str(storage).endswith(".journal"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        return JournalStorage(JournalFileBackend(str(storage)))
+    if isinstance(storage, str) and storage.startswith("sqlite"):
+        return _sqlite_storage(storage)
+    return storage
+
+
+def _sqlite_storage(url: str, attempts: int = 5):
+    """RDB storage on SQLite that tolerates workers starting together.
+
+    Two processes opening a new database at once both try to create its tables and one
+    fails ("table ... already exists", or a duplicate schema version); the next attempt
+    finds them. A longer lock timeout
+    lets writers queue instead of failing with "database is locked".
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        except SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def default_classifier(X) -> Any:
+    """Log-normalization + logistic regression for counts; scaling + logistic regression else."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MaxAbsScaler
+
+    from scld_aug.data import as_csr, is_count_matrix
+    from scld_aug.preprocessing import log_normalizer
+
+    values = X.to_numpy() if hasattr(X, "to_numpy") else X
+    counts = is_count_matrix(as_csr(values[:1000]))
+    scale = log_normalizer() if counts else MaxAbsScaler()
+    return make_pipeline(scale, LogisticRegression(max_iter=1000))
+
+
+@dataclass
+class TuningResult:
+    """What :func:`tune_guidance` found.
+
+    Attributes
+    ----------
+    study : optuna.Study
+        All trials (also those of other workers sharing the storage).
+    best_params : dict
+        Best sampling-time parameters.
+    best_score : float
+        Their mean cross-validated score.
+    default_params, default_score : dict, float or None
+        The sampler's own settings and their score on the same folds (trial 0 of a new
+        study), for comparison; None when the study did not score them.
+    sampler : SCLDSampler or None
+        A clone of the given sampler with ``best_params``, refit on all data (``refit=True``).
+    n_trainings : int
+        Generators trained by this call (folds + refit); the rest came from reuse/memory.
+    failed_trials : list of dict
+        ``{"number", "params", "error"}`` for each trial of this call that raised.
+    plots : dict of str -> Path
+        Saved figures (``plots_dir``).
+    run_id : str or None
+        MLflow parent run of the study, when tracked.
+    seconds : float
+        Wall time of this call.
+    """
+
+    study: optuna.Study
+    best_params: dict
+    best_score: float
+    default_params: dict | None
+    default_score: float | None
+    sampler: SCLDSampler | None
+    n_trainings: int
+    failed_trials: list = field(default_factory=list)
+    plots: dict = field(default_factory=dict)
+    run_id: str | None = None
+    seconds: float = 0.0
+
+    def trials_dataframe(self) -> pd.DataFrame:
+        """One row per trial: number, state, score, parameters, error."""
+        return self.study.trials_dataframe(
+            attrs=("number", "value", "state", "params", "user_attrs", "duration")
+        )
+
+
+class _FoldCache:
+    """One sampler per CV fold: trained once (or loaded from ``memory``), then reused."""
+
+    def __init__(self, template: SCLDSampler, X, y, splits, verbose: bool) -> None:
+        self.template, self.X, self.y, self.splits = template, X, y, splits
+        self.samplers: dict[int, SCLDSampler] = {}
+        self.n_trained = 0
+        self.verbose = verbose
+
+    def data(self, i: int):
+        train, test = self.splits[i]
+        return (
+            _safe_indexing(self.X, train),
+            _safe_indexing(self.y, train),
+            _safe_indexing(self.X, test),
+            _safe_indexing(self.y, test),
+        )
+
+    def sampler(self, i: int) -> SCLDSampler:
+        if i not in self.samplers:
+            X_train, y_train, _, _ = self.data(i)
+            sampler = clone(self.template).fit(X_train, y_train)
+            self.n_trained += sampler.generator_source_ == "trained"
+            self.samplers[i] = sampler
+        return self.samplers[i]
+
+    def prepare(self) -> None:
+        """Train every fold's generator up front: data errors surface here, not as trials."""
+        for i in tqdm(range(len(self.splits)), desc="fold generators", disable=not self.verbose):
+            self.sampler(i)
+
+
+def tune_guidance(
+    X,
+    y,
+    *,
+    sampler: SCLDSampler | None = None,
+    classifier=None,
+    cv=3,
+    scoring="f1_macro",
+    n_trials: int = 20,
+    timeout: float | None = None,
+    search_space: Mapping | None = None,
+    storage=None,
+    study_name: str | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+    optuna_sampler: optuna.samplers.BaseSampler | None = None,
+    score_defaults: bool = True,
+    refit: bool = True,
+    plots_dir: str | os.PathLike | None = None,
+    tracking: bool | str = False,
+    experiment: str = "scld-aug-tuning",
+    random_state: int = 0,
+    verbose: bool = False,
+) -> TuningResult:
+    """Search guidance (and other sampling-time) parameters for the best downstream score.
+
+    Parameters
+    ----------
+    X : {array-like, sparse matrix, DataFrame} of shape (n_cells, n_genes)
+    y : array-like of shape (n_cells,)
+        Cell-type labels.
+    sampler : SCLDSampler or None
+        Sets the training parameters and what is over-sampled (``sampling_strategy``); its
+        sampling-time parameters are the defaults scored first. ``None`` uses
+        ``SCLDSampler(random_state=random_state)``. Set ``memory=`` on it to share trained
+        fold generators between processes or later calls.
+    classifier : estimator or None
+        Fitted on each augmented training fold, scored on the real held-out cells. ``None``
+        uses :func:`default_classifier`.
+    cv : int, CV splitter or iterable of splits, default=3
+        An int is a shuffled ``StratifiedKFold`` seeded by ``random_state``. The folds are
+        fixed for the whole study, so trials are compared on the same cells.
+    scoring : str or callable, default="f1_macro"
+        scikit-learn scorer (greater is better).
+    n_trials : int, default=20
+        Trials run by this call (other workers add their own).
+    timeout : float or None
+        Stop starting trials after this many seconds.
+    search_space : dict or None
+        ``{parameter: distribution}`` over ``SAMPLING_PARAMS``; values may be optuna
+        distributions, ``(low, high)`` tuples or lists of choices. ``None`` uses
+        :func:`default_search_space`.
+    storage : str, path-like, optuna storage or None
+        Where the study lives: None (in memory), an RDB URL such as ``sqlite:///study.db``,
+        or a ``.journal`` file; shared storages let several processes work on one study.
+    study_name : str or None
+        Required to share a study through ``storage``; loaded when it exists.
+    pruner : optuna pruner or None
+        Stops a trial after a fold when its running score is hopeless. ``None`` uses a
+        median pruner that waits for 5 complete trials; ``optuna.pruners.NopPruner()``
+        turns pruning off.
+    optuna_sampler : optuna sampler or None
+        ``None`` uses ``TPESampler(seed=random_state)``; with ``storage`` the seed also
+        depends on the process, so that workers sharing a study explore different settings
+        (such studies are not reproducible trial by trial).
+    score_defaults : bool, default=True
+        Score the sampler's own parameters first (on a new study), giving
+        ``default_score``.
+    refit : bool, default=True
+        Fit a sampler with the best parameters on all of ``X, y`` (one more training).
+    plots_dir : path-like or None
+        Save ``optimization_history.png``, ``guidance_vs_score.png`` and ``trials.csv``.
+    tracking : bool or str, default=False
+        Log to MLflow: True uses :func:`scld_aug.tracking.tracking_uri`, a string is the
+        tracking URI. One parent run per call, one nested run per trial, the best tagged.
+    experiment : str
+        MLflow experiment name.
+    random_state : int, default=0
+    verbose : bool, default=False
+        Progress bars and Optuna's per-trial log lines.
+
+    Returns
+    -------
+    TuningResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scld_aug import SCLDSampler
+    >>> from scld_aug.tuning import tune_guidance
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.poisson(2.0, size=(90, 30))
+    >>> X[60:, :5] += 6
+    >>> y = np.array(["common"] * 60 + ["rare"] * 30)
+    >>> tiny = SCLDSampler(random_state=0, autoencoder_steps=20, diffusion_steps=20,
+    ...                    classifier_steps=10, n_sampling_steps=5, n_top_genes=None)
+    >>> result = tune_guidance(X, y, sampler=tiny, n_trials=3, cv=2)
+    >>> result.n_trainings  # two folds + the refit, whatever the number of trials
+    3
+    >>> sorted(result.best_params)
+    ['filter_threshold', 'guidance_scale', 'post_guidance_scale']
+    """
+    start = time.perf_counter()
+    space = _check_search_space(search_space)
+    template = sampler if sampler is not None else SCLDSampler(random_state=random_state)
+    if not isinstance(template, SCLDSampler):
+        raise TypeError(f"sampler must be an SCLDSampler, got {type(template).__name__}.")
+    if classifier is None:
+        classifier = default_classifier(X)
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}.")
+    y = np.asarray(y)
+    if len(y) != X.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} cells but y has {len(y)} labels.")
+    if isinstance(cv, int):
+        cv = StratifiedKFold(cv, shuffle=True, random_state=random_state)
+    cv = check_cv(cv, y, classifier=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")
+        splits = list(cv.split(np.zeros((len(y), 1)), y))
+    scorer = check_scoring(classifier, scoring=scoring)
+    folds = _FoldCache(template, X, y, splits, verbose)
+    folds.prepare()
+
+    with _optuna_log_level(optuna.logging.INFO if verbose else optuna.logging.WARNING):
+        study, created = _create_or_load_study(
+            storage=_storage(storage),
+            study_name=study_name,
+            direction="maximize",
+            sampler=optuna_sampler or _default_optuna_sampler(random_state, storage),
+            pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
+        )
+        defaults = _defaults_in_space(template, space) if score_defaults else None
+        # Only the worker that created the study scores the defaults: workers that join a
+        # shared study must not queue them again.
+        if defaults is not None and created:
+            study.enqueue_trial(defaults, user_attrs={"defaults": True})
+
+        tracker = _StudyTracker(tracking, experiment, study, template, space, scoring, splits)
+        objective = _Objective(folds, classifier, scorer, space)
+        first_trial = len(study.trials)
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            timeout=timeout,
+            catch=(Exception,),
+            callbacks=[tracker.log_trial],
+            show_progress_bar=verbose,
+        )
+
+        mine = [t for t in study.trials[first_trial:] if t.number in objective.numbers]
+        failed = [
+            {"number": t.number, "params": t.params, "error": t.user_attrs.get("error", "?")}
+            for t in mine
+            if t.state == optuna.trial.TrialState.FAIL
+        ]
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not complete:
+            tracker.end("FAILED")
+            if failed and len(failed) == len(mine):
+                raise RuntimeError(
+                    f"All {len(mine)} trials failed; the first error was: {failed[0]['error']}. "
+                    "See study.trials[i].user_attrs['traceback'] for details."
+                )
+            raise RuntimeError(
+                f"No trial completed ({len(failed)} failed, {len(mine) - len(failed)} pruned); "
+                "run more trials or relax the pruner (optuna.pruners.NopPruner() turns it off)."
+            )
+        if failed:
+            warnings.warn(
+                f"{len(failed)} of {len(mine)} trials failed and were left out; trial "
+                f"{failed[0]['number']} ({failed[0]['params']}): {failed[0]['error']}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+        best = study.best_trial
+        default_score = next(
+            (t.value for t in complete if t.user_attrs.get("defaults")),
+            None,
+        )
+        tuned = None
+        n_trained = folds.n_trained
+        if refit:
+            tuned = clone(template).set_params(**best.params).fit(X, y)
+            n_trained += tuned.generator_source_ == "trained"
+        plots = _save_plots(study, space, Path(plots_dir)) if plots_dir is not None else {}
+        result = TuningResult(
+            study=study,
+            best_params=dict(best.params),
+            best_score=float(best.value),
+            default_params=defaults,
+            default_score=None if default_score is None else float(default_score),
+            sampler=tuned,
+            n_trainings=n_trained,
+            failed_trials=failed,
+            plots=plots,
+            seconds=time.perf_counter() - start,
+        )
+        result.run_id = tracker.finish(result, plots_dir)
+        return result
+
+
+def _default_optuna_sampler(random_state: int, storage) -> optuna.samplers.BaseSampler:
+    """TPE seeded by ``random_state``; on a shared storage also by the process, since workers
+    with the same seed would propose the same parameters."""
+    seed = random_state
+    if storage is not None:
+        seed = int(np.random.SeedSequence([random_state, os.getpid()]).generate_state(1)[0])
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _create_or_load_study(study_name: str | None, **kwargs) -> tuple[optuna.Study, bool]:
+    """The study, and whether this call created it (atomic in RDB and journal storages)."""
+    try:
+        return optuna.create_study(study_name=study_name, **kwargs), True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(
+            study_name=study_name,
+            storage=kwargs["storage"],
+            sampler=kwargs["sampler"],
+            pruner=kwargs["pruner"],
+        ), False
+
+
+@contextlib.contextmanager
+def _optuna_log_level(level: int):
+    """Optuna logs every trial at INFO: keep a library call quiet unless verbose."""
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
+def _defaults_in_space(template: SCLDSampler, space: dict) -> dict | None:
+    """The template's own values of the searched parameters, if the space contains them."""
+    defaults = {name: getattr(template, name) for name in space}
+    for name, value in defaults.items():
+        dist = space[name]
+        try:
+            inside = dist._contains(dist.to_internal_repr(value))
+        except (ValueError, TypeError):
+            inside = False
+        if not inside:
+            return None
+    return defaults
+
+
+class _Objective:
+    """Mean cross-validated score of one trial's sampling parameters."""
+
+    def __init__(self, folds: _FoldCache, classifier, scorer, space: dict) -> None:
+        self.folds, self.classifier, self.scorer, self.space = folds, classifier, scorer, space
+        self.numbers: set[int] = set()
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.numbers.add(trial.number)
+        trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
+        params = {name: _suggest(trial, name, dist) for name, dist in self.space.items()}
+        scores = []
+        try:
+            for i in range(len(self.folds.splits)):
+                X_train, y_train, X_test, y_test = self.folds.data(i)
+                sampler = self.folds.sampler(i).set_params(**params)
+                with warnings.catch_warnings():
+                    # A filter that cannot fill its quota warns once per class and fold;
+                    # the trial's score already tells how well that setting works.
+                    warnings.filterwarnings("ignore", message="Filter \\(threshold")
+                    X_res, y_res = sampler.fit_resample(X_train, y_train)
+                model = clone(self.classifier).fit(X_res, y_res)
+                scores.append(float(self.scorer(model, X_test, y_test)))
+                trial.report(float(np.mean(scores)), i)
+                if i < len(self.folds.splits) - 1 and trial.should_prune():
+                    trial.set_user_attr("fold_scores", scores)
+                    raise optuna.TrialPruned()
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            # Kept with the trial so that the study (and every worker) can say what failed.
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}")
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            raise
+        trial.set_user_attr("fold_scores", scores)
+        return float(np.mean(scores))
+
+
+class _StudyTracker:
+    """MLflow logging of a study: a parent run, a nested run per finished trial."""
+
+    def __init__(self, tracking, experiment, study, template, space, scoring, splits) -> None:
+        self.parent = None
+        self.children: dict[int, Any] = {}
+        if not tracking:
+            return
+        from scld_aug.tracking import RunLogger
+
+        uri = tracking if isinstance(tracking, str) else None
+        self.parent = RunLogger(
+            f"tune_guidance {study.study_name}",
+            experiment,
+            uri,
+            tags={"scld_aug.kind": "tuning", "optuna.study_name": study.study_name},
+        )
+        params = {f"sampler.{k}": v for k, v in template.get_params(deep=False).items()}
+        params.update(
+            {f"space.{name}": repr(dist) for name, dist in space.items()},
+            scoring=str(scoring),
+            n_folds=len(splits),
+        )
+        self.parent.log_params(params)
+
+    def log_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.parent is None or not self.parent.active:
+            return
+        run = self.parent.child(
+            f"trial {trial.number}",
+            tags={
+                "optuna.trial_number": trial.number,
+                "optuna.state": trial.state.name,
+                "defaults": bool(trial.user_attrs.get("defaults", False)),
+            },
+        )
+        run.log_params({k: v for k, v in trial.params.items()})
+        if trial.value is not None:
+            run.log_metrics({"score": trial.value})
+        for step, value in sorted(trial.intermediate_values.items()):
+            run.log_metrics({"score_running_mean": value}, step=step)
+        for i, value in enumerate(trial.user_attrs.get("fold_scores", [])):
+            run.log_metrics({"fold_score": value}, step=i)
+        if "error" in trial.user_attrs:
+            run.set_tags({"error": trial.user_attrs["error"][:5000]})
+        run.end("FINISHED" if trial.state.name in {"COMPLETE", "PRUNED"} else "FAILED")
+        self.children[trial.number] = run
+
+    def finish(self, result: TuningResult, plots_dir) -> str | None:
+        if self.parent is None:
+            return None
+        best = result.study.best_trial.number
+        if best in self.children:
+            self.children[best].set_tags({"best_trial": "true"})
+        self.parent.set_tags({"best_trial_number": best})
+        self.parent.log_params({f"best.{k}": v for k, v in result.best_params.items()})
+        metrics = {
+            "best_score": result.best_score,
+            "n_trainings": result.n_trainings,
+            "n_failed_trials": len(result.failed_trials),
+            "seconds": result.seconds,
+        }
+        if result.default_score is not None:
+            metrics["default_score"] = result.default_score
+        self.parent.log_metrics(metrics)
+        plots = result.plots
+        if not plots:
+            with tempfile.TemporaryDirectory() as tmp:
+                for path in _save_plots(result.study, None, Path(tmp)).values():
+                    self.parent.log_artifact(path, "tuning")
+        else:
+            for path in plots.values():
+                self.parent.log_artifact(path, "tuning")
+        self.parent.end()
+        return self.parent.run_id if self.parent.active else None
+
+    def end(self, status: str) -> None:
+        if self.parent is not None:
+            self.parent.end(status)
+
+
+def _save_plots(study: optuna.Study, space: dict | None, out: Path) -> dict[str, Path]:
+    """Optimization history, score against each searched float parameter, and the trials table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history, plot_slice
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs")).to_csv(
+        out / "trials.csv", index=False
+    )
+    paths["trials"] = out / "trials.csv"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna's matplotlib plots are "experimental"
+        ax = plot_optimization_history(study)
+        ax.set_ylabel("cross-validated score")
+        ax.figure.set_size_inches(6.5, 4)
+        ax.figure.tight_layout()
+        ax.figure.savefig(out / "optimization_history.png", dpi=110)
+        plt.close(ax.figure)
+        paths["history"] = out / "optimization_history.png"
+        searched = sorted(
+            (name for name in study.best_trial.params if space is None or name in space),
+            key=lambda name: (name != "guidance_scale", name),
+        )
+        axes = np.atleast_1d(plot_slice(study, params=searched))
+        figure = axes[0].figure
+        figure.set_size_inches(4.2 * len(axes) + 1.0, 4)
+        figure.suptitle("Cross-validated score against each searched parameter")
+        figure.savefig(out / "guidance_vs_score.png", dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        paths["slice"] = out / "guidance_vs_score.png"
+    return paths

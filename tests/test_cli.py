@@ -1,0 +1,233 @@
+"""``scld-aug augment``: the result on disk, the options, and errors before any training."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from scld_aug import SCLDSampler
+from scld_aug.augment import AugmentError, plan_augmentation
+from scld_aug.cli import main
+from tests.conftest import make_counts
+
+# 658 cells: type3 (6 cells) is the only type under 2% with at least 3 cells; type4 (2 cells)
+# is too small to augment. The median type size, the default target, is 100.
+SIZES = (400, 150, 100, 6, 2)
+# A tiny model for the command line (--quick plus fewer steps): a few seconds per run.
+FAST = [
+    "--quick",
+    "--autoencoder-steps",
+    "20",
+    "--diffusion-steps",
+    "20",
+    "--classifier-steps",
+    "5",
+    "--sampling-steps",
+    "3",
+    "--device",
+    "cpu",
+]
+
+
+def _write_input(path, counts_layer: bool = False):
+    X, y = make_counts(sizes=SIZES, n_genes=200, seed=1)
+    obs = pd.DataFrame(
+        {
+            "cell_type": pd.Categorical(y),
+            "donor": ["d1"] * len(y),
+            "passed_qc": np.ones(len(y), bool),
+            "n_genes": (X > 0).sum(1),
+        },
+        index=[f"cell{i}" for i in range(len(y))],
+    )
+    var = pd.DataFrame(index=[f"gene{j}" for j in range(X.shape[1])])
+    if counts_layer:
+        log_norm = np.log1p(X / X.sum(1, keepdims=True) * 1e4).astype(np.float32)
+        adata = anndata.AnnData(X=log_norm, obs=obs, var=var, layers={"counts": sp.csr_matrix(X)})
+    else:
+        adata = anndata.AnnData(X=sp.csr_matrix(X.astype(np.float32)), obs=obs, var=var)
+    adata.write_h5ad(path)
+    return adata
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Make any training attempt fail loudly: errors must come before it."""
+
+    def refuse(self, X, y):
+        raise AssertionError("training started before the error was detected")
+
+    monkeypatch.setattr(SCLDSampler, "_ensure_generator", refuse)
+
+
+@pytest.fixture(scope="module")
+def counts_run(tmp_path_factory):
+    """One run on counts in X with the default (rare-type) choice; shared by several tests."""
+    folder = tmp_path_factory.mktemp("counts_in_x")
+    source, output = folder / "in.h5ad", folder / "out.h5ad"
+    original = _write_input(source)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = main(["augment", str(source), str(output), *FAST])
+    return status, stdout.getvalue(), original, output
+
+
+def test_augment_writes_original_then_synthetic_cells(counts_run):
+    status, _, original, output = counts_run
+    assert status == 0
+    result = anndata.read_h5ad(output)
+    n = original.n_obs
+    assert result.obs["is_synthetic"].dtype == bool
+    assert not result.obs["is_synthetic"].iloc[:n].any()
+    assert result.obs["is_synthetic"].iloc[n:].all()
+    # Original cells: same names, obs and expression.
+    assert (result.obs_names[:n] == original.obs_names).all()
+    pd.testing.assert_frame_equal(
+        result.obs.iloc[:n].drop(columns="is_synthetic"), original.obs, check_dtype=False
+    )
+    assert (result.X[:n] != original.X).nnz == 0
+    assert (result.var_names == original.var_names).all()
+    synthetic = result.X[n:].toarray()
+    assert (synthetic >= 0).all() and (synthetic == np.round(synthetic)).all()
+    assert (synthetic.sum(1) > 0).all()
+
+
+def test_augment_raises_rare_types_to_the_median(counts_run):
+    _, _, original, output = counts_run
+    result = anndata.read_h5ad(output)
+    after = result.obs["cell_type"].value_counts()
+    synthetic = result.obs.loc[result.obs["is_synthetic"], "cell_type"].value_counts()
+    assert after["type3"] == 100  # the median type size
+    assert synthetic[synthetic > 0].index.tolist() == ["type3"]
+    assert after["type4"] == 2  # too few cells: left as it was
+    # Columns the synthetic cells lack stay writable, with their types.
+    assert result.obs["passed_qc"].iloc[: original.n_obs].all()
+    assert result.obs["passed_qc"].iloc[original.n_obs :].isna().all()
+
+
+def test_augment_prints_a_table_and_the_output_path(counts_run):
+    _, stdout, _, output = counts_run
+    assert "before" in stdout and "synthetic" in stdout and "after" in stdout
+    row = next(line for line in stdout.splitlines() if line.startswith("type3"))
+    assert row.split()[1:] == ["6", "94", "100"]
+    assert "type4 (2)" in stdout  # said to be too small
+    assert f"Wrote {output}" in stdout and "is_synthetic" in stdout
+
+
+def test_augment_counts_layer_named_types_target_and_saved_sampler(tmp_path, capsys):
+    source, output = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    saved = tmp_path / "model.scld"
+    original = _write_input(source, counts_layer=True)
+    argv = ["augment", str(source), str(output), "--layer", "counts"]
+    argv += ["--types", "type2", "type3", "--target", "120", "--save-sampler", str(saved)]
+    assert main(argv + [*FAST, "--quiet"]) == 0
+    assert capsys.readouterr().out == ""  # --quiet: nothing but errors
+    result = anndata.read_h5ad(output)
+    counts = result.layers["counts"]
+    assert (counts[: original.n_obs] != original.layers["counts"]).nnz == 0
+    synthetic = counts[original.n_obs :].toarray()
+    assert (synthetic >= 0).all() and (synthetic == np.round(synthetic)).all()
+    after = result.obs["cell_type"].value_counts()
+    assert after["type2"] == 120 and after["type3"] == 120 and after["type0"] == 400
+    sampler = SCLDSampler.load(saved, device="cpu")
+    assert sampler.generate(4, "type3").shape == (4, 200)
+
+
+def test_plan_matches_types_as_text_and_keeps_label_types():
+    y = np.array([0] * 300 + [1] * 100 + [2] * 50 + [3] * 5)
+    assert plan_augmentation(y) == {3: 75}  # median of 300, 100, 50, 5
+    assert plan_augmentation(y, cell_types=["2", "3"], target=60) == {2: 60, 3: 60}
+    with pytest.raises(AugmentError, match="Nothing to add: '1' already has 100 cells"):
+        plan_augmentation(y, cell_types=["1"], target=60)
+
+
+def _run_failing(argv, capsys):
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == 1
+    # Progress bars may come first; the error is the last line, without a traceback.
+    assert err.splitlines()[-1].startswith("scld-aug augment: error: ")
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.usefixtures("no_training")
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (
+            ["--labels-key", "celltype"],
+            "Labels key 'celltype' is not a column of obs; pass --labels-key with one of "
+            "['cell_type', 'donor', 'passed_qc', 'n_genes']",
+        ),
+        (
+            ["--types", "type3", "Type3", "mast"],
+            "Unknown cell type(s) ['Type3', 'mast']. Available types (cells): type0 (400), "
+            "type1 (150), type2 (100), type3 (6), type4 (2).",
+        ),
+        (["--types", "type4"], "'type4' has 2; a type needs at least 3 cells"),
+        (["--layer", "raw"], "Layer 'raw' not found; the file has no layers."),
+        (["--target", "3"], "No rare cell type to augment"),
+    ],
+)
+def test_user_errors_are_reported_before_training(tmp_path, capsys, extra, expected):
+    source, output = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    _write_input(source)
+    err = _run_failing(["augment", str(source), str(output), *extra], capsys)
+    assert expected in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5ad"]
+
+
+@pytest.mark.usefixtures("no_training")
+def test_normalized_x_without_layer_points_to_the_counts_layer(tmp_path, capsys):
+    source, output = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    _write_input(source, counts_layer=True)
+    err = _run_failing(["augment", str(source), str(output)], capsys)
+    assert "X does not hold raw counts" in err
+    assert "pass --layer counts" in err and "--likelihood gaussian" in err
+    assert not output.exists()
+
+
+@pytest.mark.usefixtures("no_training")
+def test_path_errors(tmp_path, capsys):
+    source, output = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    _write_input(source)
+    err = _run_failing(["augment", str(tmp_path / "missing.h5ad"), str(output)], capsys)
+    assert "missing.h5ad' does not exist" in err
+    err = _run_failing(["augment", str(source), str(source), "--overwrite"], capsys)
+    assert "is the input file" in err
+    output.write_bytes(b"previous result")
+    err = _run_failing(["augment", str(source), str(output)], capsys)
+    assert "already exists; pass --overwrite" in err
+    assert output.read_bytes() == b"previous result"
+
+
+def test_failure_while_writing_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
+    source, output = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    _write_input(source)
+    output.write_bytes(b"previous result")
+
+    def broken_write(self, filename, **kwargs):
+        with open(filename, "wb") as f:
+            f.write(b"half an h5ad file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(anndata.AnnData, "write_h5ad", broken_write)
+    err = _run_failing(["augment", str(source), str(output), *FAST, "--overwrite"], capsys)
+    assert "No space left on device" in err and "no partial file was left" in err
+    # The previous output is untouched and no temporary file is left behind.
+    assert output.read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5ad", "out.h5ad"]
+
+
+def test_demo_subcommand_is_kept(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--help"])
+    assert exit_info.value.code == 0
+    assert "--quick" in capsys.readouterr().out
