@@ -26,6 +26,8 @@ from scld_aug.guidance import (
 from scld_aug.model import Autoencoder, Denoiser, LatentClassifier, NoiseSchedule
 
 SAMPLE_BATCH = 4096
+# Cells decoded at a time: a block is dense over all genes (1,024 x 20,000 genes = 160 MB).
+DECODE_BATCH = 1024
 # Latent codes kept per class for anchored generation: enough to cover a type's variety,
 # bounded so that atlas-sized training sets do not bloat the saved generator.
 MAX_ANCHORS = 4096
@@ -277,7 +279,7 @@ class SCLDGenerator:
         return np.clip(cells, panel.lower, panel.upper)
 
     def sample(
-        self, label, n: int, params: SamplingParams, seed: int, batch_size: int = SAMPLE_BATCH
+        self, label, n: int, params: SamplingParams, seed: int, batch_size: int = DECODE_BATCH
     ) -> Iterator[np.ndarray]:
         """Synthetic cells of class ``label`` as dense blocks of at most ``batch_size`` rows.
 
@@ -382,11 +384,16 @@ def build_modules(
 
 @torch.no_grad()
 def encode_cells(
-    autoencoder: Autoencoder, X, panel: GenePanel, library: np.ndarray | None, device
+    autoencoder: Autoencoder,
+    modelled,
+    panel: GenePanel,
+    library: np.ndarray | None,
+    device,
 ) -> np.ndarray:
-    """Latent codes (not standardized) of every row of CSR ``X``, in chunks of 1,024 rows."""
+    """Latent codes (not standardized) of every row of ``modelled`` (CSR of the modelled
+    genes, :meth:`GenePanel.modelled`), in chunks of 1,024 rows."""
     codes = []
-    for start, chunk in iter_row_chunks(X, 1024):
+    for start, chunk in iter_row_chunks(modelled, 1024):
         lib = library[start : start + chunk.shape[0]] if library is not None else None
         x = torch.from_numpy(panel.encoder_input(chunk.toarray(), lib)).to(device)
         codes.append(autoencoder.encode(x).cpu().numpy())

@@ -217,23 +217,35 @@ class GenePanel:
             output_prior=prior.astype(np.float32),
         )
 
-    def encoder_input(self, dense_rows: np.ndarray, library: np.ndarray | None) -> np.ndarray:
-        """Standardized encoder input (log-normalized for counts) from dense rows of all genes."""
-        values = dense_rows[:, self.genes]
+    def modelled(self, X: sp.csr_matrix) -> sp.csr_matrix:
+        """The modelled genes' columns of CSR ``X``: all the networks read, a fraction of ``X``.
+
+        Minibatches are densified from this matrix, so a step costs the modelled genes, not
+        every input gene.
+        """
+        return sp.csr_matrix(X[:, self.genes])
+
+    def other_totals(self, modelled: sp.csr_matrix, library: np.ndarray) -> np.ndarray | None:
+        """Per cell, the total count of the genes that are not modelled (counts only)."""
+        if self.likelihood != "nb" or not len(self.rest):
+            return None
+        return np.maximum(library - np.asarray(modelled.sum(axis=1)).ravel(), 0.0)
+
+    def encoder_input(self, values: np.ndarray, library: np.ndarray | None) -> np.ndarray:
+        """Standardized encoder input (log-normalized for counts) from dense rows of the
+        modelled genes."""
         if self.likelihood == "nb":
             values = np.log1p(values * (TARGET_SUM / np.maximum(library, 1.0))[:, None])
         return ((values - self.center) / self.scale).astype(np.float32)
 
-    def decoder_target(self, dense_rows: np.ndarray) -> np.ndarray:
-        """What the decoder reconstructs: counts of modelled genes (+ others' total), or the
-        standardized values."""
+    def decoder_target(self, values: np.ndarray, other: np.ndarray | None) -> np.ndarray:
+        """What the decoder reconstructs from dense rows of the modelled genes: their counts
+        (+ the other genes' total, ``other``), or their standardized values."""
         if self.likelihood == "nb":
-            target = dense_rows[:, self.genes]
-            if len(self.rest):
-                other = dense_rows.sum(1, keepdims=True) - target.sum(1, keepdims=True)
-                target = np.concatenate([target, np.maximum(other, 0.0)], axis=1)
-            return target.astype(np.float32)
-        return ((dense_rows[:, self.genes] - self.center) / self.scale).astype(np.float32)
+            if other is not None:
+                values = np.concatenate([values, other[:, None]], axis=1)
+            return values.astype(np.float32)
+        return ((values - self.center) / self.scale).astype(np.float32)
 
     def state(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

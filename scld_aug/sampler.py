@@ -32,7 +32,7 @@ FORMAT = "scld-aug-sampler"
 FORMAT_VERSION = 1
 # Part of the memory= cache key: bump whenever training would give a different generator
 # for the same data and parameters, so caches never serve generators of older code.
-TRAINING_VERSION = 2
+TRAINING_VERSION = 3
 TRAINING_PARAMS = (
     "likelihood",
     "n_top_genes",

@@ -48,6 +48,7 @@ class TrainingConfig:
 
 
 Callback = Callable[[str, int, float], None]
+LOSS_READ_EVERY = 50
 
 
 def _optimizer(module: nn.Module, lr: float, steps: int):
@@ -83,20 +84,32 @@ def _loop(
     module.train()
     optimizer, scheduler = _optimizer(module, lr, steps)
     losses: list[float] = []
+    pending: list[torch.Tensor] = []
+
+    def flush() -> None:
+        # Reading a loss waits for the device: read them in groups, not every step.
+        if not pending:
+            return
+        values = torch.stack(pending).cpu().tolist()
+        if callback is not None:
+            for i, value in enumerate(values):
+                callback(name, len(losses) + i, value)
+        losses.extend(values)
+        pending.clear()
+        bar.set_postfix(loss=f"{values[-1]:.4g}", refresh=False)
+
     bar = tqdm(range(steps), desc=f"train {name}", disable=not verbose, leave=False)
-    for step in bar:
+    for _ in bar:
         loss = loss_fn()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(module.parameters(), 5.0)
         optimizer.step()
         scheduler.step()
-        value = float(loss.detach())
-        losses.append(value)
-        if callback is not None:
-            callback(name, step, value)
-        if verbose and step % 50 == 0:
-            bar.set_postfix(loss=f"{value:.4g}")
+        pending.append(loss.detach())
+        if len(pending) == LOSS_READ_EVERY:
+            flush()
+    flush()
     module.eval()
     return losses
 
@@ -128,13 +141,17 @@ def fit_generator(
         m.to(device) for m in build_modules(asdict(config), panel, n_classes)
     )
     batches = MinibatchSampler(weights, config.batch_size, rng)
+    modelled = panel.modelled(X)
+    other = panel.other_totals(modelled, library) if counts else None
 
     def autoencoder_loss() -> torch.Tensor:
         rows = batches.draw()
-        dense = dense_rows(X, rows)
+        values = dense_rows(modelled, rows)
         lib = library[rows] if counts else None
-        x = torch.from_numpy(panel.encoder_input(dense, lib)).to(device, non_blocking=True)
-        target = torch.from_numpy(panel.decoder_target(dense)).to(device, non_blocking=True)
+        x = torch.from_numpy(panel.encoder_input(values, lib)).to(device, non_blocking=True)
+        target = torch.from_numpy(
+            panel.decoder_target(values, other[rows] if other is not None else None)
+        ).to(device, non_blocking=True)
         # Empty cells (library 0) would give log(0); a floor of 1 keeps their loss finite.
         lib_t = (
             torch.from_numpy(np.maximum(lib, 1.0).astype(np.float32)).to(device) if counts else None
@@ -148,7 +165,7 @@ def fit_generator(
 
     run("autoencoder", autoencoder, config.autoencoder_steps, autoencoder_loss)
 
-    latents = encode_cells(autoencoder, X, panel, library, device)
+    latents = encode_cells(autoencoder, modelled, panel, library, device)
     latent_mean = latents.mean(0)
     latent_std = latents.std(0) + 1e-6
     standardized = (latents - latent_mean) / latent_std
@@ -156,19 +173,20 @@ def fit_generator(
     z_all = torch.from_numpy(standardized).float().to(device)
     y_all = torch.from_numpy(codes).long().to(device)
     schedule_T = config.num_train_timesteps
-    torch_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    # Noise is drawn where it is used: no host-to-device copy (or sync) per step.
+    torch_gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
     schedule = NoiseSchedule(schedule_T, config.beta_schedule)
 
     def noisy_batch():
-        rows = torch.from_numpy(batches.draw()).to(device)
+        rows = torch.from_numpy(batches.draw()).to(device, non_blocking=True)
         z0, y = z_all[rows], y_all[rows]
-        noise = torch.randn(z0.shape, generator=torch_gen).to(device)
-        t = torch.randint(0, schedule_T, (len(rows),), generator=torch_gen).to(device)
+        noise = torch.randn(z0.shape, generator=torch_gen, device=device)
+        t = torch.randint(0, schedule_T, (len(rows),), generator=torch_gen, device=device)
         return y, noise, t, schedule.add_noise(z0, noise, t)
 
     def diffusion_loss() -> torch.Tensor:
         y, noise, t, z_t = noisy_batch()
-        drop = torch.rand(len(y), generator=torch_gen).to(device) < config.label_dropout
+        drop = torch.rand(len(y), generator=torch_gen, device=device) < config.label_dropout
         y = torch.where(drop, torch.full_like(y, denoiser.null_class), y)
         return nn.functional.mse_loss(denoiser(z_t, t, y), noise)
 

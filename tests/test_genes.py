@@ -1,0 +1,28 @@
+"""The gene panel: what the networks read and reconstruct."""
+
+import numpy as np
+import scipy.sparse as sp
+
+from scld_aug.data import library_sizes, sampling_weights
+from scld_aug.genes import GenePanel
+from tests.conftest import make_counts
+
+
+def test_minibatches_from_the_modelled_genes_equal_those_from_all_genes():
+    X, y = make_counts()
+    X = sp.csr_matrix(X.astype(np.float32))
+    classes, codes = np.unique(y, return_inverse=True)
+    weights = sampling_weights(codes, len(classes), 1.0)
+    library = library_sizes(X)
+    panel = GenePanel.fit(X, codes, len(classes), weights, library, 50, "nb")
+    modelled = panel.modelled(X)
+    other = panel.other_totals(modelled, library)
+    assert modelled.shape == (X.shape[0], 50) and len(panel.rest) == X.shape[1] - 50
+    rows = np.arange(0, X.shape[0], 7)
+    dense = X[rows].toarray()
+    target = panel.decoder_target(modelled[rows].toarray(), other[rows])
+    # Modelled genes' counts, then the total of every other gene.
+    assert np.array_equal(target[:, :-1], dense[:, panel.genes])
+    assert np.array_equal(target[:, -1], dense.sum(1) - dense[:, panel.genes].sum(1))
+    x = panel.encoder_input(modelled[rows].toarray(), library[rows])
+    assert x.dtype == np.float32 and x.flags["C_CONTIGUOUS"] and x.shape == (len(rows), 50)
