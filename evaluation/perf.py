@@ -1,0 +1,134 @@
+"""How fit time and memory grow with the number of cells (synthetic negative-binomial counts).
+
+Each size runs in its own process, so its peak resident memory (RSS) is its own. Data:
+``--genes`` genes, 10 cell types with their own gene programs, log-normal library sizes,
+negative-binomial counts with a fixed seed, built block by block as CSR (never dense). The
+sampler runs with default parameters (fixed numbers of optimizer steps, so network training
+time should stay flat while data preparation grows with the cells).
+
+    python -m evaluation.perf [--cells 2000 20000 200000] [--genes 2000] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+BLOCK = 5000
+
+
+def synthetic_counts(n_cells: int, n_genes: int, seed: int = 0) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Sparse NB counts: 10 types, each over-expressing its own 5% of the genes."""
+    rng = np.random.default_rng(seed)
+    base = rng.gamma(0.3, 1.0, n_genes)
+    n_types = 10
+    programs = np.tile(base, (n_types, 1))
+    block = max(1, n_genes // 20)
+    for k in range(n_types):
+        programs[k, k * block : (k + 1) * block] *= 8.0
+    programs /= programs.sum(1, keepdims=True)
+    # Unequal type sizes, as in real data: the rarest type has ~1% of the cells.
+    sizes = np.geomspace(1, 30, n_types)
+    y = rng.choice(n_types, size=n_cells, p=sizes / sizes.sum())
+    blocks = []
+    for start in range(0, n_cells, BLOCK):
+        labels = y[start : start + BLOCK]
+        library = rng.lognormal(np.log(2000), 0.4, len(labels))
+        mu = library[:, None] * programs[labels]
+        counts = rng.poisson(rng.gamma(2.0, mu / 2.0)).astype(np.float32)
+        blocks.append(sp.csr_matrix(counts))
+    return sp.vstack(blocks, format="csr"), np.array([f"type{k}" for k in y])
+
+
+def _one(n_cells: int, n_genes: int) -> dict:
+    import scld_aug.train as training
+    from evaluation.gpu_check import _timed_loops
+    from scld_aug import SCLDSampler
+
+    start = time.perf_counter()
+    X, y = synthetic_counts(n_cells, n_genes)
+    data_s = time.perf_counter() - start
+    rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    phases: dict[str, float] = {}
+    original = _timed_loops(phases)
+    try:
+        sampler = SCLDSampler(random_state=0)
+        start = time.perf_counter()
+        sampler.fit(X, y)
+        fit_s = time.perf_counter() - start
+    finally:
+        training._loop = original
+    start = time.perf_counter()
+    cells = sampler.generate(2000, "type0")
+    sample_s = time.perf_counter() - start
+    return {
+        "cells": n_cells,
+        "genes": n_genes,
+        "nnz": int(X.nnz),
+        "input_mib": (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) / 2**20,
+        "make_data_s": data_s,
+        "fit_s": fit_s,
+        **{f"{k}_s": v for k, v in phases.items()},
+        "other_fit_s": fit_s - sum(phases.values()),
+        "peak_rss_after_data_mib": rss_data,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "sample_cells_per_s": cells.shape[0] / sample_s,
+    }
+
+
+def main(argv=None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, nargs="+", default=[2000, 20000, 200000])
+    parser.add_argument("--genes", type=int, default=2000)
+    parser.add_argument("--out", default="evaluation/results/perf")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(_one(args.cells[0], args.genes)))
+        return pd.DataFrame()
+    import torch
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; default SCLDSampler parameters"
+    )
+    rows = []
+    for n in args.cells:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "evaluation.perf",
+                "--one",
+                "--cells",
+                str(n),
+                "--genes",
+                str(args.genes),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    table = pd.DataFrame(rows).set_index("cells")
+    print(table.round(1).to_string())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "scaling.csv")
+    return table
+
+
+if __name__ == "__main__":
+    main()
