@@ -23,8 +23,19 @@ def plain_scalar(value: Any) -> Any:
 
 
 def as_csr(X: np.ndarray | sp.spmatrix | sp.sparray) -> sp.csr_matrix:
-    """CSR float32 view or copy of ``X``; the caller's object is never modified."""
+    """CSR float32 view or copy of ``X``; the caller's object is never modified.
+
+    A matrix that is already canonical float32 CSR without stored zeros is used as it is
+    (training only reads it): atlas-sized input is not duplicated.
+    """
     if sp.issparse(X):
+        if (
+            X.format == "csr"
+            and X.dtype == np.float32
+            and X.has_canonical_format
+            and not np.any(X.data == 0)
+        ):
+            return X if isinstance(X, sp.csr_matrix) else sp.csr_matrix(X, copy=False)
         out = sp.csr_matrix(X, dtype=np.float32, copy=False)
         if out is X or (hasattr(out, "data") and np.shares_memory(out.data, X.data)):
             out = out.copy()

@@ -223,6 +223,8 @@ class GenePanel:
         Minibatches are densified from this matrix, so a step costs the modelled genes, not
         every input gene.
         """
+        if len(self.genes) == X.shape[1] and np.array_equal(self.genes, np.arange(X.shape[1])):
+            return X  # every gene is modelled: no copy
         return sp.csr_matrix(X[:, self.genes])
 
     def other_totals(self, modelled: sp.csr_matrix, library: np.ndarray) -> np.ndarray | None:

@@ -72,6 +72,19 @@ def test_sparse_stays_sparse_and_input_not_modified(data, tiny_params, fmt):
     np.testing.assert_array_equal(synthetic, np.round(synthetic))
 
 
+def test_float32_csr_is_read_in_place_and_left_unchanged(data, tiny_params):
+    # Canonical float32 CSR is not copied for training, and every gene modelled (no panel
+    # copy either): the result must equal the one from dense input, and X stay as it was.
+    X, y = data
+    Xs = sp.csr_matrix(X.astype(np.float32))
+    before = Xs.copy()
+    params = {**tiny_params, "n_top_genes": None}
+    sparse_res, _ = SCLDSampler(random_state=1, **params).fit_resample(Xs, y)
+    dense_res, _ = SCLDSampler(random_state=1, **params).fit_resample(Xs.toarray(), y)
+    np.testing.assert_array_equal(sparse_res.toarray(), dense_res)
+    assert (Xs != before).nnz == 0 and Xs.has_canonical_format
+
+
 def test_sparse_and_dense_give_identical_cells(data, tiny_params):
     X, y = data
     X = X.astype(np.float32)
