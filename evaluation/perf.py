@@ -7,6 +7,7 @@ sampler runs with default parameters (fixed numbers of optimizer steps, so netwo
 time should stay flat while data preparation grows with the cells).
 
     python -m evaluation.perf [--cells 2000 20000 200000] [--genes 2000] [--out DIR]
+    python -m evaluation.perf --sampling    # throughput vs DDIM steps and request size; vs SMOTE
 """
 
 from __future__ import annotations
@@ -87,13 +88,81 @@ def _one(n_cells: int, n_genes: int) -> dict:
     }
 
 
+def sampling_benchmark(out: Path) -> pd.DataFrame:
+    """Synthetic cells per second on the shipped Baron data against the number of DDIM steps
+    and the request size, split into latent sampling and decoding; SMOTE on the same requests."""
+    import torch
+    from imblearn.over_sampling import SMOTE
+
+    from scld_aug import SCLDSampler, datasets
+    from scld_aug.generator import SamplingParams
+
+    adata = datasets.baron_pancreas()
+    X, y = adata.X, adata.obs["cell_type"].astype(str).to_numpy()
+    sampler = SCLDSampler(random_state=0).fit(X, y)
+    generator = sampler.generator_
+    code = generator.class_code("delta")
+    rows = []
+    for steps in (10, 20, 50, 100):
+        for n in (256, 1024, 4096, 16384):
+            if steps == 100 and n == 16384:
+                continue  # ~1 min on 2 cores; the trend is clear without it
+            params = SamplingParams(n_sampling_steps=steps)
+            start = time.perf_counter()
+            latents = generator.sample_latents(code, n, params, torch.Generator().manual_seed(0))
+            latent_s = time.perf_counter() - start
+            rng = np.random.default_rng(0)
+            start = time.perf_counter()
+            for first in range(0, n, 1024):
+                generator.decode(latents[first : first + 1024], code, "sample", rng)
+            decode_s = time.perf_counter() - start
+            rows.append(
+                {
+                    "method": "SCLD",
+                    "steps": steps,
+                    "cells": n,
+                    "latent_s": latent_s,
+                    "decode_s": decode_s,
+                    "cells_per_s": n / (latent_s + decode_s),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    n_delta = int((y == "delta").sum())
+    for n in (256, 1024, 4096, 16384):
+        smote = SMOTE(sampling_strategy={"delta": n_delta + n}, k_neighbors=5, random_state=0)
+        start = time.perf_counter()
+        smote.fit_resample(X, y)
+        seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "method": "SMOTE",
+                "steps": 0,
+                "cells": n,
+                "latent_s": 0.0,
+                "decode_s": seconds,
+                "cells_per_s": n / seconds,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    table = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "sampling.csv", index=False)
+    wide = table.pivot_table(index=["method", "steps"], columns="cells", values="cells_per_s")
+    print("cells per second (columns: cells requested)")
+    print(wide.round(0).to_string())
+    return table
+
+
 def main(argv=None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, nargs="+", default=[2000, 20000, 200000])
     parser.add_argument("--genes", type=int, default=2000)
     parser.add_argument("--out", default="evaluation/results/perf")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sampling", action="store_true", help="sampling throughput instead")
     args = parser.parse_args(argv)
+    if args.sampling:
+        return sampling_benchmark(Path(args.out))
     if args.one:
         print(json.dumps(_one(args.cells[0], args.genes)))
         return pd.DataFrame()

@@ -3,6 +3,7 @@
 The server runs on 127.0.0.1 for the test session (SQLite backend, local artifact store).
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -68,11 +69,17 @@ def _start_server(root: Path) -> tuple[subprocess.Popen, str]:
 
 
 def _stop(process: subprocess.Popen) -> None:
+    """Stop the server's whole process group; a no-op when it is already gone."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
         process.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(process.pid, signal.SIGKILL)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=20)
 
 
 @pytest.fixture(scope="session")
