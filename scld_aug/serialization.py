@@ -8,6 +8,10 @@ from pathlib import Path
 
 import torch
 
+# Read once (reading it means setting it): files get the process's usual permissions.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def atomic_torch_save(obj: dict, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
@@ -20,9 +24,7 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates owner-only files; give the file the permissions of a normal one.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
