@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from scld_aug import data as data_layer
 from scld_aug.demo import MIN_CELLS, RARE_FRACTION, rare_strategy
@@ -119,22 +118,6 @@ def plan_augmentation(
     return {by_text[t]: target for t in requested}
 
 
-def _first_non_count(X: Any) -> float | None:
-    """A value of ``X`` that is not a non-negative integer, or None for count data."""
-    if sp.issparse(X):
-        values = [X.data] if X.format in ("csr", "csc") else [sp.csr_matrix(X).data]
-    else:
-        # Row blocks: a whole-matrix boolean mask would double the memory of dense data.
-        X = np.asarray(X)
-        step = data_layer.CHUNK_ROWS
-        values = (X[i : i + step] for i in range(0, len(X), step))
-    for v in values:
-        bad = (v < 0) | (v != np.round(v))
-        if bad.any():
-            return float(np.asarray(v)[bad][0])
-    return None
-
-
 def _check_paths(
     input_path: Path, output_path: Path, save_sampler: Path | None, overwrite: bool
 ) -> None:
@@ -190,12 +173,12 @@ def _check_data(adata: Any, labels_key: str, layer: str | None, likelihood: str)
             raise AugmentError(
                 f"X is empty; pass --layer with the layer of raw counts ({list(adata.layers.keys())})."
             )
-    bad = _first_non_count(X)
+    bad = data_layer.first_non_count(X)
     if bad is not None and likelihood != "gaussian":
         count_layers = [
             name
             for name, M in adata.layers.items()
-            if name != layer and _first_non_count(M) is None
+            if name != layer and data_layer.first_non_count(M) is None
         ]
         hint = (
             f"pass --layer {count_layers[0]} (layers with counts: {count_layers})"

@@ -58,9 +58,24 @@ def _data_values(X: sp.csr_matrix) -> Iterator[np.ndarray]:
         yield X.data[start : start + (1 << 22)]
 
 
-def is_count_matrix(X: sp.csr_matrix) -> bool:
+def first_non_count(X: Any) -> float | None:
+    """A value of ``X`` (sparse or dense) that is not a non-negative whole number, or None
+    for count data. Reads in blocks: no whole-matrix mask or conversion."""
+    if sp.issparse(X):
+        blocks = _data_values(X if X.format in ("csr", "csc", "coo") else sp.csr_matrix(X))
+    else:
+        X = np.asarray(X)
+        blocks = (X[i : i + CHUNK_ROWS] for i in range(0, len(X), CHUNK_ROWS))
+    for v in blocks:
+        bad = ~((v >= 0) & (v == np.round(v)))
+        if bad.any():
+            return float(np.asarray(v)[bad][0])
+    return None
+
+
+def is_count_matrix(X: Any) -> bool:
     """True when every value is a non-negative whole number (raw UMI or read counts)."""
-    return all(((v >= 0) & (v == np.round(v))).all() for v in _data_values(X))
+    return first_non_count(X) is None
 
 
 def resolve_likelihood(X: sp.csr_matrix, likelihood: str) -> str:
