@@ -6,7 +6,8 @@ negative-binomial counts with a fixed seed, built block by block as CSR (never d
 sampler runs with default parameters (fixed numbers of optimizer steps, so network training
 time should stay flat while data preparation grows with the cells).
 
-    python -m evaluation.perf [--cells 2000 20000 200000] [--genes 2000] [--out DIR]
+    python -m evaluation.perf [--cells 2000 20000 200000 1000000] [--genes 2000]
+                              [--modes memory backed] [--device auto] [--out DIR]
     python -m evaluation.perf --sampling    # throughput vs DDIM steps and request size; vs SMOTE
     python -m evaluation.perf --vs-scvi     # SCLD fit vs scVI fit over the same passes of the data
 """
@@ -53,40 +54,106 @@ def synthetic_counts(n_cells: int, n_genes: int, seed: int = 0) -> tuple[sp.csr_
     return sp.vstack(blocks, format="csr"), np.array([f"type{k}" for k in y])
 
 
-def _one(n_cells: int, n_genes: int) -> dict:
+def _data_path(data_dir: Path, n_cells: int, n_genes: int) -> Path:
+    return data_dir / f"nb_{n_cells}x{n_genes}.h5ad"
+
+
+def write_h5ad(path: Path, n_cells: int, n_genes: int) -> None:
+    """The synthetic data as an .h5ad file (CSR), for the streamed-from-disk runs."""
+    import anndata
+
+    if path.exists():
+        return
+    X, y = synthetic_counts(n_cells, n_genes)
+    obs = pd.DataFrame({"cell_type": pd.Categorical(y)}, index=np.arange(n_cells).astype(str))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.h5ad")
+    anndata.AnnData(X, obs=obs).write_h5ad(tmp)
+    os.replace(tmp, path)
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _one(n_cells: int, n_genes: int, mode: str, data_dir: Path, device: str) -> dict:
+    """One fit, in this process: ``mode`` "memory" (CSR in RAM, ``SCLDSampler.fit``) or
+    "backed" (``pretrain`` streaming the .h5ad from disk)."""
+    import torch
+
     import scld_aug.train as training
     from evaluation.gpu_check import _timed_loops
     from scld_aug import SCLDSampler
+    from scld_aug.generator import SamplingParams
+    from scld_aug.pretrain import pretrain
 
     start = time.perf_counter()
-    X, y = synthetic_counts(n_cells, n_genes)
+    if mode == "memory":
+        X, y = synthetic_counts(n_cells, n_genes)
+        nnz, input_mib = int(X.nnz), (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) / 2**20
+    else:
+        path = _data_path(data_dir, n_cells, n_genes)
+        nnz, input_mib = None, path.stat().st_size / 2**20
     data_s = time.perf_counter() - start
-    rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_data = _peak_rss_mib()
     phases: dict[str, float] = {}
     original = _timed_loops(phases)
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     try:
-        sampler = SCLDSampler(random_state=0)
         start = time.perf_counter()
-        sampler.fit(X, y)
+        if mode == "memory":
+            generator = SCLDSampler(random_state=0, device=device).fit(X, y).generator_
+        else:
+            generator = pretrain(path, backed=True, random_state=0, device=device)
         fit_s = time.perf_counter() - start
     finally:
         training._loop = original
     start = time.perf_counter()
-    cells = sampler.generate(2000, "type0")
+    n_sampled = sum(len(b) for b in generator.sample("type0", 2000, SamplingParams(), seed=0))
     sample_s = time.perf_counter() - start
     return {
+        "mode": mode,
         "cells": n_cells,
         "genes": n_genes,
-        "nnz": int(X.nnz),
-        "input_mib": (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) / 2**20,
+        "nnz": nnz,
+        "input_mib": input_mib,
         "make_data_s": data_s,
         "fit_s": fit_s,
         **{f"{k}_s": v for k, v in phases.items()},
         "other_fit_s": fit_s - sum(phases.values()),
         "peak_rss_after_data_mib": rss_data,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "sample_cells_per_s": cells.shape[0] / sample_s,
+        "peak_rss_mib": _peak_rss_mib(),
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "sample_cells_per_s": n_sampled / sample_s,
     }
+
+
+def plot_scaling(table: pd.DataFrame, path: Path) -> None:
+    """Fit time and peak memory against cells, one line per mode and gene count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+    for (mode, genes), part in table.groupby(["mode", "genes"]):
+        part = part.sort_values("cells")
+        label = f"{'in memory' if mode == 'memory' else 'streamed from disk'}, {genes} genes"
+        ax_t.plot(part["cells"], part["fit_s"], "o-", label=label)
+        ax_m.plot(part["cells"], part["peak_rss_mib"] / 1024, "o-", label=f"peak RSS, {label}")
+        if mode == "memory":
+            ax_m.plot(part["cells"], part["input_mib"] / 1024, "k:", label="input CSR size")
+    for ax, what in ((ax_t, "fit time (s)"), (ax_m, "memory (GiB)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("cells")
+        ax.set_ylabel(what)
+        ax.legend(fontsize=7)
+    ax_t.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def sampling_benchmark(out: Path) -> pd.DataFrame:
@@ -199,10 +266,22 @@ def scvi_benchmark(out: Path, scvi_epochs: int = 50) -> pd.DataFrame:
 
 def main(argv=None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", type=int, nargs="+", default=[2000, 20000, 200000])
+    parser.add_argument("--cells", type=int, nargs="+", default=[2000, 20000, 200000, 1000000])
     parser.add_argument("--genes", type=int, default=2000)
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["memory", "backed"],
+        default=["memory", "backed"],
+        help="memory: CSR in RAM through SCLDSampler.fit; backed: pretrain() streaming the "
+        ".h5ad from disk",
+    )
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-dir", default=None, help="where the .h5ad files go (temp dir)")
     parser.add_argument("--out", default="evaluation/results/perf")
+    parser.add_argument("--name", default="scaling", help="stem of the CSV/PNG written")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="memory", help=argparse.SUPPRESS)
     parser.add_argument("--sampling", action="store_true", help="sampling throughput instead")
     parser.add_argument("--vs-scvi", action="store_true", help="SCLD vs scVI fit time instead")
     args = parser.parse_args(argv)
@@ -210,8 +289,12 @@ def main(argv=None) -> pd.DataFrame:
         return scvi_benchmark(Path(args.out))
     if args.sampling:
         return sampling_benchmark(Path(args.out))
+    import tempfile
+
+    data_dir = Path(args.data_dir or tempfile.gettempdir()) / "scld_perf_data"
     if args.one:
-        print(json.dumps(_one(args.cells[0], args.genes)))
+        row = _one(args.cells[0], args.genes, args.mode, data_dir, args.device)
+        print(json.dumps(row))
         return pd.DataFrame()
     import torch
 
@@ -221,28 +304,27 @@ def main(argv=None) -> pd.DataFrame:
     )
     rows = []
     for n in args.cells:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "evaluation.perf",
-                "--one",
-                "--cells",
-                str(n),
-                "--genes",
-                str(args.genes),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), flush=True)
-    table = pd.DataFrame(rows).set_index("cells")
-    print(table.round(1).to_string())
+        for mode in args.modes:
+            if mode == "backed":
+                write_h5ad(_data_path(data_dir, n, args.genes), n, args.genes)
+            # Each run in its own process, so its peak RSS is its own.
+            done = subprocess.run(
+                [sys.executable, "-m", "evaluation.perf", "--one", "--cells", str(n)]
+                + ["--genes", str(args.genes), "--mode", mode, "--device", args.device]
+                + ["--data-dir", str(data_dir.parent)],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"{mode} run with {n} cells failed:\n{done.stderr[-3000:]}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
+    table = pd.DataFrame(rows)
+    print(table.drop(columns=["nnz"]).round(1).to_string(index=False))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "scaling.csv")
+    table.to_csv(out / f"{args.name}.csv", index=False)
+    plot_scaling(table, out / f"{args.name}.png")
     return table
 
 

@@ -1,4 +1,5 @@
-"""Command line: ``scld-aug demo`` and ``scld-aug augment IN.h5ad OUT.h5ad``."""
+"""Command line: ``scld-aug demo``, ``scld-aug augment IN.h5ad OUT.h5ad`` and
+``scld-aug train IN.h5ad OUT.pt`` (also under ``torchrun``)."""
 
 from __future__ import annotations
 
@@ -169,6 +170,108 @@ def _augment(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_EPILOG = """\
+examples:
+  scld-aug train atlas.h5ad atlas.pt --labels-key cell_type --layer counts
+  scld-aug train atlas.h5ad atlas.pt --labels-key cell_type --backed
+  torchrun --nproc_per_node 4 -m scld_aug train atlas.h5ad atlas.pt --labels-key cell_type
+
+Then, without training again:
+  SCLDSampler(generator="atlas.pt").fit_resample(X, y)
+
+Under torchrun every process trains on its own minibatches (--batch-size cells each) and
+PyTorch DDP averages the gradients: NCCL with one GPU per process, gloo on CPUs.
+"""
+
+
+def _add_train_parser(sub) -> None:
+    from scld_aug.train import TrainingConfig
+
+    defaults = TrainingConfig()
+    train = sub.add_parser(
+        "train",
+        help="pretrain a generator on an .h5ad file (single process or torchrun DDP)",
+        description="Train an SCLD generator once and save it for SCLDSampler(generator=...).",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("input", help="input .h5ad file")
+    train.add_argument("output", help="where to save the generator (.pt)")
+    train.add_argument("--labels-key", default="cell_type", help="obs column with cell types")
+    train.add_argument("--layer", help="layer with raw counts, e.g. counts (default: X)")
+    train.add_argument(
+        "--backed",
+        action="store_true",
+        help="stream the matrix from disk instead of loading it (memory flat in the cells)",
+    )
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    train.add_argument("--likelihood", choices=["auto", "nb", "gaussian"], default="auto")
+    train.add_argument("--quick", action="store_true", help="tiny model, for smoke tests")
+    for option, param in (
+        ("n-top-genes", "n_top_genes"),
+        ("autoencoder-steps", "autoencoder_steps"),
+        ("diffusion-steps", "diffusion_steps"),
+        ("classifier-steps", "classifier_steps"),
+        ("batch-size", "batch_size"),
+    ):
+        train.add_argument(
+            f"--{option}",
+            type=_positive_int,
+            metavar="N",
+            help=f"(default: {getattr(defaults, param)})",
+        )
+    train.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    train.add_argument("--quiet", action="store_true", help="no progress bars, only errors")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from scld_aug.demo import QUICK
+    from scld_aug.distributed import launched_world
+    from scld_aug.pretrain import TRAINING_OPTIONS, pretrain
+
+    world = launched_world()
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        print(f"scld-aug train: error: {out} exists; pass --overwrite.", file=sys.stderr)
+        return 1
+    options = {k: v for k, v in QUICK.items() if k in TRAINING_OPTIONS} if args.quick else {}
+    options["likelihood"] = args.likelihood
+    for name in ("n_top_genes", "autoencoder_steps", "diffusion_steps", "classifier_steps"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size
+    start = time.perf_counter()
+    try:
+        generator = pretrain(
+            args.input,
+            args.labels_key,
+            layer=args.layer,
+            backed=args.backed,
+            out=out,
+            random_state=args.seed,
+            device=args.device,
+            verbose=not args.quiet,
+            **options,
+        )
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        print(f"scld-aug train: error: {err}", file=sys.stderr)
+        return 1
+    if world.is_main and not args.quiet:
+        processes = f" with {world.size} DDP processes" if world.distributed else ""
+        print(
+            f"Trained{processes} in {time.perf_counter() - start:.0f} s: "
+            f"{len(generator.classes)} cell types ({', '.join(map(str, generator.classes))}), "
+            f"{generator.n_genes} genes ({len(generator.panel.genes)} modelled), likelihood "
+            f"{generator.panel.likelihood}."
+        )
+        print(f'Saved {out}; use it with SCLDSampler(generator="{out}").')
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``scld-aug`` command line; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -183,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quick", action="store_true", help="tiny model, for a smoke test")
     _add_augment_parser(sub)
+    _add_train_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from scld_aug.demo import run_demo
@@ -190,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         run_demo(args.output_dir, n_folds=args.folds, seed=args.seed, quick=args.quick)
     elif args.command == "augment":
         return _augment(args)
+    elif args.command == "train":
+        return _train(args)
     return 0
 
 

@@ -45,12 +45,110 @@ def as_csr(X: np.ndarray | sp.spmatrix | sp.sparray) -> sp.csr_matrix:
     return sp.csr_matrix(np.asarray(X, dtype=np.float32))
 
 
-def iter_row_chunks(
-    X: sp.csr_matrix, chunk_rows: int = CHUNK_ROWS
-) -> Iterator[tuple[int, sp.csr_matrix]]:
+def iter_row_chunks(X: Any, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, sp.csr_matrix]]:
     """Row blocks of ``X`` (start index, CSR block) so whole-matrix passes stay sparse."""
+    if isinstance(X, CellRows):
+        yield from X.blocks(chunk_rows)
+        return
     for start in range(0, X.shape[0], chunk_rows):
         yield start, X[start : start + chunk_rows]
+
+
+def _canonical_block(block: Any) -> sp.csr_matrix:
+    out = sp.csr_matrix(block, dtype=np.float32)
+    out.sum_duplicates()
+    out.eliminate_zeros()
+    return out
+
+
+class CellRows:
+    """Rows of a cells x genes matrix, in memory (CSR) or on disk (a backed ``.h5ad``).
+
+    Training reads expression in two ways only: row blocks for whole-data passes
+    (statistics, encoding) and minibatches of rows. Both return float32 values of the
+    selected genes (all genes unless :meth:`columns` narrowed them), so the training code
+    does not care where the matrix lives. On-disk matrices are never loaded whole: memory
+    stays at a block or a minibatch whatever the number of cells.
+    """
+
+    def __init__(self, matrix: Any, genes: np.ndarray | None = None) -> None:
+        self.matrix = matrix
+        self.genes = genes
+        self.backed = not sp.issparse(matrix)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n_genes = self.matrix.shape[1] if self.genes is None else len(self.genes)
+        return (int(self.matrix.shape[0]), int(n_genes))
+
+    def _select(self, block: sp.csr_matrix) -> sp.csr_matrix:
+        return block if self.genes is None else block[:, self.genes]
+
+    def blocks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """(start row, CSR block) over the whole matrix."""
+        for start in range(0, self.shape[0], chunk_rows):
+            block = self.matrix[start : start + chunk_rows]
+            yield start, self._select(_canonical_block(block) if self.backed else block)
+
+    def values(self) -> Iterator[np.ndarray]:
+        """The stored (non-zero) values, in blocks."""
+        if self.backed or self.genes is not None:
+            for _, block in self.blocks():
+                yield block.data
+        else:
+            yield from _data_values(self.matrix)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Dense float32 rows (sorted indices, repeats allowed) of the selected genes."""
+        if self.backed:
+            unique, inverse = np.unique(rows, return_inverse=True)
+            block = self._select(_canonical_block(self.matrix[unique]))
+            return block.toarray()[inverse]
+        return self._select(self.matrix[rows]).toarray()
+
+    def columns(self, genes: np.ndarray) -> CellRows:
+        """The same cells restricted to ``genes``.
+
+        In memory this is one CSR copy of those columns (a fraction of the matrix, so that a
+        minibatch costs the selected genes only); on disk the selection is applied as rows
+        are read.
+        """
+        if self.genes is not None:
+            raise ValueError("columns() of a column selection is not supported")
+        if len(genes) == self.shape[1] and np.array_equal(genes, np.arange(self.shape[1])):
+            return self
+        if self.backed:
+            return CellRows(self.matrix, np.asarray(genes))
+        return CellRows(sp.csr_matrix(self.matrix[:, genes]))
+
+    def row_sums(self) -> np.ndarray:
+        """Per-row totals (library sizes for counts), float64."""
+        if not self.backed and self.genes is None:
+            return np.asarray(self.matrix.sum(axis=1), dtype=np.float64).ravel()
+        return np.concatenate(
+            [np.asarray(b.sum(axis=1), dtype=np.float64).ravel() for _, b in self.blocks()]
+            or [np.zeros(0)]
+        )
+
+
+def cell_rows(X: Any) -> CellRows:
+    """:class:`CellRows` over CSR/CSC/dense input (converted once by :func:`as_csr`) or over
+    the matrix of a backed AnnData (``adata.X`` / a layer of ``read_h5ad(..., backed="r")``),
+    which is read block by block and never loaded whole."""
+    if isinstance(X, CellRows):
+        return X
+    if sp.issparse(X) or isinstance(X, np.ndarray):
+        return CellRows(as_csr(X))
+    fmt = getattr(X, "format", None)
+    if fmt == "csc":
+        raise ValueError(
+            "The on-disk matrix is stored column-major (CSC), which cannot be read by rows "
+            "efficiently. Convert it once to CSR (e.g. adata = anndata.read_h5ad(path); "
+            "adata.X = adata.X.tocsr(); adata.write_h5ad(path)) or load it into memory."
+        )
+    if fmt == "csr" or (hasattr(X, "shape") and hasattr(X, "dtype") and len(X.shape) == 2):
+        return CellRows(X)  # backed CSR dataset or HDF5 dense dataset
+    return CellRows(as_csr(np.asarray(X)))
 
 
 def _data_values(X: sp.csr_matrix) -> Iterator[np.ndarray]:
@@ -78,12 +176,15 @@ def is_count_matrix(X: Any) -> bool:
     return first_non_count(X) is None
 
 
-def resolve_likelihood(X: sp.csr_matrix, likelihood: str) -> str:
-    """Pick the decoder likelihood and check that the data suits it."""
+def resolve_likelihood(X: Any, likelihood: str) -> str:
+    """Pick the decoder likelihood and check that the data suits it (``X``: CSR or
+    :class:`CellRows`)."""
+    values = X.values if isinstance(X, CellRows) else lambda: _data_values(X)
     if likelihood == "auto":
-        return "nb" if is_count_matrix(X) else "gaussian"
+        counts = all(((v >= 0) & (v == np.round(v))).all() for v in values())
+        return "nb" if counts else "gaussian"
     if likelihood == "nb":
-        for v in _data_values(X):
+        for v in values():
             if (v < 0).any():
                 raise ValueError(
                     f"likelihood='nb' needs raw counts, but X has negative values (min "
@@ -100,8 +201,10 @@ def resolve_likelihood(X: sp.csr_matrix, likelihood: str) -> str:
     return likelihood
 
 
-def library_sizes(X: sp.csr_matrix) -> np.ndarray:
-    """Total counts per cell."""
+def library_sizes(X: Any) -> np.ndarray:
+    """Total counts per cell (``X``: CSR or :class:`CellRows`)."""
+    if isinstance(X, CellRows):
+        return X.row_sums()
     return np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
 
 
@@ -131,11 +234,6 @@ class MinibatchSampler:
     def draw(self) -> np.ndarray:
         idx = np.searchsorted(self.cumulative, self.rng.random(self.batch_size), side="right")
         return np.sort(np.minimum(idx, len(self.cumulative) - 1))
-
-
-def dense_rows(X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
-    """Densify only the requested rows."""
-    return X[rows].toarray()
 
 
 # --------------------------------------------------------------------------- output
@@ -174,8 +272,14 @@ def _require_anndata():
     return anndata
 
 
-def anndata_arrays(adata: Any, labels_key: str, layer: str | None) -> tuple[Any, np.ndarray]:
-    """Expression matrix and labels of an AnnData object, checked, not copied."""
+def anndata_arrays(
+    adata: Any, labels_key: str, layer: str | None, load_backed: bool = True
+) -> tuple[Any, np.ndarray]:
+    """Expression matrix and labels of an AnnData object, checked, not copied.
+
+    The matrix of a backed AnnData is read into memory unless ``load_backed=False``, which
+    returns the on-disk dataset for :func:`cell_rows` to stream.
+    """
     anndata = _require_anndata()
     if not isinstance(adata, anndata.AnnData):
         raise TypeError(f"Expected an AnnData object, got {type(adata).__name__}.")
@@ -194,15 +298,25 @@ def anndata_arrays(adata: Any, labels_key: str, layer: str | None) -> tuple[Any,
                 f"layer={layer!r} not found; available layers: {list(adata.layers.keys())}."
             )
         X = adata.layers[layer]
-    if getattr(adata, "isbacked", False) and layer is None:
-        X = X[:]  # backed data is read in one go here; see the docs for large files
-    labels = adata.obs[labels_key]
+    if getattr(adata, "isbacked", False) and layer is None and load_backed:
+        X = X[:]  # estimators need the matrix in memory; pretrain() streams it instead
+    return X, obs_labels(adata.obs, labels_key)
+
+
+def obs_labels(obs: pd.DataFrame, labels_key: str) -> np.ndarray:
+    """Cell-type labels from an ``obs`` table, checked (present, no missing values)."""
+    if labels_key not in obs:
+        raise KeyError(
+            f"labels_key={labels_key!r} is not a column of adata.obs; available columns: "
+            f"{list(obs.columns)}."
+        )
+    labels = obs[labels_key]
     if labels.isna().any():
         raise ValueError(
             f"adata.obs[{labels_key!r}] has {int(labels.isna().sum())} missing labels; drop or "
             "label those cells first."
         )
-    return X, np.asarray(
+    return np.asarray(
         labels.astype(str) if isinstance(labels.dtype, pd.CategoricalDtype) else labels
     )
 

@@ -8,9 +8,11 @@ result to cells of every input gene.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +26,9 @@ from scld_aug.guidance import (
     filter_mask,
 )
 from scld_aug.model import Autoencoder, Denoiser, LatentClassifier, NoiseSchedule
+from scld_aug.serialization import atomic_torch_save, safe_torch_load
+
+GENERATOR_FORMAT = "scld-aug-generator"
 
 SAMPLE_BATCH = 4096
 # Cells decoded at a time: a block is dense over all genes (1,024 x 20,000 genes = 160 MB).
@@ -67,6 +72,26 @@ class SCLDGenerator:
     anchors : list of ndarray or None
         Standardized latent codes of (up to ``MAX_ANCHORS``) training cells per class, the
         starting points of anchored generation (``SamplingParams.anchor_strength < 1``).
+    gene_names : ndarray of str or None
+        Names of the input genes, in order, when training knew them (AnnData ``var_names``,
+        DataFrame columns); data given to a pretrained generator is checked against them.
+
+    Examples
+    --------
+    A generator pretrained once (``scld-aug train``, or :func:`scld_aug.pretrain.pretrain`)
+    is saved, loaded and handed to a sampler, which then trains nothing:
+
+    >>> import numpy as np
+    >>> from scld_aug import SCLDGenerator, SCLDSampler
+    >>> X = np.random.default_rng(0).poisson(2.0, size=(60, 30))
+    >>> y = np.array(["common"] * 50 + ["rare"] * 10)
+    >>> quick = dict(autoencoder_steps=20, diffusion_steps=20, classifier_steps=10)
+    >>> generator = SCLDSampler(random_state=0, **quick).fit(X, y).generator_
+    >>> generator.save("pretrained.pt")
+    >>> sampler = SCLDSampler(generator="pretrained.pt", random_state=0, n_sampling_steps=5)
+    >>> X_res, y_res = sampler.fit_resample(X, y)
+    >>> sampler.generator_source_, X_res.shape
+    ('pretrained', (100, 30))
     """
 
     def __init__(
@@ -82,6 +107,7 @@ class SCLDGenerator:
         config: dict,
         history: dict | None = None,
         anchors: list[np.ndarray] | None = None,
+        gene_names: np.ndarray | None = None,
     ) -> None:
         self.autoencoder = autoencoder.eval()
         self.denoiser = denoiser.eval()
@@ -96,6 +122,7 @@ class SCLDGenerator:
         self.anchors = (
             None if anchors is None else [np.asarray(a, dtype=np.float32) for a in anchors]
         )
+        self.gene_names = None if gene_names is None else np.asarray(gene_names, dtype=str)
         # Standardized training latents lie within a few units; sampling stays in that box.
         bound = float(config.get("latent_bound", 0.0)) or None
         self.schedule = NoiseSchedule(config["num_train_timesteps"], config["beta_schedule"], bound)
@@ -308,6 +335,7 @@ class SCLDGenerator:
             "likelihood": self.panel.likelihood,
             "n_genes": self.panel.n_genes,
             "history": self.history,
+            "gene_names": None if self.gene_names is None else self.gene_names.tolist(),
         }
         panel = {
             k: torch.from_numpy(np.ascontiguousarray(v))
@@ -355,8 +383,32 @@ class SCLDGenerator:
             config=config,
             history=meta.get("history"),
             anchors=[a.numpy() for a in state["anchors"]] if "anchors" in state else None,
+            gene_names=meta.get("gene_names"),
         )
         return generator.to(device)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the generator to ``path`` atomically (tensors and JSON only).
+
+        Load it with :meth:`load`, or pass the path as ``SCLDSampler(generator=path)``.
+        """
+        atomic_torch_save({"format": GENERATOR_FORMAT, "generator": self.state()}, Path(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SCLDGenerator:
+        """Load a generator written by :meth:`save` or ``scld-aug train`` (safe: nothing is
+        unpickled)."""
+        state = safe_torch_load(Path(path))
+        if state.get("format") != GENERATOR_FORMAT:
+            hint = (
+                " It is a saved SCLDSampler: load it with SCLDSampler.load(path)."
+                if state.get("format") == "scld-aug-sampler"
+                else ""
+            )
+            raise ValueError(
+                f"{path} is not a saved SCLD generator (format {state.get('format')!r}).{hint}"
+            )
+        return cls.from_state(state["generator"], device)
 
 
 def build_modules(
@@ -390,8 +442,8 @@ def encode_cells(
     library: np.ndarray | None,
     device,
 ) -> np.ndarray:
-    """Latent codes (not standardized) of every row of ``modelled`` (CSR of the modelled
-    genes, :meth:`GenePanel.modelled`), in chunks of 1,024 rows."""
+    """Latent codes (not standardized) of every row of ``modelled`` (the modelled genes'
+    :class:`~scld_aug.data.CellRows`, :meth:`GenePanel.modelled`), in chunks of 1,024 rows."""
     codes = []
     for start, chunk in iter_row_chunks(modelled, 1024):
         lib = library[start : start + chunk.shape[0]] if library is not None else None

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import scipy.sparse as sp
 
-from scld_aug.data import iter_row_chunks
+from scld_aug.data import CellRows, cell_rows, iter_row_chunks
 
 TARGET_SUM = 1e4
 
@@ -99,6 +99,17 @@ def _class_sums(X: sp.csr_matrix, codes: np.ndarray, n_classes: int, with_spread
             nonzeros += (onehot @ indicator).toarray()
             squares += (onehot @ chunk.multiply(chunk)).toarray()
     return sums, nonzeros, squares
+
+
+def _column_range(X) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene minimum and maximum (implicit zeros included), streamed by rows."""
+    lower = upper = None
+    for _, chunk in iter_row_chunks(X):
+        lo = np.asarray(chunk.min(axis=0).todense()).ravel()
+        hi = np.asarray(chunk.max(axis=0).todense()).ravel()
+        lower = lo if lower is None else np.minimum(lower, lo)
+        upper = hi if upper is None else np.maximum(upper, hi)
+    return lower, upper
 
 
 @dataclass
@@ -193,8 +204,7 @@ class GenePanel:
             second = np.divide(squares[:, rest], n_nz, out=np.zeros_like(n_nz), where=n_nz > 0)
             spread = np.sqrt(np.maximum(second - profile**2, 0.0))
             zero_rate = 1.0 - n_nz / np.maximum(n_c, 1.0)
-            lower = np.asarray(X.min(axis=0).todense()).ravel()
-            upper = np.asarray(X.max(axis=0).todense()).ravel()
+            lower, upper = _column_range(X)
         if counts:
             fractions = mean[genes] / TARGET_SUM
             if len(rest):
@@ -217,21 +227,19 @@ class GenePanel:
             output_prior=prior.astype(np.float32),
         )
 
-    def modelled(self, X: sp.csr_matrix) -> sp.csr_matrix:
-        """The modelled genes' columns of CSR ``X``: all the networks read, a fraction of ``X``.
+    def modelled(self, X: sp.csr_matrix | CellRows) -> CellRows:
+        """The modelled genes' columns of ``X``: all the networks read, a fraction of ``X``.
 
-        Minibatches are densified from this matrix, so a step costs the modelled genes, not
-        every input gene.
+        Minibatches are densified from these rows, so a step costs the modelled genes, not
+        every input gene. In memory, the input itself when every gene is modelled (no copy).
         """
-        if len(self.genes) == X.shape[1] and np.array_equal(self.genes, np.arange(X.shape[1])):
-            return X  # every gene is modelled: no copy
-        return sp.csr_matrix(X[:, self.genes])
+        return cell_rows(X).columns(self.genes)
 
-    def other_totals(self, modelled: sp.csr_matrix, library: np.ndarray) -> np.ndarray | None:
+    def other_totals(self, modelled: CellRows, library: np.ndarray) -> np.ndarray | None:
         """Per cell, the total count of the genes that are not modelled (counts only)."""
         if self.likelihood != "nb" or not len(self.rest):
             return None
-        return np.maximum(library - np.asarray(modelled.sum(axis=1)).ravel(), 0.0)
+        return np.maximum(library - modelled.row_sums(), 0.0)
 
     def encoder_input(self, values: np.ndarray, library: np.ndarray | None) -> np.ndarray:
         """Standardized encoder input (log-normalized for counts) from dense rows of the

@@ -30,6 +30,7 @@ from scld_aug.serialization import atomic_torch_save, safe_torch_load
 
 FORMAT = "scld-aug-sampler"
 FORMAT_VERSION = 1
+SAVED_GENERATOR = "<saved with the sampler>"
 # Part of the memory= cache key: bump whenever training would give a different generator
 # for the same data and parameters, so caches never serve generators of older code.
 TRAINING_VERSION = 3
@@ -129,6 +130,12 @@ class SCLDSampler(BaseOverSampler):
         Directory where trained generators are cached (keyed by data, labels, training
         parameters and ``random_state``) so clones, CV folds, searches and other
         processes reuse them instead of retraining.
+    generator : str, path-like, SCLDGenerator or None, default=None
+        A pretrained generator (a file from ``scld-aug train`` or
+        :meth:`SCLDGenerator.save`, or the object itself). ``fit`` then trains nothing: it
+        checks that the data has the generator's genes (by name when both know them) and
+        kind (counts or not) and that every class to over-sample is one the generator
+        knows, and samples from it. Training parameters and ``memory`` are ignored.
     verbose : bool, default=False
         Show progress bars for training and sampling.
 
@@ -138,7 +145,7 @@ class SCLDSampler(BaseOverSampler):
         Number of synthetic cells per class.
     generator_ : SCLDGenerator
         The trained generator.
-    generator_source_ : {"trained", "reused", "memory", "loaded"}
+    generator_source_ : {"trained", "reused", "memory", "loaded", "pretrained"}
         Where ``generator_`` came from on the last fit.
     likelihood_ : str
         Likelihood actually used.
@@ -186,6 +193,7 @@ class SCLDSampler(BaseOverSampler):
         "min_class_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str],
         "memory": [None, str, os.PathLike, HasMethods(["cache"])],
+        "generator": [None, str, os.PathLike, HasMethods(["sample", "state"])],
         "verbose": ["verbose"],
     }
 
@@ -215,6 +223,7 @@ class SCLDSampler(BaseOverSampler):
         min_class_size: int = 3,
         device: str = "auto",
         memory=None,
+        generator=None,
         verbose: bool = False,
     ) -> None:
         super().__init__(sampling_strategy=sampling_strategy)
@@ -240,6 +249,7 @@ class SCLDSampler(BaseOverSampler):
         self.min_class_size = min_class_size
         self.device = device
         self.memory = memory
+        self.generator = generator
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fitting
@@ -272,7 +282,8 @@ class SCLDSampler(BaseOverSampler):
         labels, counts = np.unique(y, return_counts=True)
         size = dict(zip(labels.tolist(), counts.tolist(), strict=True))
         for label, n in self.sampling_strategy_.items():
-            if n > 0 and size[label] < self.min_class_size:
+            # A pretrained generator learned its classes elsewhere: few cells here are fine.
+            if n > 0 and size[label] < self.min_class_size and self.generator is None:
                 raise ValueError(
                     f"Class {plain_scalar(label)!r} has {size[label]} cell(s); SCLDSampler needs "
                     f"at least min_class_size={self.min_class_size} cells of a class to generate "
@@ -322,11 +333,73 @@ class SCLDSampler(BaseOverSampler):
             return None
         return Path(location) / "scld_aug" / f"generator-{key}.pt"
 
+    def _use_pretrained(self, X, y) -> None:
+        """Take the ``generator`` parameter (object or file) after checking the data fits it."""
+        source = self.generator
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source).resolve()
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"generator={str(source)!r}: no such file. Pass the file written by "
+                    "`scld-aug train` or SCLDGenerator.save."
+                )
+            stat = path.stat()
+            key = f"pretrained:{path}:{stat.st_mtime_ns}:{stat.st_size}"
+            if getattr(self, "generator_key_", None) != key or not hasattr(self, "generator_"):
+                self.generator_ = SCLDGenerator.load(path, self.device_)
+        else:
+            key = f"pretrained-object:{id(source)}"
+            self.generator_ = source
+        generator = self.generator_.to(self.device_)
+        if X.shape[1] != generator.n_genes:
+            raise ValueError(
+                f"X has {X.shape[1]} genes but the pretrained generator was trained on "
+                f"{generator.n_genes}. Give it the same genes, in the same order."
+            )
+        names = getattr(self, "feature_names_in_", None)
+        if names is not None:
+            self._check_gene_names(names)
+        self.likelihood_ = generator.panel.likelihood
+        if self.likelihood_ == "nb" and (bad := data_layer.first_non_count(X)) is not None:
+            raise ValueError(
+                f"The pretrained generator models raw counts, but X has a value that is not "
+                f"a non-negative whole number ({bad:g}). Pass raw counts (e.g. "
+                "adata.layers['counts'])."
+            )
+        unknown = [
+            plain_scalar(label)
+            for label, n in self.sampling_strategy_.items()
+            if n > 0 and not np.any(generator.classes == label)
+        ]
+        if unknown:
+            raise ValueError(
+                f"The pretrained generator cannot make class(es) {unknown}: it was trained on "
+                f"{generator.classes.tolist()}. Leave them out with a dict sampling_strategy."
+            )
+        self.generator_source_ = "pretrained"
+        self.generator_key_ = key
+
+    def _check_gene_names(self, names) -> None:
+        known = self.generator_.gene_names
+        if known is None:
+            return
+        names = np.asarray(names, dtype=str)
+        if len(names) == len(known) and not np.array_equal(names, known):
+            differ = int(np.flatnonzero(names != known)[0])
+            raise ValueError(
+                f"Gene {differ} is {str(names[differ])!r} here but {str(known[differ])!r} in the "
+                "pretrained generator: reorder the columns to the generator's genes "
+                "(generator.gene_names)."
+            )
+
     def _ensure_generator(self, X, y) -> None:
         """Train the generator unless one for this exact data and config is at hand."""
         self.device_ = resolve_device(self.device)
         self.input_dtype_ = np.dtype(X.dtype)
         self.input_format_ = X.format if sp.issparse(X) else "dense"
+        if self.generator is not None:
+            self._use_pretrained(X, y)
+            return
         matrix = data_layer.as_csr(X)
         self.likelihood_ = data_layer.resolve_likelihood(matrix, self.likelihood)
         classes, codes = np.unique(y, return_inverse=True)
@@ -338,9 +411,7 @@ class SCLDSampler(BaseOverSampler):
             return
         path = self._memory_path(key)
         if path is not None and path.exists():
-            self.generator_ = SCLDGenerator.from_state(
-                safe_torch_load(path)["generator"], self.device_
-            )
+            self.generator_ = SCLDGenerator.load(path, self.device_)
             self.generator_source_ = "memory"
         else:
             if self.likelihood_ == "nb":
@@ -360,9 +431,7 @@ class SCLDSampler(BaseOverSampler):
                 )
             self.generator_source_ = "trained"
             if path is not None:
-                atomic_torch_save(
-                    {"format": "scld-aug-generator", "generator": self.generator_.state()}, path
-                )
+                self.generator_.save(path)
         self.generator_key_ = key
 
     # ------------------------------------------------------------------ generation
@@ -451,6 +520,8 @@ class SCLDSampler(BaseOverSampler):
         """
         X, y = data_layer.anndata_arrays(adata, labels_key, layer)
         X_res, y_res = self.fit_resample(X, y)
+        if self.generator is not None:
+            self._check_gene_names(adata.var_names)
         return data_layer.augmented_anndata(adata, X_res, np.asarray(y_res), labels_key, layer)
 
     # ------------------------------------------------------------------ persistence
@@ -465,6 +536,10 @@ class SCLDSampler(BaseOverSampler):
         params = self.get_params(deep=False)
         portable = {}
         for name, value in params.items():
+            if name == "generator" and value is not None:
+                # The generator is in the file: the loaded sampler uses it, not the source.
+                portable[name] = SAVED_GENERATOR
+                continue
             try:
                 json.dumps(value)
                 portable[name] = value
@@ -530,6 +605,8 @@ class SCLDSampler(BaseOverSampler):
         sampler.device_ = resolve_device(device)
         sampler.generator_ = SCLDGenerator.from_state(state["generator"], sampler.device_)
         sampler.generator_source_ = "loaded"
+        if params.get("generator") == SAVED_GENERATOR:
+            sampler.generator = sampler.generator_
         sampler.n_features_in_ = fitted["n_features_in_"]
         if fitted["feature_names_in_"] is not None:
             sampler.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)

@@ -17,11 +17,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from scld_aug.data import (
+    CellRows,
     MinibatchSampler,
-    dense_rows,
+    cell_rows,
     library_sizes,
     sampling_weights,
 )
+from scld_aug.distributed import World
 from scld_aug.generator import SCLDGenerator, build_modules, encode_cells, select_anchors
 from scld_aug.genes import GenePanel
 from scld_aug.model import NoiseSchedule
@@ -114,8 +116,17 @@ def _loop(
     return losses
 
 
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Host array to ``device``; on CUDA through pinned memory, so the copy runs alongside
+    the previous step's kernels instead of stalling them."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def fit_generator(
-    X: sp.csr_matrix,
+    X: sp.csr_matrix | CellRows,
     codes: np.ndarray,
     classes: np.ndarray,
     config: TrainingConfig,
@@ -123,40 +134,47 @@ def fit_generator(
     device: torch.device,
     verbose: bool = False,
     callback: Callback | None = None,
+    world: World | None = None,
 ) -> SCLDGenerator:
-    """Train a generator on CSR matrix ``X`` (cells x genes) with integer class ``codes``.
+    """Train a generator on ``X`` (cells x genes: CSR in memory, or :class:`CellRows` over a
+    backed ``.h5ad``) with integer class ``codes``.
 
     Must run inside :func:`scld_aug._random.seeded` (module initialization and dropout draw
     from torch's global generator there); minibatches and noise use ``seed`` directly.
+    Under ``torchrun`` (``world`` of several processes) every process calls this with the
+    same data and seed; each draws its own minibatches and DDP averages the gradients.
     """
+    world = world or World()
+    rows_in = cell_rows(X)
     n_classes = len(classes)
     counts = config.likelihood == "nb"
-    rng = np.random.default_rng(seed)
+    # One process keeps the single-process stream; ranks of a DDP run draw distinct ones.
+    rng = np.random.default_rng([seed, world.rank] if world.distributed else seed)
     weights = sampling_weights(codes, n_classes, config.class_balance)
-    library = library_sizes(X) if counts else None
+    library = library_sizes(rows_in) if counts else None
     panel = GenePanel.fit(
-        X, codes, n_classes, weights, library, config.n_top_genes, config.likelihood
+        rows_in, codes, n_classes, weights, library, config.n_top_genes, config.likelihood
     )
     autoencoder, denoiser, classifier = (
         m.to(device) for m in build_modules(asdict(config), panel, n_classes)
     )
     batches = MinibatchSampler(weights, config.batch_size, rng)
-    modelled = panel.modelled(X)
+    modelled = panel.modelled(rows_in)
     other = panel.other_totals(modelled, library) if counts else None
+    # Empty cells (library 0) would give log(0); a floor of 1 keeps their loss finite.
+    library_floor = np.maximum(library, 1.0).astype(np.float32) if counts else None
+    train_autoencoder = world.wrap(autoencoder, device)
 
     def autoencoder_loss() -> torch.Tensor:
         rows = batches.draw()
-        values = dense_rows(modelled, rows)
+        values = modelled.take(rows)
         lib = library[rows] if counts else None
-        x = torch.from_numpy(panel.encoder_input(values, lib)).to(device, non_blocking=True)
-        target = torch.from_numpy(
-            panel.decoder_target(values, other[rows] if other is not None else None)
-        ).to(device, non_blocking=True)
-        # Empty cells (library 0) would give log(0); a floor of 1 keeps their loss finite.
-        lib_t = (
-            torch.from_numpy(np.maximum(lib, 1.0).astype(np.float32)).to(device) if counts else None
+        x = _to_device(panel.encoder_input(values, lib), device)
+        target = _to_device(
+            panel.decoder_target(values, other[rows] if other is not None else None), device
         )
-        return autoencoder.loss(x, target, lib_t) / target.shape[1]
+        lib_t = _to_device(library_floor[rows], device) if counts else None
+        return train_autoencoder(x, target, lib_t) / target.shape[1]
 
     history: dict[str, list[float]] = {}
 
@@ -165,7 +183,15 @@ def fit_generator(
 
     run("autoencoder", autoencoder, config.autoencoder_steps, autoencoder_loss)
 
-    latents = encode_cells(autoencoder, modelled, panel, library, device)
+    if world.distributed:
+        # One process encodes; the others receive its codes, so all hold the same ones.
+        shape = (rows_in.shape[0], config.latent_dim)
+        z = torch.empty(shape, device=device)
+        if world.is_main:
+            z.copy_(torch.from_numpy(encode_cells(autoencoder, modelled, panel, library, device)))
+        latents = world.broadcast(z).cpu().numpy()
+    else:
+        latents = encode_cells(autoencoder, modelled, panel, library, device)
     latent_mean = latents.mean(0)
     latent_std = latents.std(0) + 1e-6
     standardized = (latents - latent_mean) / latent_std
@@ -176,9 +202,11 @@ def fit_generator(
     # Noise is drawn where it is used: no host-to-device copy (or sync) per step.
     torch_gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
     schedule = NoiseSchedule(schedule_T, config.beta_schedule)
+    train_denoiser = world.wrap(denoiser, device)
+    train_classifier = world.wrap(classifier, device)
 
     def noisy_batch():
-        rows = torch.from_numpy(batches.draw()).to(device, non_blocking=True)
+        rows = _to_device(batches.draw(), device)
         z0, y = z_all[rows], y_all[rows]
         noise = torch.randn(z0.shape, generator=torch_gen, device=device)
         t = torch.randint(0, schedule_T, (len(rows),), generator=torch_gen, device=device)
@@ -188,11 +216,11 @@ def fit_generator(
         y, noise, t, z_t = noisy_batch()
         drop = torch.rand(len(y), generator=torch_gen, device=device) < config.label_dropout
         y = torch.where(drop, torch.full_like(y, denoiser.null_class), y)
-        return nn.functional.mse_loss(denoiser(z_t, t, y), noise)
+        return nn.functional.mse_loss(train_denoiser(z_t, t, y), noise)
 
     def classifier_loss() -> torch.Tensor:
         y, _, t, z_t = noisy_batch()
-        return nn.functional.cross_entropy(classifier(z_t, t), y)
+        return nn.functional.cross_entropy(train_classifier(z_t, t), y)
 
     run("diffusion", denoiser, config.diffusion_steps, diffusion_loss)
     run("classifier", classifier, config.classifier_steps, classifier_loss)

@@ -82,3 +82,10 @@ class Autoencoder(nn.Module):
     ) -> torch.Tensor:
         """Mean negative log-likelihood per cell (the reconstruction loss)."""
         return -self.log_likelihood(self.decode(self.encode(x)), target, library).mean()
+
+    def forward(
+        self, x: torch.Tensor, target: torch.Tensor, library: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The reconstruction loss, as training calls it: DDP averages the gradients of
+        work done in ``forward`` only."""
+        return self.loss(x, target, library)

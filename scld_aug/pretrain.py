@@ -1,0 +1,168 @@
+"""Pretrain a generator once on a large dataset, then reuse it in any number of samplers.
+
+:func:`pretrain` trains on an AnnData object or an ``.h5ad`` file, optionally streamed from
+disk (``backed=True``: the matrix is never loaded whole), on one process or on several
+launched by ``torchrun`` (PyTorch DDP: one process per GPU, or gloo processes on CPUs).
+The result is an :class:`~scld_aug.generator.SCLDGenerator`; pass it (or its saved file)
+as ``SCLDSampler(generator=...)`` to augment data in Pipelines without training again.
+
+    scld-aug train atlas.h5ad atlas.pt --labels-key cell_type --backed
+    torchrun --nproc_per_node 4 -m scld_aug train atlas.h5ad atlas.pt --labels-key cell_type
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scld_aug import data as data_layer
+from scld_aug._random import derive_seeds, seeded
+from scld_aug.distributed import device_for, launched_world, process_group
+from scld_aug.generator import SCLDGenerator
+from scld_aug.train import TrainingConfig, fit_generator
+
+TRAINING_OPTIONS = tuple(f.name for f in fields(TrainingConfig))
+
+
+def _on_disk(path: Path, labels_key: str, layer: str | None):
+    """Labels, gene names and the on-disk matrix of an ``.h5ad`` file, without loading it.
+
+    (``anndata.read_h5ad(backed="r")`` keeps ``X`` on disk but reads every layer into
+    memory, so the file is opened here element by element.)
+    """
+    import h5py
+    from anndata.io import read_elem, sparse_dataset
+
+    handle = h5py.File(path, "r")
+    obs = read_elem(handle["obs"])
+    var_names = read_elem(handle["var"]).index
+    group = handle["X"] if layer is None else handle.get(f"layers/{layer}")
+    if group is None:
+        layers = list(handle["layers"].keys()) if "layers" in handle else []
+        raise KeyError(f"layer={layer!r} not found in {path}; available layers: {layers}.")
+    encoding = group.attrs.get("encoding-type", "array")
+    matrix = sparse_dataset(group) if encoding in ("csr_matrix", "csc_matrix") else group
+    return handle, matrix, data_layer.obs_labels(obs, labels_key), var_names
+
+
+def _in_memory(data: Any, labels_key: str, layer: str | None):
+    anndata = data_layer._require_anndata()
+    adata = data if isinstance(data, anndata.AnnData) else anndata.read_h5ad(data)
+    matrix, labels = data_layer.anndata_arrays(adata, labels_key, layer, load_backed=False)
+    return matrix, labels, adata.var_names
+
+
+def pretrain(
+    data: Any,
+    labels_key: str = "cell_type",
+    *,
+    layer: str | None = None,
+    backed: bool = False,
+    out: str | os.PathLike | None = None,
+    random_state: int = 0,
+    device: str = "auto",
+    verbose: bool = False,
+    **training: Any,
+) -> SCLDGenerator:
+    """Train an SCLD generator on an AnnData object or ``.h5ad`` file.
+
+    Parameters
+    ----------
+    data : anndata.AnnData, str or path-like
+        Cells x genes with cell types in ``obs[labels_key]``. A path is streamed from disk
+        (``backed=True``) or loaded; an AnnData opened with ``backed="r"`` is streamed too.
+    labels_key : str, default="cell_type"
+        Column of ``obs`` with the cell types.
+    layer : str or None, default=None
+        Layer with the expression to model (e.g. ``"counts"``); ``None`` uses ``X``.
+    backed : bool, default=False
+        Stream the matrix (``X`` or the layer) of a path from disk: row blocks for the
+        statistics, minibatches for the networks. Memory then stays flat in the number of
+        cells (per-cell vectors aside); steps are slower than from memory because every
+        minibatch is read from disk. The on-disk matrix must be CSR (or dense).
+    out : str, path-like or None
+        Where to save the generator (atomically; under ``torchrun`` by rank 0 only).
+    random_state : int, default=0
+        Seed. One process with the same seed and parameters as ``SCLDSampler`` trains the
+        same generator as ``SCLDSampler.fit``.
+    device : str, default="auto"
+        ``"auto"``: cuda, then mps, then cpu. Under ``torchrun`` each process takes the GPU
+        of its ``LOCAL_RANK``.
+    verbose : bool, default=False
+        Progress bars (rank 0 only).
+    **training
+        :class:`~scld_aug.train.TrainingConfig` fields (``likelihood``, ``n_top_genes``,
+        ``autoencoder_steps``, ``batch_size``, ...), defaults as in ``SCLDSampler``. Under
+        DDP ``batch_size`` is per process: N processes see N times the cells per step.
+
+    Returns
+    -------
+    SCLDGenerator
+        On every process (identical weights).
+
+    Examples
+    --------
+    >>> import anndata, numpy as np, pandas as pd
+    >>> from scld_aug.pretrain import pretrain
+    >>> X = np.random.default_rng(0).poisson(2.0, size=(60, 30)).astype(np.float32)
+    >>> adata = anndata.AnnData(X, obs=pd.DataFrame({"cell_type": ["a"] * 50 + ["b"] * 10}))
+    >>> generator = pretrain(adata, autoencoder_steps=20, diffusion_steps=20,
+    ...                      classifier_steps=10, out="pretrained.pt")
+    >>> generator.classes.tolist(), generator.n_genes
+    (['a', 'b'], 30)
+    """
+    unknown = sorted(set(training) - set(TRAINING_OPTIONS))
+    if unknown:
+        raise TypeError(f"Unknown training option(s) {unknown}; known: {list(TRAINING_OPTIONS)}.")
+    handle = None
+    if isinstance(data, (str, os.PathLike)):
+        if not Path(data).exists():
+            raise FileNotFoundError(f"No such .h5ad file: {data}")
+        if backed:
+            handle, matrix, labels, var_names = _on_disk(Path(data), labels_key, layer)
+    if handle is None:
+        matrix, labels, var_names = _in_memory(data, labels_key, layer)
+    try:
+        return _pretrain(matrix, labels, var_names, out, random_state, device, verbose, training)
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def _pretrain(matrix, labels, var_names, out, random_state, device, verbose, training):
+    if len(labels) < 2:
+        raise ValueError(f"Need at least 2 cells to train, got {len(labels)}.")
+    rows = data_layer.cell_rows(matrix)
+    classes, codes = np.unique(labels, return_inverse=True)
+    config = TrainingConfig(**training)
+    config = TrainingConfig(
+        **{
+            **config.__dict__,
+            "likelihood": data_layer.resolve_likelihood(rows, config.likelihood),
+        }
+    )
+    world = launched_world()
+    device_ = device_for(world, device)
+    seed = derive_seeds(random_state, 2)[0]
+    # Rank r > 0 draws its dropout from its own stream; DDP gives it rank 0's weights.
+    torch_seed = seed if world.rank == 0 else seed + world.rank
+    with process_group(world, device_), seeded(torch_seed, device_):
+        generator = fit_generator(
+            rows,
+            codes.astype(np.int64),
+            classes,
+            config,
+            seed,
+            device_,
+            verbose=verbose and world.is_main,
+            world=world,
+        )
+        generator.gene_names = np.asarray(var_names, dtype=str)
+        if out is not None and world.is_main:
+            generator.save(out)
+        world.barrier()  # no process returns before the file is complete
+    return generator
