@@ -1,5 +1,6 @@
 # The two set-up commands of the README: `make demo` (main job) and `make test`.
 # Each creates .venv and installs what it needs on a fresh machine.
+# `make docs` builds the documentation site into docs/_build/html (warnings are errors).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 # with a GPU, set TORCH_SPEC="torch>=2.2" (or install torch first) to keep its CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-slow lint format clean
+.PHONY: demo test test-slow lint format docs clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +17,10 @@ $(BIN)/activate:
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -37,5 +42,10 @@ format: $(VENV)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Sphinx + MyST + numpydoc: every page re-read (-E), nitpicky (-n), warnings are errors
+# (-W). It imports scld_aug but trains nothing.
+docs: $(VENV)/.docs-installed
+	$(BIN)/python -m sphinx -E -W --keep-going -n -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) scld_demo_output .pytest_cache .ruff_cache
+	rm -rf $(VENV) scld_demo_output .pytest_cache .ruff_cache docs/_build

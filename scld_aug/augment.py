@@ -35,7 +35,18 @@ __all__ = ["AugmentError", "augment_h5ad", "plan_augmentation"]
 
 
 class AugmentError(ValueError):
-    """A problem with the input file or the options; the message says how to fix it."""
+    """A problem with the input file or the options; the message says how to fix it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.array(["beta"] * 300 + ["mast"] * 5)
+    >>> try:
+    ...     plan_augmentation(y, cell_types=["schwann"])
+    ... except AugmentError as err:
+    ...     print(err)
+    Unknown cell type(s) ['schwann']. Available types (cells): beta (300), mast (5).
+    """
 
 
 def _listing(counts: dict) -> str:
@@ -73,6 +84,15 @@ def plan_augmentation(
     AugmentError
         For unknown types, types that are too small or already at the target, or when
         no type qualifies.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.array(["beta"] * 300 + ["alpha"] * 100 + ["mast"] * 5 + ["t_cell"] * 2)
+    >>> plan_augmentation(y)  # rare types (t_cell is too small) to the median type size
+    {'mast': 52}
+    >>> plan_augmentation(y, cell_types=["alpha", "mast"], target=150)
+    {'alpha': 150, 'mast': 150}
     """
     counts = Counter(np.asarray(y).tolist())
     if target is None:
@@ -246,7 +266,7 @@ def augment_h5ad(
     overwrite : bool, default=False
         Replace existing output files.
     save_sampler : str, path-like or None, default=None
-        Also save the fitted sampler there (:meth:`SCLDSampler.save`).
+        Also save the fitted sampler there (:meth:`~scld_aug.SCLDSampler.save`).
     verbose : bool, default=False
         Progress bars for training and sampling.
     log : callable or None, default=None
@@ -266,6 +286,21 @@ def augment_h5ad(
     ------
     AugmentError
         For problems with the paths, the file or the options, before any training.
+
+    Examples
+    --------
+    >>> import anndata, numpy as np, pandas as pd
+    >>> X = np.random.default_rng(0).poisson(2.0, size=(203, 30)).astype(np.float32)
+    >>> obs = pd.DataFrame({"cell_type": ["common"] * 200 + ["rare"] * 3},
+    ...                    index=[f"cell-{i}" for i in range(203)])
+    >>> anndata.AnnData(X, obs=obs).write_h5ad("cells.h5ad")
+    >>> summary = augment_h5ad("cells.h5ad", "augmented.h5ad", labels_key="cell_type",
+    ...                        autoencoder_steps=20, diffusion_steps=20,
+    ...                        classifier_steps=10, n_sampling_steps=5)
+    >>> summary.loc["rare"].tolist()  # before, synthetic, after (the median type size)
+    [3, 98, 101]
+    >>> int(anndata.read_h5ad("augmented.h5ad").obs["is_synthetic"].sum())
+    98
     """
     import anndata
 

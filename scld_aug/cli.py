@@ -221,6 +221,10 @@ def _add_train_parser(sub) -> None:
             metavar="N",
             help=f"(default: {getattr(defaults, param)})",
         )
+    train.add_argument(
+        "--amp", action="store_true", help="bfloat16 autocast for the forward passes (GPUs)"
+    )
+    train.add_argument("--compile", action="store_true", help="train through torch.compile")
     train.add_argument("--overwrite", action="store_true", help="replace an existing output")
     train.add_argument("--quiet", action="store_true", help="no progress bars, only errors")
 
@@ -244,6 +248,8 @@ def _train(args: argparse.Namespace) -> int:
             options[name] = getattr(args, name)
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
+    if args.amp:
+        options["mixed_precision"] = True
     start = time.perf_counter()
     try:
         generator = pretrain(
@@ -255,10 +261,13 @@ def _train(args: argparse.Namespace) -> int:
             random_state=args.seed,
             device=args.device,
             verbose=not args.quiet,
+            torch_compile=args.compile,
             **options,
         )
     except (FileNotFoundError, KeyError, ValueError) as err:
-        print(f"scld-aug train: error: {err}", file=sys.stderr)
+        # KeyError's str() adds quotes around the message.
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"scld-aug train: error: {message}", file=sys.stderr)
         return 1
     if world.is_main and not args.quiet:
         processes = f" with {world.size} DDP processes" if world.distributed else ""

@@ -15,6 +15,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 CHUNK_ROWS = 4096
+# Largest copy of the modelled genes' columns kept in memory (see CellRows.columns).
+COLUMN_COPY_BYTES = 256 * 2**20
 
 
 def plain_scalar(value: Any) -> Any:
@@ -33,7 +35,7 @@ def as_csr(X: np.ndarray | sp.spmatrix | sp.sparray) -> sp.csr_matrix:
             X.format == "csr"
             and X.dtype == np.float32
             and X.has_canonical_format
-            and not np.any(X.data == 0)
+            and not any(np.any(v == 0) for v in _data_values(X))
         ):
             return X if isinstance(X, sp.csr_matrix) else sp.csr_matrix(X, copy=False)
         out = sp.csr_matrix(X, dtype=np.float32, copy=False)
@@ -109,17 +111,26 @@ class CellRows:
     def columns(self, genes: np.ndarray) -> CellRows:
         """The same cells restricted to ``genes``.
 
-        In memory this is one CSR copy of those columns (a fraction of the matrix, so that a
-        minibatch costs the selected genes only); on disk the selection is applied as rows
-        are read.
+        The selection is applied as rows are read, except for a small in-memory matrix: when
+        the selected columns fit in ``COLUMN_COPY_BYTES`` they are copied once, which makes
+        minibatches a little cheaper. So memory never grows with the cells beyond the input.
         """
         if self.genes is not None:
             raise ValueError("columns() of a column selection is not supported")
+        genes = np.asarray(genes)
         if len(genes) == self.shape[1] and np.array_equal(genes, np.arange(self.shape[1])):
             return self
-        if self.backed:
-            return CellRows(self.matrix, np.asarray(genes))
-        return CellRows(sp.csr_matrix(self.matrix[:, genes]))
+        if not self.backed:
+            selected = np.zeros(self.shape[1], dtype=bool)
+            selected[genes] = True
+            # Blocks of the index array: a whole-matrix mask would be one byte per value.
+            nnz = sum(
+                int(np.count_nonzero(selected[self.matrix.indices[i : i + (1 << 22)]]))
+                for i in range(0, self.matrix.nnz, 1 << 22)
+            )
+            if nnz * 8 + self.matrix.indptr.nbytes <= COLUMN_COPY_BYTES:
+                return CellRows(sp.csr_matrix(self.matrix[:, genes]))
+        return CellRows(self.matrix, genes)
 
     def row_sums(self) -> np.ndarray:
         """Per-row totals (library sizes for counts), float64."""

@@ -46,6 +46,14 @@ def rare_strategy(y, target: int | None = None) -> dict:
     strategy : dict
         ``{type: cells after over-sampling}``, usable as an imbalanced-learn
         ``sampling_strategy`` (so is the function itself).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scld_aug.demo import rare_strategy
+    >>> y = np.array(["beta"] * 300 + ["alpha"] * 100 + ["mast"] * 5 + ["t_cell"] * 2)
+    >>> rare_strategy(y)  # t_cell has fewer than 3 cells
+    {'mast': 52}
     """
     counts = Counter(np.asarray(y).tolist())
     if target is None:

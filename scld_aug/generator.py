@@ -40,7 +40,16 @@ MAX_ANCHORS = 4096
 
 @dataclass
 class SamplingParams:
-    """Sampling-time settings; changing them never requires retraining."""
+    """Sampling-time settings; changing them never requires retraining.
+
+    The fields mirror the ``SCLDSampler`` parameters of the same names.
+
+    Examples
+    --------
+    >>> from scld_aug.generator import SamplingParams
+    >>> SamplingParams(guidance_scale=4.0, n_sampling_steps=20).output
+    'sample'
+    """
 
     guidance_scale: float = 2.0
     post_guidance_scale: float = 0.0
@@ -129,18 +138,22 @@ class SCLDGenerator:
 
     @property
     def device(self) -> torch.device:
+        """Device the networks are on."""
         return next(self.denoiser.parameters()).device
 
     @property
     def n_genes(self) -> int:
+        """Number of input genes; every one is in the generated cells."""
         return self.panel.n_genes
 
     def to(self, device: str | torch.device) -> SCLDGenerator:
+        """Move the networks to ``device`` (in place); returns the generator."""
         for module in (self.autoencoder, self.denoiser, self.classifier):
             module.to(device)
         return self
 
     def class_code(self, label) -> int:
+        """Index of class ``label`` in ``classes``; a clear error for unknown labels."""
         matches = np.flatnonzero(self.classes == label)
         if len(matches) == 0:
             raise ValueError(
@@ -360,6 +373,7 @@ class SCLDGenerator:
 
     @classmethod
     def from_state(cls, state: dict, device: str | torch.device = "cpu") -> SCLDGenerator:
+        """Rebuild a generator from :meth:`state` (as read by ``torch.load(weights_only=True)``)."""
         meta = json.loads(state["meta"])
         config = meta["config"]
         panel_state = {k: v.numpy() for k, v in state["panel"].items()}
@@ -444,12 +458,15 @@ def encode_cells(
 ) -> np.ndarray:
     """Latent codes (not standardized) of every row of ``modelled`` (the modelled genes'
     :class:`~scld_aug.data.CellRows`, :meth:`GenePanel.modelled`), in chunks of 1,024 rows."""
-    codes = []
+    codes = None
     for start, chunk in iter_row_chunks(modelled, 1024):
         lib = library[start : start + chunk.shape[0]] if library is not None else None
         x = torch.from_numpy(panel.encoder_input(chunk.toarray(), lib)).to(device)
-        codes.append(autoencoder.encode(x).cpu().numpy())
-    return np.concatenate(codes)
+        z = autoencoder.encode(x).cpu().numpy()
+        if codes is None:  # written in place: no list of blocks plus a concatenated copy
+            codes = np.empty((modelled.shape[0], z.shape[1]), dtype=z.dtype)
+        codes[start : start + len(z)] = z
+    return codes
 
 
 def select_anchors(

@@ -230,8 +230,9 @@ class GenePanel:
     def modelled(self, X: sp.csr_matrix | CellRows) -> CellRows:
         """The modelled genes' columns of ``X``: all the networks read, a fraction of ``X``.
 
-        Minibatches are densified from these rows, so a step costs the modelled genes, not
-        every input gene. In memory, the input itself when every gene is modelled (no copy).
+        Minibatches are densified from these genes only, so a step costs the modelled genes,
+        not every input gene. Nothing is copied unless the columns are small (see
+        :meth:`~scld_aug.data.CellRows.columns`).
         """
         return cell_rows(X).columns(self.genes)
 

@@ -196,7 +196,7 @@ class ReferenceEmbedding(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        embedding : ndarray of shape (n_cells, n_components_)
+        embedding : ndarray of shape (n_cells, ``n_components_``)
         """
         check_is_fitted(self, "pca_")
         values = _prepare(X, self.counts)

@@ -3,8 +3,8 @@
 :func:`pretrain` trains on an AnnData object or an ``.h5ad`` file, optionally streamed from
 disk (``backed=True``: the matrix is never loaded whole), on one process or on several
 launched by ``torchrun`` (PyTorch DDP: one process per GPU, or gloo processes on CPUs).
-The result is an :class:`~scld_aug.generator.SCLDGenerator`; pass it (or its saved file)
-as ``SCLDSampler(generator=...)`` to augment data in Pipelines without training again.
+The result is an :class:`~scld_aug.SCLDGenerator`; pass it (or its saved file) as
+``SCLDSampler(generator=...)`` to augment data in Pipelines without training again::
 
     scld-aug train atlas.h5ad atlas.pt --labels-key cell_type --backed
     torchrun --nproc_per_node 4 -m scld_aug train atlas.h5ad atlas.pt --labels-key cell_type
@@ -13,7 +13,7 @@ as ``SCLDSampler(generator=...)`` to augment data in Pipelines without training 
 from __future__ import annotations
 
 import os
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +38,21 @@ def _on_disk(path: Path, labels_key: str, layer: str | None):
     from anndata.io import read_elem, sparse_dataset
 
     handle = h5py.File(path, "r")
-    obs = read_elem(handle["obs"])
-    var_names = read_elem(handle["var"]).index
-    group = handle["X"] if layer is None else handle.get(f"layers/{layer}")
-    if group is None:
-        layers = list(handle["layers"].keys()) if "layers" in handle else []
-        raise KeyError(f"layer={layer!r} not found in {path}; available layers: {layers}.")
-    encoding = group.attrs.get("encoding-type", "array")
-    matrix = sparse_dataset(group) if encoding in ("csr_matrix", "csc_matrix") else group
-    return handle, matrix, data_layer.obs_labels(obs, labels_key), var_names
+    try:
+        labels = data_layer.obs_labels(read_elem(handle["obs"]), labels_key)
+        var_names = read_elem(handle["var"]).index
+        group = handle.get("X" if layer is None else f"layers/{layer}")
+        if group is None and layer is None:
+            raise ValueError(f"{path} has no X; pass layer= to name the layer with expression.")
+        if group is None:
+            layers = list(handle["layers"].keys()) if "layers" in handle else []
+            raise KeyError(f"layer={layer!r} not found in {path}; available layers: {layers}.")
+        encoding = group.attrs.get("encoding-type", "array")
+        matrix = sparse_dataset(group) if encoding in ("csr_matrix", "csc_matrix") else group
+    except BaseException:
+        handle.close()
+        raise
+    return handle, matrix, labels, var_names
 
 
 def _in_memory(data: Any, labels_key: str, layer: str | None):
@@ -66,6 +72,7 @@ def pretrain(
     random_state: int = 0,
     device: str = "auto",
     verbose: bool = False,
+    torch_compile: bool = False,
     **training: Any,
 ) -> SCLDGenerator:
     """Train an SCLD generator on an AnnData object or ``.h5ad`` file.
@@ -94,10 +101,13 @@ def pretrain(
         of its ``LOCAL_RANK``.
     verbose : bool, default=False
         Progress bars (rank 0 only).
+    torch_compile : bool, default=False
+        Train through ``torch.compile`` (see ``SCLDSampler``).
     **training
         :class:`~scld_aug.train.TrainingConfig` fields (``likelihood``, ``n_top_genes``,
-        ``autoencoder_steps``, ``batch_size``, ...), defaults as in ``SCLDSampler``. Under
-        DDP ``batch_size`` is per process: N processes see N times the cells per step.
+        ``autoencoder_steps``, ``batch_size``, ``mixed_precision``, ...), defaults as in
+        ``SCLDSampler``. Under DDP ``batch_size`` is per process: N processes see N times
+        the cells per step.
 
     Returns
     -------
@@ -109,7 +119,8 @@ def pretrain(
     >>> import anndata, numpy as np, pandas as pd
     >>> from scld_aug.pretrain import pretrain
     >>> X = np.random.default_rng(0).poisson(2.0, size=(60, 30)).astype(np.float32)
-    >>> adata = anndata.AnnData(X, obs=pd.DataFrame({"cell_type": ["a"] * 50 + ["b"] * 10}))
+    >>> obs = pd.DataFrame({"cell_type": ["a"] * 50 + ["b"] * 10}, index=map(str, range(60)))
+    >>> adata = anndata.AnnData(X, obs=obs)
     >>> generator = pretrain(adata, autoencoder_steps=20, diffusion_steps=20,
     ...                      classifier_steps=10, out="pretrained.pt")
     >>> generator.classes.tolist(), generator.n_genes
@@ -127,24 +138,22 @@ def pretrain(
     if handle is None:
         matrix, labels, var_names = _in_memory(data, labels_key, layer)
     try:
-        return _pretrain(matrix, labels, var_names, out, random_state, device, verbose, training)
+        return _pretrain(
+            matrix, labels, var_names, out, random_state, device, verbose, torch_compile, training
+        )
     finally:
         if handle is not None:
             handle.close()
 
 
-def _pretrain(matrix, labels, var_names, out, random_state, device, verbose, training):
+def _pretrain(matrix, labels, var_names, out, random_state, device, verbose, compile_, training):
     if len(labels) < 2:
         raise ValueError(f"Need at least 2 cells to train, got {len(labels)}.")
     rows = data_layer.cell_rows(matrix)
     classes, codes = np.unique(labels, return_inverse=True)
-    config = TrainingConfig(**training)
-    config = TrainingConfig(
-        **{
-            **config.__dict__,
-            "likelihood": data_layer.resolve_likelihood(rows, config.likelihood),
-        }
-    )
+    # As in SCLDSampler: counts are detected, anything else gets the Gaussian decoder.
+    config = TrainingConfig(**{"likelihood": "auto", **training})
+    config = replace(config, likelihood=data_layer.resolve_likelihood(rows, config.likelihood))
     world = launched_world()
     device_ = device_for(world, device)
     seed = derive_seeds(random_state, 2)[0]
@@ -160,6 +169,7 @@ def _pretrain(matrix, labels, var_names, out, random_state, device, verbose, tra
             device_,
             verbose=verbose and world.is_main,
             world=world,
+            compile_networks=compile_,
         )
         generator.gene_names = np.asarray(var_names, dtype=str)
         if out is not None and world.is_main:

@@ -46,6 +46,7 @@ TRAINING_PARAMS = (
     "classifier_steps",
     "batch_size",
     "learning_rate",
+    "mixed_precision",
 )
 
 
@@ -98,6 +99,14 @@ class SCLDSampler(BaseOverSampler):
         Minibatch size for all networks.
     learning_rate : float, default=1e-3
         Peak learning rate (one-cycle schedule, AdamW).
+    mixed_precision : bool, default=False
+        Run the training forward passes in bfloat16 autocast (losses stay float32; no loss
+        scaling is needed). Meant for GPUs with bfloat16 support; the networks are small,
+        so measure before relying on a speed-up (``python -m evaluation.gpu_check``).
+    torch_compile : bool, default=False
+        Train through ``torch.compile``: the first steps pay the compilation (tens of
+        seconds), later steps run fused kernels. Does not change what is learned beyond
+        float rounding, so it is not part of the ``memory`` cache key.
     guidance_scale : float, default=2.0
         Pre-guidance strength ``w`` in ``eps_u + w (eps_c - eps_u)``: 0 ignores the class,
         1 is plain conditional sampling, larger values sharpen class identity at some
@@ -183,6 +192,8 @@ class SCLDSampler(BaseOverSampler):
         "classifier_steps": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "mixed_precision": ["boolean"],
+        "torch_compile": ["boolean"],
         "guidance_scale": [Interval(Real, 0, None, closed="left")],
         "post_guidance_scale": [Interval(Real, 0, None, closed="left")],
         "anchor_strength": [Interval(Real, 0, 1, closed="both")],
@@ -213,6 +224,8 @@ class SCLDSampler(BaseOverSampler):
         classifier_steps: int = 1000,
         batch_size: int = 128,
         learning_rate: float = 1e-3,
+        mixed_precision: bool = False,
+        torch_compile: bool = False,
         guidance_scale: float = 2.0,
         post_guidance_scale: float = 0.0,
         anchor_strength: float = 1.0,
@@ -239,6 +252,8 @@ class SCLDSampler(BaseOverSampler):
         self.classifier_steps = classifier_steps
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        self.mixed_precision = mixed_precision
+        self.torch_compile = torch_compile
         self.guidance_scale = guidance_scale
         self.post_guidance_scale = post_guidance_scale
         self.anchor_strength = anchor_strength
@@ -427,7 +442,14 @@ class SCLDSampler(BaseOverSampler):
             seed = derive_seeds(self.random_state, 2)[0]
             with seeded(seed, self.device_):
                 self.generator_ = training.fit_generator(
-                    matrix, codes, classes, config, seed, self.device_, verbose=self.verbose
+                    matrix,
+                    codes,
+                    classes,
+                    config,
+                    seed,
+                    self.device_,
+                    verbose=self.verbose,
+                    compile_networks=self.torch_compile,
                 )
             self.generator_source_ = "trained"
             if path is not None:

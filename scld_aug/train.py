@@ -7,6 +7,7 @@ Each network is trained for a fixed number of optimizer steps on weighted miniba
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -31,7 +32,17 @@ from scld_aug.model import NoiseSchedule
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Everything that determines a trained generator (besides data and seed)."""
+    """Everything that determines a trained generator (besides data and seed).
+
+    Defaults match ``SCLDSampler``'s; ``pretrain`` and ``scld-aug train`` take the same names.
+
+    Examples
+    --------
+    >>> from scld_aug.train import TrainingConfig
+    >>> config = TrainingConfig(diffusion_steps=8000, mixed_precision=True)
+    >>> config.batch_size, config.autoencoder_steps
+    (128, 1500)
+    """
 
     likelihood: str = "nb"
     n_top_genes: int | None = 2000
@@ -47,6 +58,7 @@ class TrainingConfig:
     learning_rate: float = 1e-3
     num_train_timesteps: int = 1000
     beta_schedule: str = "cosine"
+    mixed_precision: bool = False
 
 
 Callback = Callable[[str, int, float], None]
@@ -82,8 +94,12 @@ def _loop(
     loss_fn: Callable[[], torch.Tensor],
     verbose: bool,
     callback: Callback | None,
+    mixed_precision: bool = False,
 ) -> list[float]:
     module.train()
+    device_type = next(module.parameters()).device.type
+    # bfloat16 needs no loss scaling; losses and likelihoods are computed in float32.
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=mixed_precision)
     optimizer, scheduler = _optimizer(module, lr, steps)
     losses: list[float] = []
     pending: list[torch.Tensor] = []
@@ -102,7 +118,8 @@ def _loop(
 
     bar = tqdm(range(steps), desc=f"train {name}", disable=not verbose, leave=False)
     for _ in bar:
-        loss = loss_fn()
+        with autocast:
+            loss = loss_fn()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(module.parameters(), 5.0)
@@ -125,6 +142,12 @@ def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
+def _prepare(module: nn.Module, world: World, device: torch.device, compile_: bool) -> nn.Module:
+    """What training calls: the module behind DDP when distributed, compiled when asked."""
+    module = world.wrap(module, device)
+    return torch.compile(module) if compile_ else module
+
+
 def fit_generator(
     X: sp.csr_matrix | CellRows,
     codes: np.ndarray,
@@ -135,6 +158,7 @@ def fit_generator(
     verbose: bool = False,
     callback: Callback | None = None,
     world: World | None = None,
+    compile_networks: bool = False,
 ) -> SCLDGenerator:
     """Train a generator on ``X`` (cells x genes: CSR in memory, or :class:`CellRows` over a
     backed ``.h5ad``) with integer class ``codes``.
@@ -143,8 +167,17 @@ def fit_generator(
     from torch's global generator there); minibatches and noise use ``seed`` directly.
     Under ``torchrun`` (``world`` of several processes) every process calls this with the
     same data and seed; each draws its own minibatches and DDP averages the gradients.
+    ``compile_networks`` runs the training forward passes through ``torch.compile``.
     """
     world = world or World()
+    mixed_precision = config.mixed_precision and device.type != "mps"
+    if config.mixed_precision and not mixed_precision:
+        warnings.warn(
+            "mixed_precision=True is not applied on MPS (no bfloat16 autocast there); "
+            "training runs in float32.",
+            UserWarning,
+            stacklevel=3,
+        )
     rows_in = cell_rows(X)
     n_classes = len(classes)
     counts = config.likelihood == "nb"
@@ -163,7 +196,7 @@ def fit_generator(
     other = panel.other_totals(modelled, library) if counts else None
     # Empty cells (library 0) would give log(0); a floor of 1 keeps their loss finite.
     library_floor = np.maximum(library, 1.0).astype(np.float32) if counts else None
-    train_autoencoder = world.wrap(autoencoder, device)
+    train_autoencoder = _prepare(autoencoder, world, device, compile_networks)
 
     def autoencoder_loss() -> torch.Tensor:
         rows = batches.draw()
@@ -179,7 +212,16 @@ def fit_generator(
     history: dict[str, list[float]] = {}
 
     def run(name: str, module: nn.Module, steps: int, loss_fn) -> None:
-        history[name] = _loop(name, module, steps, config.learning_rate, loss_fn, verbose, callback)
+        history[name] = _loop(
+            name,
+            module,
+            steps,
+            config.learning_rate,
+            loss_fn,
+            verbose,
+            callback,
+            mixed_precision,
+        )
 
     run("autoencoder", autoencoder, config.autoencoder_steps, autoencoder_loss)
 
@@ -194,16 +236,19 @@ def fit_generator(
         latents = encode_cells(autoencoder, modelled, panel, library, device)
     latent_mean = latents.mean(0)
     latent_std = latents.std(0) + 1e-6
-    standardized = (latents - latent_mean) / latent_std
-    latent_bound = float(np.abs(standardized).max()) * 1.1
+    # In place: on atlases every copy of the codes is 128 bytes per cell.
+    standardized = latents
+    standardized -= latent_mean
+    standardized /= latent_std
+    latent_bound = max(-float(standardized.min()), float(standardized.max())) * 1.1
     z_all = torch.from_numpy(standardized).float().to(device)
     y_all = torch.from_numpy(codes).long().to(device)
     schedule_T = config.num_train_timesteps
     # Noise is drawn where it is used: no host-to-device copy (or sync) per step.
     torch_gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
     schedule = NoiseSchedule(schedule_T, config.beta_schedule)
-    train_denoiser = world.wrap(denoiser, device)
-    train_classifier = world.wrap(classifier, device)
+    train_denoiser = _prepare(denoiser, world, device, compile_networks)
+    train_classifier = _prepare(classifier, world, device, compile_networks)
 
     def noisy_batch():
         rows = _to_device(batches.draw(), device)

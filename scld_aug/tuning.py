@@ -60,6 +60,14 @@ def default_search_space() -> dict[str, BaseDistribution]:
     ``guidance_scale`` 0–6 spans unconditional (0), plain conditional (1) and sharpened
     sampling; ``post_guidance_scale`` 0–4 goes from off to a strong classifier push; the
     filter is off (None) or keeps cells the latent classifier gives at least 0.5 / 0.8.
+
+    Examples
+    --------
+    >>> space = default_search_space()
+    >>> sorted(space)
+    ['filter_threshold', 'guidance_scale', 'post_guidance_scale']
+    >>> space["guidance_scale"].low, space["guidance_scale"].high
+    (0.0, 6.0)
     """
     return {
         "guidance_scale": FloatDistribution(0.0, 6.0),
@@ -141,7 +149,16 @@ def _sqlite_storage(url: str, attempts: int = 5):
 
 
 def default_classifier(X) -> Any:
-    """Log-normalization + logistic regression for counts; scaling + logistic regression else."""
+    """Log-normalization + logistic regression for counts; scaling + logistic regression else.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> [name for name, _ in default_classifier(np.array([[1, 0], [3, 2]])).steps]
+    ['functiontransformer', 'logisticregression']
+    >>> [name for name, _ in default_classifier(np.array([[0.5, -1.2]])).steps]
+    ['maxabsscaler', 'logisticregression']
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import MaxAbsScaler
@@ -182,6 +199,20 @@ class TuningResult:
         MLflow parent run of the study, when tracked.
     seconds : float
         Wall time of this call.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scld_aug import SCLDSampler
+    >>> X = np.random.default_rng(0).poisson(2.0, size=(60, 30))
+    >>> y = np.array(["common"] * 40 + ["rare"] * 20)
+    >>> tiny = SCLDSampler(random_state=0, autoencoder_steps=20, diffusion_steps=20,
+    ...                    classifier_steps=10, n_sampling_steps=5)
+    >>> result = tune_guidance(X, y, sampler=tiny, n_trials=2, cv=2, refit=False)
+    >>> result.default_params  # trial 0: the sampler's own setting
+    {'guidance_scale': 2.0, 'post_guidance_scale': 0.0, 'filter_threshold': None}
+    >>> result.n_trainings, result.sampler is None, len(result.trials_dataframe())
+    (2, True, 2)
     """
 
     study: optuna.Study

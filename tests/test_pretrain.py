@@ -57,11 +57,13 @@ def test_pretrain_in_one_process_trains_what_the_sampler_trains(data):
     assert generator.gene_names.tolist() == [f"g{i}" for i in range(X.shape[1])]
 
 
-@pytest.mark.parametrize("layer", [None, "counts"])
+@pytest.mark.parametrize("layer", [None, "counts", "dense"])
 def test_streaming_from_disk_trains_the_same_generator(data, tmp_path, layer):
     X, y = data
     path = tmp_path / "cells.h5ad"
     adata = _adata(X, y, layer)
+    if layer == "dense":
+        adata.layers["dense"] = adata.layers["dense"].toarray()
     adata.write_h5ad(path)
     in_memory = pretrain(adata, layer=layer, random_state=0, **TRAIN)
     streamed = pretrain(path, layer=layer, backed=True, random_state=0, **TRAIN)
@@ -71,6 +73,13 @@ def test_streaming_from_disk_trains_the_same_generator(data, tmp_path, layer):
         backed = anndata.read_h5ad(path, backed="r")
         assert _same_weights(in_memory, pretrain(backed, random_state=0, **TRAIN))
         backed.file.close()
+
+
+def test_normalized_data_gets_the_gaussian_decoder_as_in_the_sampler(data):
+    X, y = data
+    adata = _adata(X, y)
+    adata.X = sp.csr_matrix(log_normalize(adata.X))
+    assert pretrain(adata, **TRAIN).panel.likelihood == "gaussian"
 
 
 def test_backed_column_major_file_is_refused_with_a_fix(data, tmp_path):
@@ -200,3 +209,23 @@ def test_torchrun_ddp_on_cpu_matches_single_process_quality(data, tmp_path):
     for cell_type, score in single_scores.items():
         assert ddp_scores[cell_type] >= 0.9, ddp_scores
         assert ddp_scores[cell_type] >= score - 0.05, (ddp_scores, single_scores)
+
+
+def test_train_command_saves_a_generator_and_explains_errors(data, tmp_path, capsys):
+    from scld_aug.cli import main
+
+    X, y = data
+    path = tmp_path / "cells.h5ad"
+    _adata(X, y).write_h5ad(path)
+    out = tmp_path / "generator.pt"
+    assert main(["train", str(path), str(out), "--quick", "--backed", "--quiet"]) == 0
+    assert SCLDGenerator.load(out).classes.tolist() == ["type0", "type1", "type2"]
+    assert main(["train", str(path), str(out), "--quick"]) == 1
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["train", str(path), str(out), "--quick", "--overwrite", "--labels-key=x"]) == 1
+    assert "labels_key='x' is not a column" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "nope.h5ad"), str(tmp_path / "o.pt")]) == 1
+    assert "No such .h5ad file" in capsys.readouterr().err
+    assert main(["train", str(path), str(out), "--quick", "--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 cell types" in printed and 'SCLDSampler(generator="' in printed

@@ -70,6 +70,7 @@ class Autoencoder(nn.Module):
         self, decoded: torch.Tensor, target: torch.Tensor, library: torch.Tensor | None
     ) -> torch.Tensor:
         """Per-cell log-likelihood of ``target`` given decoder output."""
+        decoded = decoded.float()  # float32 even when the networks run in bfloat16
         if self.likelihood == "nb":
             log_mu = decoded + library.log()[:, None]
             return negative_binomial_log_prob(target, log_mu, self.log_dispersion).sum(-1)

@@ -1,0 +1,43 @@
+"""Device options of training: bfloat16 autocast and torch.compile (checked on the CPU)."""
+
+import numpy as np
+import pytest
+
+from scld_aug import SCLDSampler
+
+
+def test_mixed_precision_trains_a_usable_generator_and_is_part_of_the_cache_key(
+    counts_data, tiny_params, tmp_path, count_trainings
+):
+    X, y = counts_data
+    full = SCLDSampler(random_state=0, memory=tmp_path, **tiny_params).fit(X, y)
+    mixed = SCLDSampler(random_state=0, memory=tmp_path, mixed_precision=True, **tiny_params)
+    mixed.fit(X, y)
+    assert len(count_trainings) == 2  # not served the float32 generator from memory=
+    assert mixed.generator_.config["mixed_precision"] is True
+    for name, losses in mixed.generator_.history.items():
+        assert np.all(np.isfinite(losses)), name
+        # Same data, seed and schedule: the curves agree up to bfloat16 rounding.
+        reference = np.asarray(full.generator_.history[name])
+        assert not np.array_equal(losses, reference)
+        assert abs(np.mean(losses[-10:]) - np.mean(reference[-10:])) < 0.25 * abs(
+            np.mean(reference[:10])
+        ), name
+    cells = mixed.generate(50, "type2")
+    assert cells.min() >= 0 and np.issubdtype(cells.dtype, np.integer)
+
+
+@pytest.mark.slow
+def test_torch_compile_learns_what_eager_training_learns(counts_data, tiny_params):
+    X, y = counts_data
+    eager = SCLDSampler(random_state=0, **tiny_params).fit(X, y)
+    compiled = SCLDSampler(random_state=0, torch_compile=True, **tiny_params).fit(X, y)
+    for name, losses in compiled.generator_.history.items():
+        reference = np.asarray(eager.generator_.history[name])
+        # Compiled dropout draws other masks, so the curves are close, not equal.
+        assert np.all(np.isfinite(losses)), name
+        assert abs(np.mean(losses[-10:]) - np.mean(reference[-10:])) < 0.25 * abs(
+            np.mean(reference[:10])
+        ), name
+    cells = compiled.generate(50, "type2")
+    assert cells.min() >= 0 and np.issubdtype(cells.dtype, np.integer)
