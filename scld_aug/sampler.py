@@ -541,9 +541,11 @@ class SCLDSampler(BaseOverSampler):
             same place as the input (``X`` or ``layers[layer]``).
         """
         X, y = data_layer.anndata_arrays(adata, labels_key, layer)
-        X_res, y_res = self.fit_resample(X, y)
         if self.generator is not None:
+            # Genes are checked by name before anything is generated (loading is cheap).
+            self.fit(X, y)
             self._check_gene_names(adata.var_names)
+        X_res, y_res = self.fit_resample(X, y)
         return data_layer.augmented_anndata(adata, X_res, np.asarray(y_res), labels_key, layer)
 
     # ------------------------------------------------------------------ persistence

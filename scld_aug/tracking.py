@@ -407,8 +407,25 @@ def log_fit(
 
     Examples
     --------
-    >>> from scld_aug.tracking import fit_resample_logged  # doctest: +SKIP
-    >>> X_res, y_res, run_id = fit_resample_logged(SCLDSampler(random_state=0), X, y)  # doctest: +SKIP
+    Log a fit to a SQLite store in the working directory, then load the logged generator
+    back (``mlflow ui --backend-store-uri sqlite:///mlflow.db`` shows the run):
+
+    >>> import mlflow, numpy as np
+    >>> from scld_aug import SCLDSampler
+    >>> from scld_aug.tracking import load_sampler, log_fit
+    >>> X = np.random.default_rng(0).poisson(2.0, size=(60, 30))
+    >>> y = np.array(["common"] * 50 + ["rare"] * 10)
+    >>> sampler = SCLDSampler(random_state=0, autoencoder_steps=20, diffusion_steps=20,
+    ...                       classifier_steps=10, n_sampling_steps=5).fit(X, y)
+    >>> run_id = log_fit(sampler, X, y, tracking_uri="sqlite:///mlflow.db")
+    >>> client = mlflow.MlflowClient("sqlite:///mlflow.db")
+    >>> client.get_run(run_id).data.params["guidance_scale"]
+    '2.0'
+    >>> model = client.search_logged_models(
+    ...     experiment_ids=[client.get_run(run_id).info.experiment_id])[0]
+    >>> loaded = load_sampler(f"models:/{model.model_id}", tracking_uri="sqlite:///mlflow.db")
+    >>> np.array_equal(loaded.generate(5, "rare"), sampler.generate(5, "rare"))
+    True
     """
     from sklearn.utils.validation import check_is_fitted
 
@@ -541,7 +558,11 @@ def _model_output(info):
 
 def load_sampler(model_uri: str, device: str = "auto", tracking_uri: str | None = None):
     """Load a sampler logged by :func:`log_fit` (``model_uri`` as ``models:/<id>`` or
-    ``runs:/<run_id>/generator``), ready to ``generate`` cells."""
+    ``runs:/<run_id>/generator``), ready to ``generate`` cells.
+
+    Nothing is unpickled: the sampler file is read with ``torch.load(weights_only=True)``.
+    See :func:`log_fit` for an example that logs a sampler and loads it back.
+    """
     mlflow = _require_mlflow()
     from scld_aug.sampler import SCLDSampler
 

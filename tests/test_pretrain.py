@@ -172,6 +172,10 @@ def test_data_that_does_not_fit_the_pretrained_generator_is_refused(data, pretra
         sampler.fit(X, np.where(y == "type2", "type9", y))
     with pytest.raises(ValueError, match=r"models raw counts.*whole number \(\d+\.5\)"):
         sampler.fit(X + 0.5, y)
+    adata = _adata(X, y)
+    adata.var_names = swapped
+    with pytest.raises(ValueError, match="Gene 0 is 'g1' here but 'g0'"):
+        sampler.fit_resample_anndata(adata)
     with pytest.raises(FileNotFoundError, match="generator='nowhere.pt': no such file"):
         SCLDSampler(generator="nowhere.pt").fit(X, y)
 
