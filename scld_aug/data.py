@@ -189,26 +189,34 @@ def is_count_matrix(X: Any) -> bool:
 
 def resolve_likelihood(X: Any, likelihood: str) -> str:
     """Pick the decoder likelihood and check that the data suits it (``X``: CSR or
-    :class:`CellRows`)."""
+    :class:`CellRows`), in one pass over the stored values. Also refuses NaN and infinite
+    values, which on-disk data reach here unchecked."""
     values = X.values if isinstance(X, CellRows) else lambda: _data_values(X)
+    counts = True
+    for v in values():
+        if not np.isfinite(v).all():
+            raise ValueError(
+                "X has NaN or infinite values (e.g. "
+                f"{v[~np.isfinite(v)][0]}). Remove or impute them before training."
+            )
+        if not counts:
+            continue
+        if likelihood == "nb" and (v < 0).any():
+            raise ValueError(
+                f"likelihood='nb' needs raw counts, but X has negative values (min "
+                f"{v.min():g}). Pass raw counts (e.g. adata.layers['counts']) or use "
+                "likelihood='gaussian' for normalized or scaled data."
+            )
+        fractional = v != np.round(v)
+        if likelihood == "nb" and fractional.any():
+            raise ValueError(
+                f"likelihood='nb' needs integer counts, but X has non-integer values "
+                f"(e.g. {v[fractional][0]:g}). Pass raw counts, or use likelihood='gaussian' "
+                "for log-normalized data."
+            )
+        counts = not fractional.any() and bool((v >= 0).all())
     if likelihood == "auto":
-        counts = all(((v >= 0) & (v == np.round(v))).all() for v in values())
         return "nb" if counts else "gaussian"
-    if likelihood == "nb":
-        for v in values():
-            if (v < 0).any():
-                raise ValueError(
-                    f"likelihood='nb' needs raw counts, but X has negative values (min "
-                    f"{v.min():g}). Pass raw counts (e.g. adata.layers['counts']) or use "
-                    "likelihood='gaussian' for normalized or scaled data."
-                )
-            if (v != np.round(v)).any():
-                bad = v[v != np.round(v)][0]
-                raise ValueError(
-                    f"likelihood='nb' needs integer counts, but X has non-integer values "
-                    f"(e.g. {bad:g}). Pass raw counts, or use likelihood='gaussian' for "
-                    "log-normalized data."
-                )
     return likelihood
 
 

@@ -82,6 +82,15 @@ def test_normalized_data_gets_the_gaussian_decoder_as_in_the_sampler(data):
     assert pretrain(adata, **TRAIN).panel.likelihood == "gaussian"
 
 
+def test_non_finite_values_on_disk_are_refused(data, tmp_path):
+    X, y = data
+    adata = _adata(X, y)
+    adata.X.data[5] = np.nan
+    adata.write_h5ad(tmp_path / "nan.h5ad")
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(e.g. nan\). Remove or impute"):
+        pretrain(tmp_path / "nan.h5ad", backed=True, **TRAIN)
+
+
 def test_backed_column_major_file_is_refused_with_a_fix(data, tmp_path):
     X, y = data
     adata = _adata(X, y)
