@@ -243,11 +243,15 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     options = {k: v for k, v in QUICK.items() if k in TRAINING_OPTIONS} if args.quick else {}
     options["likelihood"] = args.likelihood
-    for name in ("n_top_genes", "autoencoder_steps", "diffusion_steps", "classifier_steps"):
+    for name in (
+        "n_top_genes",
+        "autoencoder_steps",
+        "diffusion_steps",
+        "classifier_steps",
+        "batch_size",
+    ):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
-    if args.batch_size is not None:
-        options["batch_size"] = args.batch_size
     if args.amp:
         options["mixed_precision"] = True
     start = time.perf_counter()

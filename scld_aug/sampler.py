@@ -348,8 +348,9 @@ class SCLDSampler(BaseOverSampler):
             return None
         return Path(location) / "scld_aug" / f"generator-{key}.pt"
 
-    def _use_pretrained(self, X, y) -> None:
-        """Take the ``generator`` parameter (object or file) after checking the data fits it."""
+    def _load_pretrained(self) -> SCLDGenerator:
+        """The ``generator`` parameter as a generator on ``device_`` (a file is read once)."""
+        self.device_ = resolve_device(self.device)
         source = self.generator
         if isinstance(source, (str, os.PathLike)):
             path = Path(source).resolve()
@@ -365,7 +366,12 @@ class SCLDSampler(BaseOverSampler):
         else:
             key = f"pretrained-object:{id(source)}"
             self.generator_ = source
-        generator = self.generator_.to(self.device_)
+        self.generator_key_ = key
+        return self.generator_.to(self.device_)
+
+    def _use_pretrained(self, X) -> None:
+        """Take the ``generator`` parameter after checking the data fits it."""
+        generator = self._load_pretrained()
         if X.shape[1] != generator.n_genes:
             raise ValueError(
                 f"X has {X.shape[1]} genes but the pretrained generator was trained on "
@@ -392,7 +398,6 @@ class SCLDSampler(BaseOverSampler):
                 f"{generator.classes.tolist()}. Leave them out with a dict sampling_strategy."
             )
         self.generator_source_ = "pretrained"
-        self.generator_key_ = key
 
     def _check_gene_names(self, names) -> None:
         known = self.generator_.gene_names
@@ -413,7 +418,7 @@ class SCLDSampler(BaseOverSampler):
         self.input_dtype_ = np.dtype(X.dtype)
         self.input_format_ = X.format if sp.issparse(X) else "dense"
         if self.generator is not None:
-            self._use_pretrained(X, y)
+            self._use_pretrained(X)
             return
         matrix = data_layer.as_csr(X)
         self.likelihood_ = data_layer.resolve_likelihood(matrix, self.likelihood)
@@ -542,8 +547,8 @@ class SCLDSampler(BaseOverSampler):
         """
         X, y = data_layer.anndata_arrays(adata, labels_key, layer)
         if self.generator is not None:
-            # Genes are checked by name before anything is generated (loading is cheap).
-            self.fit(X, y)
+            # Genes are checked by name before anything is generated.
+            self._load_pretrained()
             self._check_gene_names(adata.var_names)
         X_res, y_res = self.fit_resample(X, y)
         return data_layer.augmented_anndata(adata, X_res, np.asarray(y_res), labels_key, layer)
