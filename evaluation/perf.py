@@ -64,14 +64,14 @@ def write_h5ad(path: Path, n_cells: int, n_genes: int) -> None:
     """The synthetic data as an .h5ad file (CSR), for the streamed-from-disk runs."""
     import anndata
 
+    from scld_aug.files import atomic_write
+
     if path.exists():
-        return
+        return  # same seed and size: the same data
     X, y = synthetic_counts(n_cells, n_genes)
     obs = pd.DataFrame({"cell_type": pd.Categorical(y)}, index=np.arange(n_cells).astype(str))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.h5ad")
-    anndata.AnnData(X, obs=obs).write_h5ad(tmp)
-    os.replace(tmp, path)
+    # Atomic and exclusive: a file planted at the path is replaced, never written through.
+    atomic_write(path, anndata.AnnData(X, obs=obs).write_h5ad)
 
 
 def _memory_mib(field: str) -> float:
@@ -302,7 +302,11 @@ def main(argv=None) -> pd.DataFrame:
         ".h5ad from disk",
     )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--data-dir", default=None, help="where the .h5ad files go (temp dir)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="where the .h5ad files go (default: a private temporary folder, removed at the end)",
+    )
     parser.add_argument("--out", default="evaluation/results/perf")
     parser.add_argument("--name", default="scaling", help="stem of the CSV/PNG written")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -314,13 +318,20 @@ def main(argv=None) -> pd.DataFrame:
         return scvi_benchmark(Path(args.out))
     if args.sampling:
         return sampling_benchmark(Path(args.out))
-    import tempfile
-
-    data_dir = Path(args.data_dir or tempfile.gettempdir()) / "scld_perf_data"
     if args.one:
-        row = _one(args.cells[0], args.genes, args.mode, data_dir, args.device)
+        row = _one(args.cells[0], args.genes, args.mode, Path(args.data_dir), args.device)
         print(json.dumps(row))
         return pd.DataFrame()
+    import tempfile
+
+    if args.data_dir is not None:
+        return _scaling(args, Path(args.data_dir))
+    # A folder of our own (mode 0700): nobody else can plant files or links in it.
+    with tempfile.TemporaryDirectory(prefix="scld_perf_") as private:
+        return _scaling(args, Path(private))
+
+
+def _scaling(args: argparse.Namespace, data_dir: Path) -> pd.DataFrame:
     import torch
 
     print(
@@ -335,7 +346,7 @@ def main(argv=None) -> pd.DataFrame:
             done = subprocess.run(
                 [sys.executable, "-m", "evaluation.perf", "--one", "--cells", str(n)]
                 + ["--genes", str(args.genes), "--mode", mode, "--device", args.device]
-                + ["--data-dir", str(data_dir.parent)],
+                + ["--data-dir", str(data_dir)],
                 capture_output=True,
                 text=True,
             )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,6 +29,7 @@ import pandas as pd
 
 from scld_aug import data as data_layer
 from scld_aug.demo import MIN_CELLS, RARE_FRACTION, rare_strategy
+from scld_aug.files import OutputPathError, atomic_write, check_output_path, same_file
 
 __all__ = ["AugmentError", "augment_h5ad", "plan_augmentation"]
 
@@ -149,20 +149,12 @@ def _check_paths(
     outputs = {"output": output_path}
     if save_sampler is not None:
         outputs["--save-sampler"] = save_sampler
-    for what, path in outputs.items():
-        if path.resolve() == input_path.resolve():
-            raise AugmentError(
-                f"The {what} path {str(path)!r} is the input file; choose another path so the "
-                "input is kept."
-            )
-        if path.is_dir():
-            raise AugmentError(f"The {what} path {str(path)!r} is a directory; give a file name.")
-        if path.exists() and not overwrite:
-            raise AugmentError(
-                f"The {what} file {str(path)!r} already exists; pass --overwrite "
-                "(overwrite=True) to replace it, or choose another path."
-            )
-    if save_sampler is not None and save_sampler.resolve() == output_path.resolve():
+    try:
+        for what, path in outputs.items():
+            check_output_path(path, inputs=[input_path], overwrite=overwrite, what=what)
+    except OutputPathError as err:
+        raise AugmentError(str(err)) from None
+    if save_sampler is not None and same_file(save_sampler, output_path):
         raise AugmentError("--save-sampler and the output must be different files.")
 
 
@@ -212,19 +204,6 @@ def _check_data(adata: Any, labels_key: str, layer: str | None, likelihood: str)
         )
 
 
-def _write_atomically(adata: Any, path: Path) -> None:
-    """Write to a hidden file next to ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        adata.write_h5ad(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def augment_h5ad(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
@@ -235,6 +214,7 @@ def augment_h5ad(
     random_state: int | None = 0,
     overwrite: bool = False,
     save_sampler: str | os.PathLike | None = None,
+    include_anchors: bool = True,
     verbose: bool = False,
     log: Callable[[str], None] | None = None,
     **sampler_params: Any,
@@ -267,6 +247,9 @@ def augment_h5ad(
         Replace existing output files.
     save_sampler : str, path-like or None, default=None
         Also save the fitted sampler there (:meth:`~scld_aug.SCLDSampler.save`).
+    include_anchors : bool, default=True
+        Whether the saved sampler keeps what its generator stores per training cell
+        (see :meth:`~scld_aug.SCLDGenerator.save`); ``False`` before sharing it.
     verbose : bool, default=False
         Progress bars for training and sampling.
     log : callable or None, default=None
@@ -286,6 +269,11 @@ def augment_h5ad(
     ------
     AugmentError
         For problems with the paths, the file or the options, before any training.
+    sklearn.utils._param_validation.InvalidParameterError
+        For an invalid sampler parameter (e.g. ``guidance_scale=inf``), before the input
+        is read.
+    ValueError
+        When the requested cells cannot fit in memory, before any training.
 
     Examples
     --------
@@ -311,6 +299,8 @@ def augment_h5ad(
     input_path, output_path = Path(input_path), Path(output_path)
     save_path = None if save_sampler is None else Path(save_sampler)
     _check_paths(input_path, output_path, save_path, overwrite)
+    sampler = SCLDSampler(random_state=random_state, verbose=verbose, **sampler_params)
+    sampler._validate_params()  # bad options fail before the input is even read
     requested_device = sampler_params.get("device", "auto")
     try:
         device = resolve_device(requested_device)
@@ -349,25 +339,13 @@ def augment_h5ad(
         + f"; training SCLD on {device}"
     )
 
-    try:
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise AugmentError(f"Could not create the output folder: {err}.") from err
-    # Found out now rather than after minutes of training.
-    if not os.access(output_path.parent, os.W_OK):
-        raise AugmentError(f"Cannot write to the folder {str(output_path.parent)!r}.")
-    sampler = SCLDSampler(
-        sampling_strategy=strategy,
-        random_state=random_state,
-        verbose=verbose,
-        **sampler_params,
-    )
+    sampler.set_params(sampling_strategy=strategy)
     start = time.perf_counter()
     result = sampler.fit_resample_anndata(adata, labels_key=labels_key, layer=layer)
     say(f"Trained and sampled in {time.perf_counter() - start:.1f} s")
 
     try:
-        _write_atomically(result, output_path)
+        atomic_write(output_path, result.write_h5ad)
     except OSError as err:
         raise AugmentError(
             f"Could not write {str(output_path)!r} ({err}); no partial file was left. Check "
@@ -375,7 +353,7 @@ def augment_h5ad(
         ) from err
     if save_path is not None:
         try:
-            sampler.save(save_path)  # atomic as well
+            sampler.save(save_path, include_anchors=include_anchors)  # atomic as well
         except OSError as err:
             raise AugmentError(
                 f"Wrote {str(output_path)!r} but could not save the sampler to "

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 
@@ -17,6 +19,13 @@ median type size. The output holds the original cells, unchanged, then the synth
 ones, marked by obs["is_synthetic"]. With --layer, the augmented counts are in that
 layer and X is empty: normalize again downstream.
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (the usage itself is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -34,9 +43,43 @@ def _non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
     return value
+
+
+def _file_state(path: str) -> tuple | None:
+    """What identifies the file at ``path`` now (None if there is none)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+def _interrupted(command: str, outputs: dict[str, tuple | None]) -> int:
+    """The message after Ctrl-C: which outputs were written before it came."""
+    written = [path for path, before in outputs.items() if _file_state(path) not in (None, before)]
+    if written:
+        rest = [path for path in outputs if path not in written]
+        print(
+            f"scld-aug {command}: interrupted after writing {', '.join(written)}"
+            + (f"; {', '.join(rest)} was not written." if rest else "."),
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"scld-aug {command}: interrupted; no output was written (existing files are "
+            "unchanged).",
+            file=sys.stderr,
+        )
+    return 130
+
+
+def _error(command: str, err: BaseException) -> None:
+    # KeyError's str() adds quotes around the message.
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    print(f"scld-aug {command}: error: {message}", file=sys.stderr)
 
 
 def _add_augment_parser(sub) -> None:
@@ -110,12 +153,20 @@ def _add_augment_parser(sub) -> None:
             help=f"{what} (default: {defaults[param]})",
         )
     aug.add_argument("--save-sampler", metavar="PATH", help="also save the fitted sampler there")
+    aug.add_argument(
+        "--no-anchors",
+        action="store_true",
+        help="save the sampler without per-cell data of the training cells (latent codes, "
+        "library sizes); use before sharing it",
+    )
     aug.add_argument("--overwrite", action="store_true", help="replace existing output files")
     aug.add_argument("--quiet", action="store_true", help="no progress bars or tables, only errors")
 
 
 def _augment(args: argparse.Namespace) -> int:
-    from scld_aug.augment import AugmentError, augment_h5ad
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from scld_aug.augment import augment_h5ad
     from scld_aug.demo import QUICK
 
     params = dict(QUICK) if args.quick else {}
@@ -129,6 +180,7 @@ def _augment(args: argparse.Namespace) -> int:
     params.update({k: v for k, v in overrides.items() if v is not None})
     log = None if args.quiet else print
     start = time.perf_counter()
+    outputs = {path: _file_state(path) for path in (args.output, args.save_sampler) if path}
     try:
         summary = augment_h5ad(
             args.input,
@@ -140,18 +192,21 @@ def _augment(args: argparse.Namespace) -> int:
             random_state=args.seed,
             overwrite=args.overwrite,
             save_sampler=args.save_sampler,
+            include_anchors=not args.no_anchors,
             verbose=not args.quiet,
             log=log,
             device=args.device,
             likelihood=args.likelihood,
             **params,
         )
-    except AugmentError as err:
-        print(f"scld-aug augment: error: {err}", file=sys.stderr)
+    except InvalidParameterError as err:
+        _error("augment", err)
+        return 2
+    except (ValueError, KeyError, OSError) as err:  # AugmentError included
+        _error("augment", err)
         return 1
     except KeyboardInterrupt:
-        print("scld-aug augment: interrupted; no output was written.", file=sys.stderr)
-        return 130
+        return _interrupted("augment", outputs)
     if log is not None:
         n_new = int(summary["synthetic"].sum())
         log(summary.to_string())
@@ -225,6 +280,12 @@ def _add_train_parser(sub) -> None:
         "--amp", action="store_true", help="bfloat16 autocast for the forward passes (GPUs)"
     )
     train.add_argument("--compile", action="store_true", help="train through torch.compile")
+    train.add_argument(
+        "--no-anchors",
+        action="store_true",
+        help="save without per-cell data of the training cells (latent codes, library "
+        "sizes); use before sharing the file",
+    )
     train.add_argument("--overwrite", action="store_true", help="replace an existing output")
     train.add_argument("--quiet", action="store_true", help="no progress bars, only errors")
 
@@ -232,15 +293,15 @@ def _add_train_parser(sub) -> None:
 def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from sklearn.utils._param_validation import InvalidParameterError
+
     from scld_aug.demo import QUICK
     from scld_aug.distributed import launched_world
     from scld_aug.pretrain import TRAINING_OPTIONS, pretrain
 
     world = launched_world()
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        print(f"scld-aug train: error: {out} exists; pass --overwrite.", file=sys.stderr)
-        return 1
+    outputs = {args.output: _file_state(args.output)}
     options = {k: v for k, v in QUICK.items() if k in TRAINING_OPTIONS} if args.quick else {}
     options["likelihood"] = args.likelihood
     for name in (
@@ -262,17 +323,22 @@ def _train(args: argparse.Namespace) -> int:
             layer=args.layer,
             backed=args.backed,
             out=out,
+            overwrite=args.overwrite,
+            include_anchors=not args.no_anchors,
             random_state=args.seed,
             device=args.device,
             verbose=not args.quiet,
             torch_compile=args.compile,
             **options,
         )
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        # KeyError's str() adds quotes around the message.
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"scld-aug train: error: {message}", file=sys.stderr)
+    except InvalidParameterError as err:
+        _error("train", err)
+        return 2
+    except (ValueError, KeyError, OSError) as err:
+        _error("train", err)
         return 1
+    except KeyboardInterrupt:
+        return _interrupted("train", outputs)
     if world.is_main and not args.quiet:
         processes = f" with {world.size} DDP processes" if world.distributed else ""
         print(
@@ -287,9 +353,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``scld-aug`` command line; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="scld-aug", description="Single-cell latent diffusion augmentation."
-    )
+    parser = _Parser(prog="scld-aug", description="Single-cell latent diffusion augmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo", help="augment the shipped Baron pancreas data and compare with SMOTE"

@@ -7,6 +7,10 @@ the user's container.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,11 +28,58 @@ def plain_scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def as_csr(X: np.ndarray | sp.spmatrix | sp.sparray) -> sp.csr_matrix:
-    """CSR float32 view or copy of ``X``; the caller's object is never modified.
+def label_tokens(labels: Any) -> list[list[str]]:
+    """Each label as ``[type name, repr]``: ``1``, ``1.0`` and ``"1"`` stay different labels
+    (a numpy scalar counts as its Python type, so ``np.int64(1)`` and ``1`` are the same).
 
-    A matrix that is already canonical float32 CSR without stored zeros is used as it is
-    (training only reads it): atlas-sized input is not duplicated.
+    Examples
+    --------
+    >>> label_tokens([1, "1", np.int64(2)])
+    [['int', '1'], ['str', "'1'"], ['int', '2']]
+    """
+    tokens = []
+    for label in labels:
+        value = plain_scalar(label)
+        tokens.append([type(value).__name__, repr(value)])
+    return tokens
+
+
+def fingerprint(matrix: sp.csr_matrix, labels: np.ndarray, *extra: Any) -> str:
+    """Content digest of canonical CSR ``matrix`` (as :func:`as_csr` returns it), the labels
+    (values and types, see :func:`label_tokens`) and any JSON-serializable ``extra``.
+
+    Equal data give equal digests whatever the index dtype; the matrix is hashed in blocks,
+    so no copy of it is made.
+
+    Examples
+    --------
+    >>> X = as_csr(np.array([[0, 2], [3, 0]]))
+    >>> fingerprint(X, np.array([1, 2])) == fingerprint(X, np.array(["1", "2"]))
+    False
+    """
+    classes, codes = np.unique(np.asarray(labels), return_inverse=True)
+    h = hashlib.blake2b(digest_size=20)
+    step = 1 << 22
+    for array, dtype in (
+        (matrix.data, np.float32),
+        (matrix.indices, np.int64),
+        (matrix.indptr, np.int64),
+        (codes.ravel(), np.int64),
+    ):
+        h.update(str(len(array)).encode())
+        for start in range(0, len(array), step):
+            block = np.ascontiguousarray(array[start : start + step], dtype=dtype)
+            h.update(block.view(np.uint8).data)
+    h.update(json.dumps([list(matrix.shape), label_tokens(classes), *extra]).encode())
+    return h.hexdigest()
+
+
+def as_csr(X: np.ndarray | sp.spmatrix | sp.sparray) -> sp.csr_matrix:
+    """Canonical float32 CSR of ``X`` (sorted indices, duplicates summed, no stored zeros).
+
+    The caller's object is never modified and the result shares no array with it, except
+    when ``X`` already is canonical float32 CSR without stored zeros: then it is used as it
+    is (training only reads it), so atlas-sized input is not duplicated.
     """
     if sp.issparse(X):
         if (
@@ -38,13 +89,39 @@ def as_csr(X: np.ndarray | sp.spmatrix | sp.sparray) -> sp.csr_matrix:
             and not any(np.any(v == 0) for v in _data_values(X))
         ):
             return X if isinstance(X, sp.csr_matrix) else sp.csr_matrix(X, copy=False)
-        out = sp.csr_matrix(X, dtype=np.float32, copy=False)
-        if out is X or (hasattr(out, "data") and np.shares_memory(out.data, X.data)):
-            out = out.copy()
+        out = sp.csr_matrix(X, dtype=np.float32)
+        # scipy may hand back the caller's index arrays (a CSR of another dtype keeps its
+        # indices and indptr); canonicalizing below rewrites them in place.
+        if _shares_memory(out, X):
+            out = sp.csr_matrix(
+                (
+                    np.array(out.data, dtype=np.float32),
+                    np.array(out.indices),
+                    np.array(out.indptr),
+                ),
+                shape=out.shape,
+            )
         out.sum_duplicates()
         out.eliminate_zeros()
         return out
     return sp.csr_matrix(np.asarray(X, dtype=np.float32))
+
+
+def _shares_memory(a: Any, b: Any) -> bool:
+    """Whether sparse matrices ``a`` and ``b`` have any array in common."""
+
+    def arrays(m: Any) -> list[np.ndarray]:
+        names = ("data", "indices", "indptr", "row", "col", "coords", "offsets")
+        found = []
+        for name in names:
+            value = getattr(m, name, None)
+            if isinstance(value, tuple):
+                found += [v for v in value if isinstance(v, np.ndarray)]
+            elif isinstance(value, np.ndarray):
+                found.append(value)
+        return found
+
+    return any(np.shares_memory(x, y) for x in arrays(a) for y in arrays(b))
 
 
 def iter_row_chunks(X: Any, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, sp.csr_matrix]]:
@@ -171,7 +248,15 @@ def first_non_count(X: Any) -> float | None:
     """A value of ``X`` (sparse or dense) that is not a non-negative whole number, or None
     for count data. Reads in blocks: no whole-matrix mask or conversion."""
     if sp.issparse(X):
-        blocks = _data_values(X if X.format in ("csr", "csc", "coo") else sp.csr_matrix(X))
+        if X.format in ("csr", "csc") and X.has_canonical_format:
+            blocks = _data_values(X)
+        else:
+            # Duplicate entries count as their sum (2.5 + 2.5 is the count 5): canonical
+            # row blocks, one at a time.
+            rows = X if X.format == "csr" else sp.csr_matrix(X)
+            blocks = (
+                _summed(rows[i : i + CHUNK_ROWS]).data for i in range(0, rows.shape[0], CHUNK_ROWS)
+            )
     else:
         X = np.asarray(X)
         blocks = (X[i : i + CHUNK_ROWS] for i in range(0, len(X), CHUNK_ROWS))
@@ -182,6 +267,13 @@ def first_non_count(X: Any) -> float | None:
     return None
 
 
+def _summed(block: sp.csr_matrix) -> sp.csr_matrix:
+    """A copy of a CSR block with duplicate entries summed, in its own dtype."""
+    block = sp.csr_matrix(block, copy=True)
+    block.sum_duplicates()
+    return block
+
+
 def is_count_matrix(X: Any) -> bool:
     """True when every value is a non-negative whole number (raw UMI or read counts)."""
     return first_non_count(X) is None
@@ -190,10 +282,12 @@ def is_count_matrix(X: Any) -> bool:
 def resolve_likelihood(X: Any, likelihood: str) -> str:
     """Pick the decoder likelihood and check that the data suits it (``X``: CSR or
     :class:`CellRows`), in one pass over the stored values. Also refuses NaN and infinite
-    values, which on-disk data reach here unchecked."""
+    values, which on-disk data reach here unchecked, and data without any non-zero value."""
     values = X.values if isinstance(X, CellRows) else lambda: _data_values(X)
     counts = True
+    nonzero = False
     for v in values():
+        nonzero = nonzero or bool(np.any(v != 0))
         if not np.isfinite(v).all():
             raise ValueError(
                 "X has NaN or infinite values (e.g. "
@@ -215,6 +309,12 @@ def resolve_likelihood(X: Any, likelihood: str) -> str:
                 "for log-normalized data."
             )
         counts = not fractional.any() and bool((v >= 0).all())
+    if not nonzero:
+        raise ValueError(
+            "X holds no non-zero value: every cell is empty, so there is nothing to learn. "
+            "Check that X is the expression matrix (cells in rows, genes in columns) and, "
+            "for AnnData, that layer= names the layer with the counts."
+        )
     if likelihood == "auto":
         return "nb" if counts else "gaussian"
     return likelihood
@@ -267,6 +367,66 @@ def stack_rows(X: Any, synthetic: list[Any]) -> Any:
         parts = [X] + [sp.csr_matrix(s) for s in synthetic]
         return sp.vstack(parts, format=fmt).astype(X.dtype, copy=False)
     return np.vstack([X] + [np.asarray(s) for s in synthetic]).astype(X.dtype, copy=False)
+
+
+def nnz_per_row(X: Any) -> np.ndarray:
+    """Stored values per row of a validated matrix (CSR/CSC; dense rows count every gene)."""
+    if not sp.issparse(X):
+        return np.full(X.shape[0], X.shape[1], dtype=np.float64)
+    if X.format == "csr":
+        return np.diff(X.indptr).astype(np.float64)
+    if X.format == "csc":
+        return np.bincount(X.indices, minlength=X.shape[0]).astype(np.float64)
+    return np.diff(sp.csr_matrix(X).indptr).astype(np.float64)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations, or None where the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n_bytes < 1024 or unit == "TiB":
+            return f"{n_bytes:,.0f} {unit}" if unit == "bytes" else f"{n_bytes:,.1f} {unit}"
+        n_bytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_output_fits(
+    n_new: int, row_bytes: float, kept_bytes: float = 0.0, available: int | None = None
+) -> None:
+    """Refuse, before any work, an output that cannot fit in memory.
+
+    ``n_new`` synthetic rows of about ``row_bytes`` each exist twice at the end (the blocks
+    and the stacked result), next to ``kept_bytes`` (the copy of the original rows).
+
+    Examples
+    --------
+    >>> check_output_fits(10**9, 8 * 20_000, available=16 * 2**30)
+    Traceback (most recent call last):
+    ...
+    ValueError: Generating 1,000,000,000 synthetic cells needs about 291.0 TiB of memory for the output, but about 16.0 GiB is available. Ask for fewer cells (a smaller sampling_strategy, or --target on the command line), or call generate(n, cell_type) in chunks and write each chunk out.
+    """
+    need = 2.0 * n_new * row_bytes + kept_bytes
+    available = available_memory() if available is None else available
+    if available is not None and need > available:
+        raise ValueError(
+            f"Generating {n_new:,} synthetic cells needs about {_size(need)} of memory for the "
+            f"output, but about {_size(available)} is available. Ask for fewer cells (a "
+            "smaller sampling_strategy, or --target on the command line), or call "
+            "generate(n, cell_type) in chunks and write each chunk out."
+        )
 
 
 def output_dtype(input_dtype: np.dtype, output: str, likelihood: str) -> np.dtype:
@@ -335,9 +495,9 @@ def obs_labels(obs: pd.DataFrame, labels_key: str) -> np.ndarray:
             f"adata.obs[{labels_key!r}] has {int(labels.isna().sum())} missing labels; drop or "
             "label those cells first."
         )
-    return np.asarray(
-        labels.astype(str) if isinstance(labels.dtype, pd.CategoricalDtype) else labels
-    )
+    # The labels' own values (for categoricals, their categories' values): a dict
+    # sampling_strategy names classes as they are, e.g. {1: 30} for integer labels.
+    return np.asarray(labels)
 
 
 def augmented_anndata(
@@ -355,39 +515,53 @@ def augmented_anndata(
     synthetic_names = pd.Index([f"synthetic-{i}" for i in range(n_new)])
     if synthetic_names.isin(adata.obs_names).any():
         synthetic_names = pd.Index([f"scld-synthetic-{i}" for i in range(n_new)])
-    obs_new = pd.DataFrame(index=synthetic_names)
-    obs_new[labels_key] = y_res[n_orig:]
-    obs = pd.concat([adata.obs.copy(), obs_new], axis=0)
-    original_labels = adata.obs[labels_key]
-    if isinstance(original_labels.dtype, pd.CategoricalDtype):
-        # Labels went through str(); map them back onto the original categories.
-        categories = original_labels.cat.categories
-        lookup = dict(zip(categories.astype(str), categories, strict=True))
-        obs[labels_key] = pd.Categorical(
-            [lookup.get(str(v), v) for v in obs[labels_key]], categories=categories
-        )
-    _keep_obs_dtypes(obs, adata.obs)
-    obs["is_synthetic"] = np.r_[np.zeros(n_orig, bool), np.ones(n_new, bool)]
-    if layer is None:
-        return anndata.AnnData(X=X_res, obs=obs, var=adata.var.copy(), uns=dict(adata.uns))
-    return anndata.AnnData(
-        X=None, obs=obs, var=adata.var.copy(), layers={layer: X_res}, uns=dict(adata.uns)
+    obs = pd.concat(
+        [
+            _with_missing(adata.obs, labels_key, n_new > 0),
+            _synthetic_obs(adata.obs, synthetic_names, labels_key, y_res[n_orig:]),
+        ]
     )
+    obs["is_synthetic"] = np.r_[np.zeros(n_orig, bool), np.ones(n_new, bool)]
+    # Deep copies: nothing of the result may be an object the caller's AnnData still holds.
+    uns = copy.deepcopy(dict(adata.uns))
+    var = adata.var.copy(deep=True)
+    if layer is None:
+        return anndata.AnnData(X=X_res, obs=obs, var=var, uns=uns)
+    return anndata.AnnData(X=None, obs=obs, var=var, layers={layer: X_res}, uns=uns)
 
 
-def _keep_obs_dtypes(obs: pd.DataFrame, original: pd.DataFrame) -> None:
-    """Nullable dtypes for columns the synthetic cells have no value in.
+def _nullable(dtype: Any) -> Any:
+    """A dtype that holds missing values: ``boolean`` for bool, ``Int64``/``UInt64``... for
+    integers (concatenation would otherwise make them object and float columns, and
+    ``write_h5ad`` rejects object columns of bools); other dtypes hold them already."""
+    if isinstance(dtype, np.dtype) and dtype.kind == "b":
+        return "boolean"
+    if isinstance(dtype, np.dtype) and dtype.kind in "iu":
+        return f"{'U' if dtype.kind == 'u' else ''}Int{8 * dtype.itemsize}"
+    return dtype
 
-    Concatenation with missing values turns bool columns into object columns (which
-    ``write_h5ad`` rejects) and integer columns into floats; ``boolean`` / ``Int64`` keep both.
-    """
-    for column in original.columns:
-        dtype = original[column].dtype
-        if not isinstance(dtype, np.dtype) or not obs[column].isna().any():
-            continue  # extension dtypes hold missing values already
-        if dtype.kind == "b":
-            obs[column] = obs[column].astype("boolean")
-        elif dtype.kind in "iu":
-            obs[column] = obs[column].astype(
-                f"{'U' if dtype.kind == 'u' else ''}Int{8 * dtype.itemsize}"
-            )
+
+def _with_missing(obs: pd.DataFrame, labels_key: str, needed: bool) -> pd.DataFrame:
+    """A deep copy of ``obs`` whose columns (but the labels, which every synthetic cell has)
+    can hold the synthetic cells' missing values."""
+    out = obs.copy(deep=True)
+    if needed:
+        for column in out.columns:
+            if column != labels_key:
+                out[column] = out[column].astype(_nullable(out[column].dtype))
+    return out
+
+
+def _synthetic_obs(obs: pd.DataFrame, index: pd.Index, labels_key: str, labels) -> pd.DataFrame:
+    """``obs`` rows of the synthetic cells: their labels, missing values elsewhere (with the
+    columns' own dtypes, so that concatenation keeps them)."""
+    columns = {
+        column: pd.Series(index=index, dtype=_nullable(obs[column].dtype))
+        for column in obs.columns
+        if column != labels_key
+    }
+    out = pd.DataFrame(columns, index=index)
+    dtype = obs[labels_key].dtype
+    # Categorical labels stay categorical, with the original categories and order.
+    out[labels_key] = pd.Categorical(labels, dtype=dtype) if dtype == "category" else labels
+    return out[list(obs.columns)]

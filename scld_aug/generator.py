@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from scld_aug.data import iter_row_chunks, plain_scalar
+from scld_aug.files import atomic_torch_save, load_model_file
 from scld_aug.genes import GenePanel
 from scld_aug.guidance import (
     classifier_free_guidance,
@@ -26,9 +27,15 @@ from scld_aug.guidance import (
     filter_mask,
 )
 from scld_aug.model import Autoencoder, Denoiser, LatentClassifier, NoiseSchedule
-from scld_aug.serialization import atomic_torch_save, safe_torch_load
 
 GENERATOR_FORMAT = "scld-aug-generator"
+GENERATOR_DESCRIPTION = "a saved SCLD generator (written by SCLDGenerator.save or scld-aug train)"
+# Saved without its training cells, a generator keeps each class's library sizes as this
+# many quantiles (decoding draws from them) instead of one value per cell.
+LIBRARY_QUANTILES = 100
+# Largest diffusion length a saved configuration may ask for (the default is 1,000): the
+# schedule is allocated from it before any stored tensor could contradict it.
+MAX_TRAIN_TIMESTEPS = 100_000
 
 SAMPLE_BATCH = 4096
 # Cells decoded at a time: a block is dense over all genes (1,024 x 20,000 genes = 160 MB).
@@ -339,8 +346,19 @@ class SCLDGenerator:
 
     # ------------------------------------------------------------------ persistence
 
-    def state(self) -> dict:
-        """Tensors and JSON only, so it can be loaded with ``torch.load(weights_only=True)``."""
+    def state(self, include_anchors: bool = True) -> dict:
+        """Tensors and JSON only, so it can be loaded with ``torch.load(weights_only=True)``.
+
+        ``include_anchors=False`` leaves out what is stored per training cell: the latent
+        codes of anchored generation and the library sizes, which are replaced by
+        ``LIBRARY_QUANTILES`` quantiles per class.
+        """
+        keep_cells = include_anchors and self.anchors is not None
+        libraries = (
+            self.libraries
+            if include_anchors
+            else [_library_quantiles(lib) for lib in self.libraries]
+        )
         meta = {
             "config": self.config,
             "classes": self.classes.tolist(),
@@ -349,6 +367,7 @@ class SCLDGenerator:
             "n_genes": self.panel.n_genes,
             "history": self.history,
             "gene_names": None if self.gene_names is None else self.gene_names.tolist(),
+            "training_cells_included": bool(include_anchors),
         }
         panel = {
             k: torch.from_numpy(np.ascontiguousarray(v))
@@ -363,56 +382,50 @@ class SCLDGenerator:
             "panel": panel,
             "latent_mean": torch.from_numpy(self.latent_mean),
             "latent_std": torch.from_numpy(self.latent_std),
-            "libraries": [torch.from_numpy(lib) for lib in self.libraries],
-            **(
-                {}
-                if self.anchors is None
-                else {"anchors": [torch.from_numpy(a) for a in self.anchors]}
-            ),
+            "libraries": [torch.from_numpy(lib) for lib in libraries],
+            **({"anchors": [torch.from_numpy(a) for a in self.anchors]} if keep_cells else {}),
         }
 
     @classmethod
     def from_state(cls, state: dict, device: str | torch.device = "cpu") -> SCLDGenerator:
-        """Rebuild a generator from :meth:`state` (as read by ``torch.load(weights_only=True)``)."""
-        meta = json.loads(state["meta"])
-        config = meta["config"]
-        panel_state = {k: v.numpy() for k, v in state["panel"].items()}
-        panel_state.update(likelihood=meta["likelihood"], n_genes=meta["n_genes"])
-        panel = GenePanel.from_state(panel_state)
-        classes = np.array(
-            meta["classes"],
-            dtype=object if meta["classes_dtype"] == "object" else meta["classes_dtype"],
-        )
-        modules = build_modules(config, panel, len(classes))
-        modules[0].load_state_dict(state["autoencoder"])
-        modules[1].load_state_dict(state["denoiser"])
-        modules[2].load_state_dict(state["classifier"])
-        generator = cls(
-            *modules,
-            panel=panel,
-            classes=classes,
-            latent_mean=state["latent_mean"].numpy(),
-            latent_std=state["latent_std"].numpy(),
-            libraries=[lib.numpy() for lib in state["libraries"]],
-            config=config,
-            history=meta.get("history"),
-            anchors=[a.numpy() for a in state["anchors"]] if "anchors" in state else None,
-            gene_names=meta.get("gene_names"),
-        )
-        return generator.to(device)
+        """Rebuild a generator from :meth:`state` (as read by ``torch.load(weights_only=True)``).
 
-    def save(self, path: str | os.PathLike) -> None:
+        Every size in the stored configuration is checked against the stored tensors
+        before anything is allocated, so a crafted or damaged file is refused with a
+        ValueError instead of allocating what its metadata claims.
+        """
+        try:
+            return _from_state(cls, state, device)
+        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as err:
+            raise ValueError(f"invalid generator state ({type(err).__name__}: {err})") from None
+
+    def save(self, path: str | os.PathLike, include_anchors: bool = True) -> None:
         """Write the generator to ``path`` atomically (tensors and JSON only).
 
         Load it with :meth:`load`, or pass the path as ``SCLDSampler(generator=path)``.
+
+        Parameters
+        ----------
+        path : str or path-like
+        include_anchors : bool, default=True
+            Keep the latent codes of (up to ``MAX_ANCHORS`` per class) training cells,
+            which anchored generation (``anchor_strength < 1``) starts from, and the
+            library size of every training cell. With ``anchor_strength=0`` those codes
+            decode back into the training cells, so pass ``False`` before sharing a
+            generator trained on data you may not share: library sizes are then kept as
+            ``LIBRARY_QUANTILES`` quantiles per class and anchored generation is not
+            available. See the how-to guide on sharing models for what a generator
+            reveals either way.
         """
-        atomic_torch_save({"format": GENERATOR_FORMAT, "generator": self.state()}, Path(path))
+        atomic_torch_save(
+            {"format": GENERATOR_FORMAT, "generator": self.state(include_anchors)}, Path(path)
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SCLDGenerator:
-        """Load a generator written by :meth:`save` or ``scld-aug train`` (safe: nothing is
-        unpickled)."""
-        state = safe_torch_load(Path(path))
+        """Load a generator written by :meth:`save` or ``scld-aug train`` (safe: tensors
+        and JSON only, nothing is unpickled or executed)."""
+        state = load_model_file(path, GENERATOR_DESCRIPTION)
         if state.get("format") != GENERATOR_FORMAT:
             hint = (
                 " It is a saved SCLDSampler: load it with SCLDSampler.load(path)."
@@ -420,9 +433,85 @@ class SCLDGenerator:
                 else ""
             )
             raise ValueError(
-                f"{path} is not a saved SCLD generator (format {state.get('format')!r}).{hint}"
+                f"{path} is not {GENERATOR_DESCRIPTION} (format {state.get('format')!r}).{hint}"
             )
-        return cls.from_state(state["generator"], device)
+        try:
+            return cls.from_state(state["generator"], device)
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"{path} is not a valid saved SCLD generator: {err}") from None
+
+
+def _library_quantiles(library: np.ndarray) -> np.ndarray:
+    if len(library) == 0:
+        return library
+    return np.quantile(library, (np.arange(LIBRARY_QUANTILES) + 0.5) / LIBRARY_QUANTILES)
+
+
+def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def _from_state(cls, state: dict, device) -> SCLDGenerator:
+    meta = json.loads(state["meta"])
+    config = dict(meta["config"])
+    panel_state = {k: v.numpy() for k, v in state["panel"].items()}
+    panel_state.update(likelihood=meta["likelihood"], n_genes=int(meta["n_genes"]))
+    panel = GenePanel.from_state(panel_state)
+    n_classes = len(meta["classes"])
+    n_genes = panel.n_genes
+    if len(panel.genes) + len(panel.rest) != n_genes or not (
+        np.all((panel.genes >= 0) & (panel.genes < n_genes))
+        and np.all((panel.rest >= 0) & (panel.rest < n_genes))
+    ):
+        raise ValueError(f"the gene panel does not describe {n_genes} genes")
+    # Sizes the networks are built from must be no larger than what the file holds, so
+    # that building them (on the meta device, which allocates nothing) stays cheap.
+    stored = [v for part in ("autoencoder", "denoiser", "classifier") for v in state[part].values()]
+    largest = max((int(v.numel()) for v in stored), default=0)
+    for key in ("latent_dim", "hidden_dim"):
+        if not 1 <= int(config[key]) <= largest:
+            raise ValueError(f"config {key}={config[key]} does not match the stored weights")
+    if not 0 <= int(config["n_blocks"]) <= len(state["denoiser"]):
+        raise ValueError(f"config n_blocks={config['n_blocks']} does not match the stored weights")
+    if not 1 <= int(config["num_train_timesteps"]) <= MAX_TRAIN_TIMESTEPS:
+        raise ValueError(f"num_train_timesteps={config['num_train_timesteps']} is out of range")
+    with torch.device("meta"):
+        skeleton = build_modules(config, panel, n_classes)
+    for name, module in zip(("autoencoder", "denoiser", "classifier"), skeleton, strict=True):
+        found = {k: tuple(v.shape) for k, v in state[name].items()}
+        if found != _shapes(module):
+            raise ValueError(f"the stored {name} weights do not match its configuration")
+    latent_dim = int(config["latent_dim"])
+    if panel.rest_profile.shape != (n_classes, len(panel.rest)):
+        raise ValueError("the per-class profile of the other genes does not match the panel")
+    if state["latent_mean"].shape != (latent_dim,) or state["latent_std"].shape != (latent_dim,):
+        raise ValueError("the latent standardization does not match the latent dimension")
+    libraries = [lib.numpy() for lib in state["libraries"]]
+    anchors = [a.numpy() for a in state["anchors"]] if "anchors" in state else None
+    if len(libraries) != n_classes or (anchors is not None and len(anchors) != n_classes):
+        raise ValueError(f"per-class statistics do not match the {n_classes} classes")
+    if anchors is not None and any(a.ndim != 2 or a.shape[1] != latent_dim for a in anchors):
+        raise ValueError("stored anchors do not match the latent dimension")
+    classes = np.array(
+        meta["classes"],
+        dtype=object if meta["classes_dtype"] == "object" else meta["classes_dtype"],
+    )
+    modules = build_modules(config, panel, n_classes)
+    for module, name in zip(modules, ("autoencoder", "denoiser", "classifier"), strict=True):
+        module.load_state_dict(state[name])
+    generator = cls(
+        *modules,
+        panel=panel,
+        classes=classes,
+        latent_mean=state["latent_mean"].numpy(),
+        latent_std=state["latent_std"].numpy(),
+        libraries=libraries,
+        config=config,
+        history=meta.get("history"),
+        anchors=anchors,
+        gene_names=meta.get("gene_names"),
+    )
+    return generator.to(device)
 
 
 def build_modules(

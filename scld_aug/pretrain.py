@@ -22,6 +22,7 @@ import numpy as np
 from scld_aug import data as data_layer
 from scld_aug._random import derive_seeds, seeded
 from scld_aug.distributed import device_for, launched_world, process_group
+from scld_aug.files import check_output_path
 from scld_aug.generator import SCLDGenerator
 from scld_aug.train import TrainingConfig, fit_generator
 
@@ -55,6 +56,19 @@ def _on_disk(path: Path, labels_key: str, layer: str | None):
     return handle, matrix, labels, var_names
 
 
+def _validate_options(training: dict) -> None:
+    """The sampler's own constraints for the options it shares with ``TrainingConfig``."""
+    from sklearn.utils._param_validation import validate_parameter_constraints
+
+    from scld_aug.sampler import SCLDSampler
+
+    constraints = SCLDSampler._parameter_constraints
+    shared = {k: v for k, v in training.items() if k in constraints}
+    validate_parameter_constraints(
+        {k: constraints[k] for k in shared}, shared, caller_name="pretrain"
+    )
+
+
 def _in_memory(data: Any, labels_key: str, layer: str | None):
     anndata = data_layer._require_anndata()
     adata = data if isinstance(data, anndata.AnnData) else anndata.read_h5ad(data)
@@ -69,6 +83,8 @@ def pretrain(
     layer: str | None = None,
     backed: bool = False,
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    include_anchors: bool = True,
     random_state: int = 0,
     device: str = "auto",
     verbose: bool = False,
@@ -92,7 +108,14 @@ def pretrain(
         cells (per-cell vectors aside); steps are slower than from memory because every
         minibatch is read from disk. The on-disk matrix must be CSR (or dense).
     out : str, path-like or None
-        Where to save the generator (atomically; under ``torchrun`` by rank 0 only).
+        Where to save the generator (atomically; under ``torchrun`` by rank 0 only). Checked
+        before training: it must not be the input file, a directory, or an existing file
+        (unless ``overwrite``), and its folder must be writable.
+    overwrite : bool, default=False
+        Replace an existing ``out``.
+    include_anchors : bool, default=True
+        Save the per-cell data of the training cells (see :meth:`scld_aug.SCLDGenerator.save`);
+        ``False`` before sharing the file.
     random_state : int, default=0
         Seed. One process with the same seed and parameters as ``SCLDSampler`` trains the
         same generator as ``SCLDSampler.fit``.
@@ -129,6 +152,12 @@ def pretrain(
     unknown = sorted(set(training) - set(TRAINING_OPTIONS))
     if unknown:
         raise TypeError(f"Unknown training option(s) {unknown}; known: {list(TRAINING_OPTIONS)}.")
+    _validate_options(training)
+    if out is not None:
+        inputs = [data] if isinstance(data, (str, os.PathLike)) else []
+        if getattr(data, "filename", None) is not None:  # AnnData opened from a file
+            inputs.append(data.filename)
+        check_output_path(out, inputs=inputs, overwrite=overwrite, what="output")
     handle = None
     if isinstance(data, (str, os.PathLike)):
         if not Path(data).exists():
@@ -139,14 +168,35 @@ def pretrain(
         matrix, labels, var_names = _in_memory(data, labels_key, layer)
     try:
         return _pretrain(
-            matrix, labels, var_names, out, random_state, device, verbose, torch_compile, training
+            matrix,
+            labels,
+            var_names,
+            out=out,
+            include_anchors=include_anchors,
+            random_state=random_state,
+            device=device,
+            verbose=verbose,
+            compile_=torch_compile,
+            training=training,
         )
     finally:
         if handle is not None:
             handle.close()
 
 
-def _pretrain(matrix, labels, var_names, out, random_state, device, verbose, compile_, training):
+def _pretrain(
+    matrix,
+    labels,
+    var_names,
+    *,
+    out,
+    include_anchors,
+    random_state,
+    device,
+    verbose,
+    compile_,
+    training,
+):
     if len(labels) < 2:
         raise ValueError(f"Need at least 2 cells to train, got {len(labels)}.")
     rows = data_layer.cell_rows(matrix)
@@ -173,6 +223,6 @@ def _pretrain(matrix, labels, var_names, out, random_state, device, verbose, com
         )
         generator.gene_names = np.asarray(var_names, dtype=str)
         if out is not None and world.is_main:
-            generator.save(out)
+            generator.save(out, include_anchors=include_anchors)
         world.barrier()  # no process returns before the file is complete
     return generator

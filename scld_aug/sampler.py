@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -25,15 +24,17 @@ from scld_aug import data as data_layer
 from scld_aug import train as training
 from scld_aug._random import derive_seeds, resolve_device, seeded
 from scld_aug.data import plain_scalar
+from scld_aug.files import atomic_torch_save, load_model_file
 from scld_aug.generator import SamplingParams, SCLDGenerator
-from scld_aug.serialization import atomic_torch_save, safe_torch_load
 
 FORMAT = "scld-aug-sampler"
 FORMAT_VERSION = 1
+SAMPLER_DESCRIPTION = "a saved SCLDSampler (written by SCLDSampler.save)"
 SAVED_GENERATOR = "<saved with the sampler>"
 # Part of the memory= cache key: bump whenever training would give a different generator
 # for the same data and parameters, so caches never serve generators of older code.
-TRAINING_VERSION = 3
+# 4: labels keyed with their types.
+TRAINING_VERSION = 4
 TRAINING_PARAMS = (
     "likelihood",
     "n_top_genes",
@@ -73,8 +74,13 @@ class SCLDSampler(BaseOverSampler):
         semantics ("auto", "minority", "not minority", "not majority", "all", a float
         ratio, a dict ``{class: n_cells_after}``, or a callable ``y -> dict``).
     random_state : int, RandomState instance or None, default=None
-        Seed for training and sampling. An int gives identical output on CPU and does not
-        touch global random state.
+        Seed for training and sampling; global random state is never touched. With an int,
+        repeating a fit gives identical cells on the same machine with the same device,
+        the same versions of torch and numpy and the same number of torch threads
+        (``torch.get_num_threads()``, set by ``OMP_NUM_THREADS`` or
+        ``torch.set_num_threads``). Another thread count, CPU model or GPU orders
+        floating-point sums differently and gives different, equally valid cells. Only int
+        seeds are cached by ``memory``.
     likelihood : {"auto", "nb", "gaussian"}, default="auto"
         Decoder likelihood. ``"auto"`` uses a negative binomial for non-negative integer
         data (raw counts) and a Gaussian otherwise (e.g. log-normalized values).
@@ -136,9 +142,13 @@ class SCLDSampler(BaseOverSampler):
     device : str, default="auto"
         Torch device; ``"auto"`` picks cuda, then mps, then cpu.
     memory : str, path-like, joblib.Memory or None, default=None
-        Directory where trained generators are cached (keyed by data, labels, training
-        parameters and ``random_state``) so clones, CV folds, searches and other
-        processes reuse them instead of retraining.
+        Directory where trained generators are cached (keyed by data, labels with their
+        types, training parameters and ``random_state``) so clones, CV folds, searches and
+        other processes reuse them instead of retraining. Only fits with an int
+        ``random_state`` are cached: an unseeded or ``RandomState`` fit is meant to differ
+        from the last one, so it is neither read from nor written to the cache (a warning
+        says so). An unreadable entry (e.g. truncated by a crash) is reported, retrained
+        and replaced.
     generator : str, path-like, SCLDGenerator or None, default=None
         A pretrained generator (a file from ``scld-aug train`` or
         :meth:`SCLDGenerator.save`, or the object itself). ``fit`` then trains nothing: it
@@ -269,6 +279,28 @@ class SCLDSampler(BaseOverSampler):
 
     # ------------------------------------------------------------------ fitting
 
+    def _check_X_y(self, X, y, accept_sparse=None):
+        # Runs first in fit and fit_resample: checks that need the raw input happen here.
+        self._check_strategy_values()
+        self.input_format_ = X.format if sp.issparse(X) else "dense"
+        self._sparse_array = isinstance(X, getattr(sp, "sparray", ()))
+        X, y, binarize_y = super()._check_X_y(X, y, accept_sparse)
+        self.input_dtype_ = np.dtype(X.dtype)
+        self._record_row_sizes(X, y)
+        return X, y, binarize_y
+
+    def _check_strategy_values(self) -> None:
+        """Cell numbers of a dict ``sampling_strategy`` must be whole and non-negative."""
+        if not isinstance(self.sampling_strategy, dict):
+            return
+        for label, n in self.sampling_strategy.items():
+            if isinstance(n, bool) or not isinstance(n, Integral) or n < 0:
+                raise ValueError(
+                    f"sampling_strategy[{plain_scalar(label)!r}] = {n!r}: the number of cells "
+                    "a class should have after resampling must be a whole number >= 0, e.g. "
+                    f"{{{plain_scalar(label)!r}: {max(0, int(n)) if _is_number(n) else 100}}}."
+                )
+
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, **params):
         """Validate the input and train (or reuse) the generator, without resampling.
@@ -293,7 +325,7 @@ class SCLDSampler(BaseOverSampler):
         return self
 
     def _fit_resample(self, X, y):
-        # Checked before training: minutes of training must not end in this error.
+        # Checked before training: minutes of training must not end in these errors.
         labels, counts = np.unique(y, return_counts=True)
         size = dict(zip(labels.tolist(), counts.tolist(), strict=True))
         for label, n in self.sampling_strategy_.items():
@@ -305,46 +337,69 @@ class SCLDSampler(BaseOverSampler):
                     "it. Leave it out with a dict sampling_strategy, merge it with a related "
                     "type, or lower min_class_size."
                 )
+        self._check_output_fits(self.sampling_strategy_, kept_bytes=_matrix_bytes(X))
         self._ensure_generator(X, y)
         synthetic, synthetic_y = [], []
         items = [(label, n) for label, n in self.sampling_strategy_.items() if n > 0]
         for label, n in tqdm(items, desc="generate", disable=not self.verbose, leave=False):
-            synthetic += self._generate_blocks(
-                label, n, X.format if sp.issparse(X) else None, X.dtype
-            )
+            synthetic += self._generate_blocks(label, n, X.format if sp.issparse(X) else None)
             synthetic_y.append(np.full(n, label, dtype=y.dtype))
         X_res = data_layer.stack_rows(X, synthetic)
+        if sp.issparse(X_res) and X_res.format != self.input_format_:
+            X_res = X_res.asformat(self.input_format_)  # e.g. COO in, COO out
         y_res = np.concatenate([y, *synthetic_y]) if synthetic_y else y.copy()
         return X_res, y_res
+
+    def _record_row_sizes(self, X, y) -> None:
+        """Mean stored values per cell of each class, to size outputs before sampling."""
+        per_row = data_layer.nnz_per_row(X)
+        self._nnz_per_cell = {
+            plain_scalar(label): float(per_row[y == label].mean()) for label in np.unique(y)
+        }
+
+    def _check_output_fits(self, strategy: dict, kept_bytes: float = 0.0) -> None:
+        dtype = data_layer.output_dtype(
+            self.input_dtype_, self.output, getattr(self, "likelihood_", "nb")
+        )
+        n_genes = int(self.n_features_in_)
+        total_new, total_bytes = 0, 0.0
+        for label, n in strategy.items():
+            if n <= 0:
+                continue
+            if self.input_format_ == "dense":
+                row = n_genes * dtype.itemsize
+            else:
+                nnz = getattr(self, "_nnz_per_cell", {}).get(plain_scalar(label), n_genes)
+                row = min(nnz, n_genes) * (dtype.itemsize + 8) + 8
+            total_new += int(n)
+            total_bytes += int(n) * row
+        if total_new:
+            data_layer.check_output_fits(total_new, total_bytes / total_new, kept_bytes)
 
     def _training_config(self, likelihood: str) -> training.TrainingConfig:
         params = {name: getattr(self, name) for name in TRAINING_PARAMS}
         params["likelihood"] = likelihood
         return training.TrainingConfig(**params)
 
-    def _cache_key(self, X: sp.csr_matrix, codes: np.ndarray, classes: np.ndarray, config) -> str:
-        h = hashlib.blake2b(digest_size=20)
-        for array in (X.data, X.indices, X.indptr, codes):
-            h.update(np.ascontiguousarray(array).view(np.uint8).data)
-        seed = self.random_state if isinstance(self.random_state, (int, np.integer)) else "unseeded"
-        h.update(
-            json.dumps(
-                [
-                    TRAINING_VERSION,
-                    list(X.shape),
-                    [str(c) for c in classes],
-                    asdict(config),
-                    str(seed),
-                ]
-            ).encode()
-        )
-        return h.hexdigest()
+    def _cache_key(self, X: sp.csr_matrix, y: np.ndarray, config) -> str:
+        seed = self.random_state
+        seed = int(seed) if isinstance(seed, (Integral, np.integer)) else type(seed).__name__
+        return data_layer.fingerprint(X, y, TRAINING_VERSION, asdict(config), seed)
 
     def _memory_path(self, key: str) -> Path | None:
         if self.memory is None:
             return None
         location = getattr(self.memory, "location", self.memory)
         if location is None:
+            return None
+        if not isinstance(self.random_state, (Integral, np.integer)):
+            warnings.warn(
+                f"memory={str(location)!r} is not used: random_state={self.random_state!r} is "
+                "not an int, and only seeded fits can be reused. Pass an int random_state "
+                "to cache trained generators.",
+                UserWarning,
+                stacklevel=5,
+            )
             return None
         return Path(location) / "scld_aug" / f"generator-{key}.pt"
 
@@ -415,8 +470,6 @@ class SCLDSampler(BaseOverSampler):
     def _ensure_generator(self, X, y) -> None:
         """Train the generator unless one for this exact data and config is at hand."""
         self.device_ = resolve_device(self.device)
-        self.input_dtype_ = np.dtype(X.dtype)
-        self.input_format_ = X.format if sp.issparse(X) else "dense"
         if self.generator is not None:
             self._use_pretrained(X)
             return
@@ -424,14 +477,15 @@ class SCLDSampler(BaseOverSampler):
         self.likelihood_ = data_layer.resolve_likelihood(matrix, self.likelihood)
         classes, codes = np.unique(y, return_inverse=True)
         config = self._training_config(self.likelihood_)
-        key = self._cache_key(matrix, codes, classes, config)
+        key = self._cache_key(matrix, y, config)
         if getattr(self, "generator_key_", None) == key and hasattr(self, "generator_"):
             self.generator_source_ = "reused"
             self.generator_.to(self.device_)
             return
         path = self._memory_path(key)
-        if path is not None and path.exists():
-            self.generator_ = SCLDGenerator.load(path, self.device_)
+        cached = self._read_cache(path)
+        if cached is not None:
+            self.generator_ = cached
             self.generator_source_ = "memory"
         else:
             if self.likelihood_ == "nb":
@@ -458,8 +512,24 @@ class SCLDSampler(BaseOverSampler):
                 )
             self.generator_source_ = "trained"
             if path is not None:
-                self.generator_.save(path)
+                self.generator_.save(path)  # atomic: replaces an unreadable entry too
+        self.generator_.gene_names = _gene_names(getattr(self, "feature_names_in_", None))
         self.generator_key_ = key
+
+    def _read_cache(self, path: Path | None) -> SCLDGenerator | None:
+        """The cached generator at ``path``; None when absent or unreadable (with a warning)."""
+        if path is None or not path.exists():
+            return None
+        try:
+            return SCLDGenerator.load(path, self.device_)
+        except (OSError, ValueError) as err:
+            warnings.warn(
+                f"The cached generator {path} cannot be read ({err}); training again and "
+                "replacing it.",
+                UserWarning,
+                stacklevel=4,
+            )
+            return None
 
     # ------------------------------------------------------------------ generation
 
@@ -483,9 +553,9 @@ class SCLDSampler(BaseOverSampler):
             np.random.SeedSequence([base, code]).generate_state(1, np.uint64)[0] >> np.uint64(1)
         )
 
-    def _generate_blocks(self, label, n: int, sparse_format: str | None, dtype) -> list:
+    def _generate_blocks(self, label, n: int, sparse_format: str | None) -> list:
         params = self._sampling_params()
-        dtype = data_layer.output_dtype(dtype, params.output, self.likelihood_)
+        dtype = data_layer.output_dtype(self.input_dtype_, params.output, self.likelihood_)
         blocks = []
         seed = self._class_seed(label)
         for block in self.generator_.sample(label, n, params, seed):
@@ -499,24 +569,29 @@ class SCLDSampler(BaseOverSampler):
         Parameters
         ----------
         n_samples : int
-            Number of cells to generate.
+            Number of cells to generate. A request whose output cannot fit in the available
+            memory is refused before sampling.
         cell_type : label
             A class seen in training.
 
         Returns
         -------
         X_synthetic : ndarray, sparse matrix or DataFrame of shape (n_samples, n_genes)
-            In the container of the training input (CSR/CSC stay sparse, a DataFrame keeps
-            its columns). With an int ``random_state`` the cells equal the synthetic cells
-            of that class produced by ``fit_resample``.
+            In the container of the training input (sparse input gives the same sparse
+            format, a DataFrame keeps its columns). With an int ``random_state`` the cells
+            equal the synthetic cells of that class produced by ``fit_resample``.
         """
         check_is_fitted(self, "generator_")
-        if not isinstance(n_samples, Integral) or n_samples < 1:
+        self._validate_params()
+        if isinstance(n_samples, bool) or not isinstance(n_samples, Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        self.generator_.class_code(cell_type)  # unknown classes fail before any work
+        self._check_output_fits({cell_type: int(n_samples)})
         sparse_format = None if self.input_format_ == "dense" else self.input_format_
-        blocks = self._generate_blocks(cell_type, int(n_samples), sparse_format, self.input_dtype_)
+        blocks = self._generate_blocks(cell_type, int(n_samples), sparse_format)
         if sparse_format:
-            return sp.vstack(blocks, format=sparse_format)
+            out = sp.vstack(blocks, format=sparse_format)
+            return _as_sparse_kind(out, getattr(self, "_sparse_array", False))
         out = np.vstack(blocks)
         if hasattr(self, "feature_names_in_"):
             import pandas as pd
@@ -551,15 +626,25 @@ class SCLDSampler(BaseOverSampler):
             self._load_pretrained()
             self._check_gene_names(adata.var_names)
         X_res, y_res = self.fit_resample(X, y)
+        if self.generator is None:
+            self.generator_.gene_names = _gene_names(adata.var_names)
         return data_layer.augmented_anndata(adata, X_res, np.asarray(y_res), labels_key, layer)
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, include_anchors: bool = True) -> None:
         """Write the fitted sampler (parameters + generator) to ``path`` atomically.
 
         The file holds tensors and JSON only; :meth:`load` reads it without unpickling
-        arbitrary objects.
+        or executing anything.
+
+        Parameters
+        ----------
+        path : str or path-like
+        include_anchors : bool, default=True
+            Keep what the generator stores per training cell (latent codes for anchored
+            generation, library sizes); ``False`` before sharing the file (see
+            :meth:`SCLDGenerator.save`).
         """
         check_is_fitted(self, "generator_")
         params = self.get_params(deep=False)
@@ -569,16 +654,18 @@ class SCLDSampler(BaseOverSampler):
                 # The generator is in the file: the loaded sampler uses it, not the source.
                 portable[name] = SAVED_GENERATOR
                 continue
+            if name == "sampling_strategy" and isinstance(value, dict):
+                # As pairs: JSON would turn integer class labels into strings.
+                portable[name] = {
+                    "__dict_items__": [[plain_scalar(k), int(v)] for k, v in value.items()]
+                }
+                continue
             try:
                 json.dumps(value)
                 portable[name] = value
             except TypeError:
                 if name == "memory":
                     portable[name] = str(getattr(value, "location", value))
-                elif name == "sampling_strategy" and isinstance(value, dict):
-                    portable[name] = {
-                        "__dict_items__": [[plain_scalar(k), int(v)] for k, v in value.items()]
-                    }
                 else:
                     warnings.warn(
                         f"Parameter {name}={value!r} cannot be saved; the loaded sampler uses "
@@ -592,6 +679,8 @@ class SCLDSampler(BaseOverSampler):
             "likelihood_": self.likelihood_,
             "input_dtype_": self.input_dtype_.str,
             "input_format_": self.input_format_,
+            "sparse_array": bool(getattr(self, "_sparse_array", False)),
+            "nnz_per_cell": [[k, v] for k, v in getattr(self, "_nnz_per_cell", {}).items()],
             "generator_key_": self.generator_key_,
             "sampling_strategy_": [
                 [plain_scalar(k), int(v)] for k, v in self.sampling_strategy_.items()
@@ -602,7 +691,7 @@ class SCLDSampler(BaseOverSampler):
             "version": FORMAT_VERSION,
             "params": json.dumps(portable),
             "fitted": json.dumps(fitted),
-            "generator": self.generator_.state(),
+            "generator": self.generator_.state(include_anchors),
         }
         atomic_torch_save(state, Path(path))
 
@@ -616,32 +705,75 @@ class SCLDSampler(BaseOverSampler):
         device : str, default="auto"
             Device to place the generator on.
         """
-        state = safe_torch_load(Path(path))
+        state = load_model_file(path, SAMPLER_DESCRIPTION)
         if state.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a saved SCLDSampler (format {state.get('format')!r}).")
-        if state.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(
-                f"{path} was written by a newer scld-aug (format version {state['version']}); "
-                "upgrade scld-aug to load it."
+            hint = (
+                " It is a saved generator: pass it as SCLDSampler(generator=path) or load it "
+                "with SCLDGenerator.load(path)."
+                if state.get("format") == "scld-aug-generator"
+                else ""
             )
+            raise ValueError(
+                f"{path} is not {SAMPLER_DESCRIPTION} (format {state.get('format')!r}).{hint}"
+            )
+        if not isinstance(state.get("version"), int) or state["version"] > FORMAT_VERSION:
+            raise ValueError(
+                f"{path} was written by a newer scld-aug (format version "
+                f"{state.get('version')!r}); upgrade scld-aug to load it."
+            )
+        try:
+            return cls._from_state(state, device)
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not a valid saved SCLDSampler: {err}") from None
+
+    @classmethod
+    def _from_state(cls, state: dict, device: str) -> SCLDSampler:
         params = json.loads(state["params"])
         strategy = params.get("sampling_strategy")
         if isinstance(strategy, dict) and "__dict_items__" in strategy:
             params["sampling_strategy"] = {k: v for k, v in strategy["__dict_items__"]}
         params["device"] = device
         sampler = cls(**params)
+        sampler._validate_params()
         fitted = json.loads(state["fitted"])
         sampler.device_ = resolve_device(device)
         sampler.generator_ = SCLDGenerator.from_state(state["generator"], sampler.device_)
         sampler.generator_source_ = "loaded"
         if params.get("generator") == SAVED_GENERATOR:
             sampler.generator = sampler.generator_
-        sampler.n_features_in_ = fitted["n_features_in_"]
+        sampler.n_features_in_ = int(fitted["n_features_in_"])
+        if sampler.n_features_in_ != sampler.generator_.n_genes:
+            raise ValueError("the sampler's number of genes does not match its generator")
         if fitted["feature_names_in_"] is not None:
             sampler.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
         sampler.likelihood_ = fitted["likelihood_"]
         sampler.input_dtype_ = np.dtype(fitted["input_dtype_"])
         sampler.input_format_ = fitted["input_format_"]
+        sampler._sparse_array = bool(fitted.get("sparse_array", False))
+        sampler._nnz_per_cell = {k: float(v) for k, v in fitted.get("nnz_per_cell", [])}
         sampler.generator_key_ = fitted["generator_key_"]
         sampler.sampling_strategy_ = dict(fitted["sampling_strategy_"])
         return sampler
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _matrix_bytes(X: Any) -> float:
+    """Bytes of a validated matrix (its copy is part of the resampled output)."""
+    if sp.issparse(X):
+        return float(X.data.nbytes + X.indices.nbytes + X.indptr.nbytes)
+    return float(np.asarray(X).nbytes)
+
+
+def _gene_names(names: Any) -> np.ndarray | None:
+    """Gene names as text, or None when the input had none (plain arrays)."""
+    return None if names is None else np.asarray(names, dtype=str)
+
+
+def _as_sparse_kind(matrix: Any, sparse_array: bool) -> Any:
+    """``matrix`` as a scipy sparse array when the input was one, else a sparse matrix."""
+    if not sparse_array:
+        return matrix
+    return getattr(sp, f"{matrix.format}_array")(matrix)

@@ -2,12 +2,28 @@
 
 Tracking never decides whether work succeeds: every call to MLflow goes through
 :class:`RunLogger`, which turns the first failure (unreachable server, server dying
-mid-run, bad URI) into one clear warning and stops logging, while the fit or study goes on
-and returns its result.
+mid-run, bad URI, a failed upload) into one clear warning, marks the run FAILED when it can
+and stops logging, while the fit or study goes on and returns its result. :func:`log_fit`
+does the same for its own plots and metrics: it never throws a fit away.
 
 Where runs go: the ``tracking_uri`` argument, else ``MLFLOW_TRACKING_URI``, else a SQLite
 store ``mlflow.db`` in the working directory (``mlflow ui --backend-store-uri
 sqlite:///mlflow.db`` shows it).
+
+Logged models are data only: the sampler file (tensors and JSON) and an ``MLmodel`` that
+names the pyfunc loader module ``scld_aug.mlflow_flavor``, whose code comes from the
+installed scld-aug package (the model's requirements pin its version). No code and no
+pickle is stored with a model.
+
+What is safe to load from an untrusted store. :func:`load_sampler` reads tensors and JSON
+only: it downloads the model, refuses it unless its ``MLmodel`` names
+``scld_aug.mlflow_flavor`` as the loader and the folder holds no code or pickle file (so
+models of other flavors, models from code and pickled Python models are refused), and
+reads the sampler file with ``torch.load(weights_only=True)``. It runs nothing that is
+stored in the tracking store. ``mlflow.pyfunc.load_model`` on a model from a store you do
+not trust is unsafe in general: MLflow imports whatever loader module the ``MLmodel`` names
+(after putting any code stored with the model on ``sys.path``), and other flavors unpickle
+objects, which runs code. Use :func:`load_sampler` for untrusted stores.
 """
 
 from __future__ import annotations
@@ -17,6 +33,8 @@ import os
 import re
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Iterable
@@ -32,9 +50,13 @@ FIT_EXPERIMENT = "scld-aug"
 # over those steps): per-step curves of thousands of points add nothing but storage.
 LOSS_LOG_EVERY = 10
 MODEL_NAME = "generator"
-MODEL_CODE = Path(__file__).with_name("_mlflow_model.py")
-# What an environment needs to load a logged model (scld-aug itself included).
-MODEL_REQUIREMENTS = ["scld-aug", "torch>=2.2", "numpy", "scipy", "pandas", "scikit-learn"]
+# What an environment needs to load a logged model, besides scld-aug itself (pinned to the
+# version that logged it by `_model_requirements`).
+MODEL_REQUIREMENTS = ["torch>=2.2", "numpy", "scipy", "pandas", "scikit-learn"]
+# How long the best-effort "mark the run FAILED" call may take against a tracking server.
+FAIL_TIMEOUT = 5
+# Model URI schemes that are resolved through the tracking server.
+TRACKING_SCHEMES = ("runs", "models", "mlflow-artifacts")
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -66,17 +88,38 @@ def _require_mlflow():
     try:
         import mlflow
     except ImportError as err:  # pragma: no cover - mlflow is a core dependency
-        raise ImportError(
-            "MLflow tracking needs mlflow: pip install 'mlflow>=2.12,<3.18'."
-        ) from err
+        raise ImportError("MLflow tracking needs mlflow: pip install 'mlflow>=3.0,<3.18'.") from err
     return mlflow
 
 
 def _check_reachable(uri: str, timeout: float = 3.0) -> None:
-    """Fail fast on an HTTP server that does not answer (MLflow itself retries for minutes)."""
+    """Fail fast on an HTTP server that does not answer (MLflow itself retries for minutes).
+
+    Any answer below 500 (even 401 or 404 from a proxy) counts as reachable.
+    """
     if uri.startswith(("http://", "https://")):
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-            response.read()
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as answer:
+                answer.read()
+        except urllib.error.HTTPError as err:
+            if err.code >= 500:
+                raise
+
+
+@contextlib.contextmanager
+def _quick_http(timeout: float = FAIL_TIMEOUT):
+    """MLflow HTTP requests without retries and with a short timeout, inside the block."""
+    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    previous = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict(zip(names, ("0", str(int(timeout))), strict=True)))
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class RunLogger:
@@ -159,18 +202,40 @@ class RunLogger:
             self.run_id = run.info.run_id
             self.active = True
         except Exception as err:  # noqa: BLE001 - tracking must never break the work
-            self._fail(err)
+            self._fail(err, "creating the run")
 
-    def _fail(self, err: Exception) -> None:
-        self.active = False
+    def _fail(self, err: BaseException, what: str | None = None) -> None:
+        """Stop logging: mark the run FAILED (best effort, quickly) and warn once.
+
+        ``what`` names the step that failed, for the warning.
+        """
+        was_active, self.active = self.active, False
+        if was_active:
+            self._mark_failed()
         if not self._warned[0]:
             self._warned[0] = True
+            step = f" while {what}" if what else ""
             warnings.warn(
-                f"MLflow tracking to {self.uri!r} failed ({type(err).__name__}: {err}); the "
-                "computation continues without tracking and its result is unaffected.",
+                f"MLflow tracking to {self.uri!r} failed{step} ({type(err).__name__}: {err}); "
+                "the computation continues without tracking and its result is unaffected.",
                 RuntimeWarning,
                 stacklevel=4,
             )
+
+    def _mark_failed(self) -> None:
+        """End the run as FAILED so it is not left RUNNING; gives up quickly and silently.
+
+        Against a tracking server: one request, no retries, a few seconds at most (none
+        when the server does not answer its health check).
+        """
+        if self.client is None or self.run_id is None:
+            return
+        try:
+            _check_reachable(self.uri, timeout=2.0)
+            with _quick_http():
+                self.client.set_terminated(self.run_id, "FAILED")
+        except Exception:  # noqa: BLE001 - best effort: the first error was reported
+            pass
 
     def _call(self, method: str, *args, **kwargs) -> None:
         if not self.active:
@@ -178,7 +243,7 @@ class RunLogger:
         try:
             getattr(self.client, method)(self.run_id, *args, **kwargs)
         except Exception as err:  # noqa: BLE001
-            self._fail(err)
+            self._fail(err, f"calling MlflowClient.{method}")
 
     def child(self, run_name: str, tags: dict | None = None) -> RunLogger:
         """A nested run under this one."""
@@ -278,7 +343,9 @@ def plot_embedding(
     """Real vs synthetic cells on the first two principal components of the real cells.
 
     Uses :class:`scld_aug.metrics.ReferenceEmbedding` (log-normalized counts, PCA fitted to
-    real cells only), so synthetic cells are placed in the real cells' coordinates.
+    real cells only), so synthetic cells are placed in the real cells' coordinates. Takes
+    any matrix ``fit_resample`` takes (arrays, lists of rows, sparse matrices, DataFrames);
+    with a single gene there is one component, drawn against 0.
 
     Examples
     --------
@@ -297,15 +364,16 @@ def plot_embedding(
     from scld_aug.data import as_csr, is_count_matrix
     from scld_aug.metrics import ReferenceEmbedding
 
+    y_real = np.asarray(y_real).ravel()
     rng = np.random.default_rng(0)
-    keep = np.sort(rng.permutation(X_real.shape[0])[:max_real])
-    real = as_csr(X_real)[keep]
+    keep = np.sort(rng.permutation(len(y_real))[:max_real])
+    real = as_csr(_take_rows(X_real, keep))
     counts = is_count_matrix(real)
     embedding = ReferenceEmbedding(n_components=2, counts=counts).fit(real)
-    Z_real = embedding.transform(real)
-    Z_syn = embedding.transform(as_csr(X_synthetic))
-    y_real = np.asarray(y_real)[keep].astype(str)
-    y_syn = np.asarray(y_synthetic).astype(str)
+    Z_real = _two_columns(embedding.transform(real))
+    Z_syn = _two_columns(embedding.transform(as_csr(_as_rows(X_synthetic))))
+    y_real = y_real[keep].astype(str)
+    y_syn = np.asarray(y_synthetic).ravel().astype(str)
     types = list(dict.fromkeys(y_syn.tolist()))
     fig, ax = plt.subplots(figsize=(6, 5))
     ax.scatter(*Z_real.T, s=3, c="lightgrey", label="real (other types)")
@@ -319,7 +387,7 @@ def plot_embedding(
             label=f"{cell_type}: real (rings) / synthetic (dots)",
         )  # fmt: skip
     ax.set_xlabel("PC 1 of real cells")
-    ax.set_ylabel("PC 2 of real cells")
+    ax.set_ylabel("PC 2 of real cells" if embedding.n_components_ > 1 else "(one component)")
     ax.set_title("Real vs synthetic cells")
     ax.legend(fontsize=7, loc="best", markerscale=1.5)
     fig.tight_layout()
@@ -328,9 +396,44 @@ def plot_embedding(
     return Path(path)
 
 
+def _two_columns(Z: np.ndarray) -> np.ndarray:
+    """``Z`` with a zero column appended when it has a single one (one gene, two cells)."""
+    return Z if Z.shape[1] >= 2 else np.column_stack([Z, np.zeros(len(Z))])
+
+
+def _as_rows(X):
+    """``X`` as something with ``shape`` that can be sliced by rows: sparse matrices and
+    arrays as they are, DataFrames and lists of rows as arrays."""
+    import scipy.sparse as sp
+
+    if sp.issparse(X):
+        return X if X.format in ("csr", "csc") else X.tocsr()
+    if hasattr(X, "iloc"):
+        return X.to_numpy()
+    return np.asarray(X)
+
+
+def _take_rows(X, rows: np.ndarray):
+    """Rows ``rows`` of any container fit_resample takes or returns."""
+    if hasattr(X, "iloc"):
+        return X.iloc[rows].to_numpy()
+    if isinstance(X, list):
+        return np.asarray([X[i] for i in rows])
+    return _as_rows(X)[rows]
+
+
+def _rows(X, start: int):
+    """Rows from ``start`` on, for any container fit_resample returns."""
+    if hasattr(X, "iloc"):
+        return X.iloc[start:].to_numpy()
+    if isinstance(X, list):
+        return np.asarray(X[start:])
+    return _as_rows(X)[start:]
+
+
 def _class_table(y, y_res) -> pd.DataFrame:
-    before = pd.Series(np.asarray(y)).value_counts()
-    after = pd.Series(np.asarray(y_res)).value_counts()
+    before = pd.Series(np.asarray(y).ravel()).value_counts()
+    after = pd.Series(np.asarray(y_res).ravel()).value_counts()
     table = pd.DataFrame({"real": before, "after": after}).fillna(0).astype(int)
     table["synthetic"] = table["after"] - table["real"]
     table.index = table.index.map(str)
@@ -338,16 +441,14 @@ def _class_table(y, y_res) -> pd.DataFrame:
     return table.sort_values("real", ascending=False)
 
 
-def _fidelity(sampler, X, y, X_res, y_res) -> dict[str, float]:
-    """Per augmented type: RBF-MMD between real and synthetic cells (reference PCA space)."""
-    from scld_aug.data import as_csr, is_count_matrix
+def _fidelity(real, y, synthetic, y_syn) -> dict[str, float]:
+    """Per augmented type: RBF-MMD between real and synthetic cells (reference PCA space).
+
+    ``real`` and ``synthetic`` are CSR matrices (see :func:`scld_aug.data.as_csr`).
+    """
+    from scld_aug.data import is_count_matrix
     from scld_aug.metrics import ReferenceEmbedding, mmd_rbf
 
-    n = X.shape[0]
-    y, y_res = np.asarray(y), np.asarray(y_res)
-    real = as_csr(X)
-    synthetic = as_csr(X_res)[n:]
-    y_syn = y_res[n:]
     if synthetic.shape[0] == 0:
         return {}
     embedding = ReferenceEmbedding(counts=is_count_matrix(real)).fit(real)
@@ -385,12 +486,17 @@ def log_fit(
     generator as an MLflow model that :func:`load_sampler` (or ``mlflow.pyfunc``) loads
     back to generate cells.
 
+    Never raises for a failure of logging, plotting or a metric: it warns once (a
+    ``RuntimeWarning`` naming the step that failed), ends the run as FAILED when it can,
+    and returns None.
+
     Parameters
     ----------
     sampler : SCLDSampler
         Fitted.
     X, y : array-like
-        The data it was fitted on.
+        The data it was fitted on (any input ``fit_resample`` takes: arrays, lists of
+        rows, sparse matrices, DataFrames).
     X_res, y_res : array-like or None
         Output of ``fit_resample`` (original rows first, then synthetic rows).
     run_name, experiment, tracking_uri : str
@@ -404,6 +510,11 @@ def log_fit(
     -------
     run_id : str or None
         None when tracking failed (a warning says why).
+
+    Raises
+    ------
+    sklearn.exceptions.NotFittedError
+        When ``sampler`` is not fitted (checked before anything is logged).
 
     Examples
     --------
@@ -430,7 +541,6 @@ def log_fit(
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(sampler, "generator_")
-    generator = sampler.generator_
     run = RunLogger(
         run_name or "SCLDSampler fit",
         experiment,
@@ -439,10 +549,32 @@ def log_fit(
     )
     if not run.active:
         return None
-    params = {k: v for k, v in sampler.get_params(deep=False).items()}
+    current = ["logging the fit"]
+
+    def step(what: str) -> bool:
+        """Name the step about to run (for the warning); whether logging still works."""
+        current[0] = what
+        return run.active
+
+    try:
+        _log_fit_steps(run, step, sampler, X, y, X_res, y_res, log_model, fit_seconds)
+    except Exception as err:  # noqa: BLE001 - a fit is never thrown away for its logging
+        run._fail(err, current[0])
+        return None
+    run.end()
+    return run.run_id if run.active else None
+
+
+def _log_fit_steps(run, step, sampler, X, y, X_res, y_res, log_model, fit_seconds) -> None:
+    from scld_aug.data import as_csr
+
+    generator = sampler.generator_
+    y = np.asarray(y).ravel()
+    step("logging parameters")
+    params = dict(sampler.get_params(deep=False))
     params.update(
-        n_cells=X.shape[0],
-        n_genes=X.shape[1],
+        n_cells=len(y),
+        n_genes=sampler.n_features_in_,
         n_classes=len(generator.classes),
         likelihood_used=sampler.likelihood_,
         device_used=str(sampler.device_),
@@ -451,87 +583,111 @@ def log_fit(
     )
     run.log_params(params)
     final = {}
-    for name, values in generator.history.items():
-        if not values:
-            continue
-        binned, steps = _binned(values, LOSS_LOG_EVERY)
-        run.log_history(f"loss_{name}", binned, steps)
-        final[f"final_loss_{name}"] = float(np.mean(values[-LOSS_LOG_EVERY:]))
+    if step("logging the loss curves"):
+        for name, values in generator.history.items():
+            if not values:
+                continue
+            binned, steps = _binned(values, LOSS_LOG_EVERY)
+            run.log_history(f"loss_{name}", binned, steps)
+            final[f"final_loss_{name}"] = float(np.mean(values[-LOSS_LOG_EVERY:]))
     if fit_seconds is not None:
         final["fit_seconds"] = fit_seconds
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if generator.history:
+        if generator.history and step("plotting the loss curves"):
             run.log_artifact(plot_losses(generator.history, tmp / "loss_curves.png"), "plots")
-        if X_res is not None and y_res is not None:
+        if X_res is not None and y_res is not None and step("writing the class counts"):
+            y_res = np.asarray(y_res).ravel()
             table = _class_table(y, y_res)
             table.to_csv(tmp / "class_counts.csv")
             run.log_artifact(tmp / "class_counts.csv")
             final["n_synthetic"] = int(table["synthetic"].sum())
-            n = X.shape[0]
-            if X_res.shape[0] > n:
-                final.update(_fidelity(sampler, X, y, X_res, y_res))
-                run.log_artifact(
-                    plot_embedding(
-                        X, y, _rows(X_res, n), np.asarray(y_res)[n:], tmp / "embedding.png"
-                    ),
-                    "plots",
-                )
-        run.log_metrics(final)
-        if log_model:
+            n = len(y)
+            if len(y_res) > n and step("computing the real-vs-synthetic MMD"):
+                real, synthetic = as_csr(_as_rows(X)), as_csr(_rows(X_res, n))
+                final.update(_fidelity(real, y, synthetic, y_res[n:]))
+                if step("plotting the embedding"):
+                    path = plot_embedding(real, y, synthetic, y_res[n:], tmp / "embedding.png")
+                    run.log_artifact(path, "plots")
+        if step("logging metrics"):
+            run.log_metrics(final)
+        if log_model and step("logging the model"):
             _log_model(run, sampler, tmp)
-    run.end()
-    return run.run_id if run.active else None
 
 
-def _rows(X, start: int):
-    """Rows from ``start`` on, for any container fit_resample returns."""
-    if hasattr(X, "iloc"):
-        return X.iloc[start:].to_numpy()
-    return X[start:]
+def _model_requirements() -> list[str]:
+    """Requirements of a logged model: this very version of scld-aug, and its core needs."""
+    # Imported here, not at module level: no import cycle with scld_aug/__init__.py.
+    from scld_aug import __version__
+
+    return [f"scld-aug=={__version__}", *MODEL_REQUIREMENTS]
 
 
 def _log_model(run: RunLogger, sampler, tmp: Path) -> None:
-    """The sampler (generator included) as an MLflow pyfunc model, logged from code.
+    """The sampler (generator included) as an MLflow pyfunc model of the scld-aug flavor.
 
-    "Models from code" stores our loader script instead of a pickled object, so loading
-    the model unpickles nothing: the sampler file is read with the safe loader of
-    :meth:`SCLDSampler.load`.
+    The model is data only: the sampler file in ``data/`` and an ``MLmodel`` that names
+    ``scld_aug.mlflow_flavor`` as the loader module, imported from the installed package
+    on load (MLflow's custom-flavor mechanism, ``loader_module`` + ``data_path``). No code
+    and no pickle is stored.
+
+    The model folder is written with ``mlflow.pyfunc.save_model`` and uploaded to a logged
+    model created for our run, rather than with ``mlflow.pyfunc.log_model``, which writes
+    the store's artifact location (an absolute local path for a local store) into
+    ``MLmodel`` and links the model to the caller's active run, if any.
     """
-    if not run.active:
-        return
+    import mlflow
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.models import Model, infer_signature
+
+    from scld_aug.data import plain_scalar
+    from scld_aug.mlflow_flavor import LOADER_MODULE, SAMPLER_FILE
+
+    data = tmp / "model_data"
+    data.mkdir()
+    path = data / SAMPLER_FILE
+    with warnings.catch_warnings():
+        # A callable sampling_strategy cannot be stored; generating does not need it.
+        warnings.filterwarnings("ignore", message="Parameter sampling_strategy=")
+        sampler.save(path)
+    example = pd.DataFrame(
+        {"cell_type": [plain_scalar(sampler.generator_.classes[0])], "n_cells": [10]}
+    )
+    model = run.client.create_logged_model(
+        experiment_id=run.experiment_id, name=MODEL_NAME, source_run_id=run.run_id
+    )
     try:
-        import mlflow
-        from mlflow.models import infer_signature
-
-        from scld_aug.data import plain_scalar
-
-        path = tmp / "sampler.pt"
-        with warnings.catch_warnings():
-            # A callable sampling_strategy cannot be stored; generating does not need it.
-            warnings.filterwarnings("ignore", message="Parameter sampling_strategy=")
-            sampler.save(path)
-        example = pd.DataFrame(
-            {"cell_type": [plain_scalar(sampler.generator_.classes[0])], "n_cells": [10]}
-        )
-        # The model is created for our run explicitly, so that it is linked to this run
-        # and not to whatever fluent run the caller has active.
-        model = run.client.create_logged_model(
-            experiment_id=run.experiment_id, name=MODEL_NAME, source_run_id=run.run_id
-        )
-        with _using_uri(run.uri), _quiet_mlflow():
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME,
-                model_id=model.model_id,
+        with _quiet_mlflow():
+            folder = tmp / "model"
+            mlflow.pyfunc.save_model(
+                path=folder,
+                loader_module=LOADER_MODULE,
+                data_path=str(path),
+                mlflow_model=Model(
+                    run_id=run.run_id, model_id=model.model_id, model_uuid=model.model_id
+                ),
                 signature=infer_signature(example),
-                python_model=str(MODEL_CODE),
-                artifacts={"sampler": str(path)},
-                pip_requirements=MODEL_REQUIREMENTS,
+                pip_requirements=_model_requirements(),
             )
-        run.set_tags({"scld_aug.model_uri": info.model_uri})
-        run.client.log_outputs(run.run_id, [_model_output(info)])
-    except Exception as err:  # noqa: BLE001
-        run._fail(err)
+            run.client.log_model_artifacts(model.model_id, str(folder))
+        run.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    except Exception:
+        _mark_model_failed(run, model.model_id)
+        raise
+    run.set_tags({"scld_aug.model_uri": f"models:/{model.model_id}"})
+    run.client.log_outputs(run.run_id, [_model_output(model.model_id)])
+
+
+def _mark_model_failed(run: RunLogger, model_id: str) -> None:
+    """Best effort, quickly: a logged model whose upload failed is FAILED, not PENDING."""
+    try:
+        from mlflow.entities import LoggedModelStatus
+
+        _check_reachable(run.uri, timeout=2.0)
+        with _quick_http():
+            run.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+    except Exception:  # noqa: BLE001 - the error that matters is reported by the caller
+        pass
 
 
 @contextlib.contextmanager
@@ -550,25 +706,59 @@ def _quiet_mlflow():
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
 
 
-def _model_output(info):
+def _model_output(model_id: str):
     from mlflow.entities import LoggedModelOutput
 
-    return LoggedModelOutput(model_id=info.model_id, step=0)
+    return LoggedModelOutput(model_id=model_id, step=0)
 
 
-def load_sampler(model_uri: str, device: str = "auto", tracking_uri: str | None = None):
-    """Load a sampler logged by :func:`log_fit` (``model_uri`` as ``models:/<id>`` or
-    ``runs:/<run_id>/generator``), ready to ``generate`` cells.
+def load_sampler(
+    model_uri: str | os.PathLike, device: str = "auto", tracking_uri: str | None = None
+):
+    """Load a sampler logged by :func:`log_fit`, ready to ``generate`` cells.
 
-    Nothing is unpickled: the sampler file is read with ``torch.load(weights_only=True)``.
+    Safe for models from a store you do not trust: runs no code stored with the model and
+    unpickles nothing. The model folder is downloaded, refused unless it is an scld-aug
+    model holding data only (``scld_aug.mlflow_flavor.check_model_dir``), and its
+    sampler file is read with ``torch.load(weights_only=True)``.
+
+    Parameters
+    ----------
+    model_uri : str or path-like
+        ``models:/<model_id>``, ``runs:/<run_id>/generator``, or a local folder (a
+        downloaded copy of such a model).
+    device : str, default="auto"
+    tracking_uri : str or None
+        See :func:`tracking_uri`.
+
+    Raises
+    ------
+    ConnectionError
+        Within seconds, when ``model_uri`` needs a tracking server that does not answer.
+    ValueError
+        When the model is not an scld-aug model or holds code or pickle files.
+
     See :func:`log_fit` for an example that logs a sampler and loads it back.
     """
     mlflow = _require_mlflow()
-    from scld_aug.sampler import SCLDSampler
+    from scld_aug.mlflow_flavor import load_model_dir
 
-    with tempfile.TemporaryDirectory() as tmp, _using_uri(_resolve_uri(tracking_uri)):
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
-        return SCLDSampler.load(local / "artifacts" / "sampler.pt", device=device)
+    uri = _resolve_uri(tracking_uri)
+    model_uri = str(model_uri)
+    parsed = urllib.parse.urlparse(model_uri)
+    if parsed.scheme in TRACKING_SCHEMES and not parsed.netloc:
+        try:
+            _check_reachable(uri)
+        except Exception as err:  # noqa: BLE001 - reported as one clear error
+            raise ConnectionError(
+                f"Cannot load {model_uri!r}: the MLflow tracking server {uri!r} is "
+                f"unreachable ({type(err).__name__}: {err}). Check the tracking URI and "
+                "that the server is running."
+            ) from err
+    with tempfile.TemporaryDirectory() as tmp:
+        with _using_uri(uri), _quiet_mlflow():
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        return load_model_dir(local, device=device, name=model_uri)
 
 
 @contextlib.contextmanager
@@ -596,8 +786,9 @@ def fit_resample_logged(
 ):
     """``sampler.fit_resample(X, y)``, then :func:`log_fit`; returns ``(X_res, y_res, run_id)``.
 
-    The resampled data are computed before anything is sent to MLflow, so a tracking
-    failure costs nothing but a warning (``run_id`` is then None).
+    The resampled data are computed before anything is sent to MLflow, and they are always
+    returned: a failure of tracking (or of a plot or metric of the run) costs nothing but
+    a warning (``run_id`` is then None).
 
     Examples
     --------
@@ -627,16 +818,25 @@ def fit_resample_logged(
     start = time.perf_counter()
     X_res, y_res = sampler.fit_resample(X, y)
     seconds = time.perf_counter() - start
-    run_id = log_fit(
-        sampler,
-        X,
-        y,
-        X_res,
-        y_res,
-        run_name=run_name,
-        experiment=experiment,
-        tracking_uri=tracking_uri,
-        log_model=log_model,
-        fit_seconds=seconds,
-    )
+    try:
+        run_id = log_fit(
+            sampler,
+            X,
+            y,
+            X_res,
+            y_res,
+            run_name=run_name,
+            experiment=experiment,
+            tracking_uri=tracking_uri,
+            log_model=log_model,
+            fit_seconds=seconds,
+        )
+    except Exception as err:  # noqa: BLE001 - the resampled data are never thrown away
+        warnings.warn(
+            f"Logging the fit to MLflow failed ({type(err).__name__}: {err}); the resampled "
+            "data are returned without a run.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        run_id = None
     return X_res, y_res, run_id

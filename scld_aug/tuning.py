@@ -9,11 +9,15 @@ training per fold plus, per trial, the sampling and the classifier fits.
 Several processes (or machines) can share one study through ``storage=``: an Optuna RDB URL
 (``sqlite:///study.db``, ``postgresql://...``) or a journal file (a path ending in
 ``.journal``). Pass the same ``memory=`` directory to share the trained fold generators too.
+A study records its search space, scoring, direction and a fingerprint of the data, and is
+only reused by calls that match them (``replace_study=True`` starts it afresh); the storage
+and the study are checked before any generator is trained.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import time
@@ -117,16 +121,92 @@ def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     raise TypeError(f"Unsupported distribution for {name!r}: {type(dist).__name__}.")
 
 
+STORAGE_HINT = (
+    "Pass an RDB URL such as 'sqlite:///study.db' (a path relative to the working directory), "
+    "'sqlite:////absolute/path/study.db' or 'postgresql://user@host/db' (with its driver "
+    "installed), a path ending in '.journal' in an existing folder, or an optuna storage object."
+)
+
+
+def _describe_storage(storage) -> str:
+    """The storage as messages name it (an RDB URL without its password)."""
+    if isinstance(storage, str) and "://" in storage:
+        try:
+            from sqlalchemy.engine import make_url
+
+            return repr(make_url(storage).render_as_string(hide_password=True))
+        except Exception:  # noqa: BLE001 - only for a message
+            return repr(storage.split("://", 1)[0] + "://...")
+    if isinstance(storage, (str, os.PathLike)):
+        return repr(str(storage))
+    return type(storage).__name__
+
+
+def _missing_folder(path: str | os.PathLike) -> Path | None:
+    folder = Path(path).expanduser().parent
+    return None if folder.is_dir() else folder
+
+
 def _storage(storage):
-    """Optuna storage from a URL, a ``.journal`` file path, or a storage object."""
+    """Optuna storage from a URL, a ``.journal`` file path, or a storage object.
+
+    A malformed URL, a database driver that is not installed or a folder that does not
+    exist raise a ValueError naming the storage, before any work is done.
+    """
+    if storage is None or isinstance(storage, optuna.storages.BaseStorage):
+        return storage
+    where = _describe_storage(storage)
     if isinstance(storage, (str, os.PathLike)) and str(storage).endswith(".journal"):
+        folder = _missing_folder(storage)
+        if folder is not None:
+            raise ValueError(
+                f"Cannot use the Optuna storage {where}: the folder {str(folder)!r} of the "
+                "journal file does not exist. Create it first, or give a journal path in an "
+                "existing folder."
+            )
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        return JournalStorage(JournalFileBackend(str(storage)))
-    if isinstance(storage, str) and storage.startswith("sqlite"):
-        return _sqlite_storage(storage)
-    return storage
+        try:
+            return JournalStorage(JournalFileBackend(str(Path(storage).expanduser())))
+        except Exception as err:
+            raise ValueError(
+                f"Cannot open the Optuna storage {where} ({type(err).__name__}: {err}). Check "
+                "that the journal file can be created and written there."
+            ) from err
+    if not isinstance(storage, str) or "://" not in storage:
+        path = isinstance(storage, (str, os.PathLike)) and str(storage)
+        hint = f"For a SQLite database use 'sqlite:///{storage}'. " if path else ""
+        raise ValueError(
+            f"storage={where} is neither an RDB URL nor a '.journal' file path. {hint}"
+            + STORAGE_HINT
+        )
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(storage)
+    except Exception as err:
+        raise ValueError(
+            f"Cannot parse the Optuna storage URL {where} ({type(err).__name__}: {err}). "
+            + STORAGE_HINT
+        ) from err
+    sqlite = url.drivername.startswith("sqlite")
+    database = url.database or ""
+    if sqlite and database not in ("", ":memory:") and not database.startswith("file:"):
+        folder = _missing_folder(database)
+        if folder is not None:
+            raise ValueError(
+                f"Cannot use the Optuna storage {where}: the folder {str(folder)!r} of the "
+                "SQLite database does not exist. Create it first, or point the URL at an "
+                "existing folder ('sqlite:///relative/study.db', "
+                "'sqlite:////absolute/study.db')."
+            )
+    try:
+        return _sqlite_storage(storage) if sqlite else optuna.storages.RDBStorage(storage)
+    except Exception as err:
+        raise ValueError(
+            f"Cannot open the Optuna storage {where} ({type(err).__name__}: {err}). " + STORAGE_HINT
+        ) from err
 
 
 def _sqlite_storage(url: str, attempts: int = 5):
@@ -279,6 +359,7 @@ def tune_guidance(
     search_space: Mapping | None = None,
     storage=None,
     study_name: str | None = None,
+    replace_study: bool = False,
     pruner: optuna.pruners.BasePruner | None = None,
     optuna_sampler: optuna.samplers.BaseSampler | None = None,
     score_defaults: bool = True,
@@ -320,8 +401,20 @@ def tune_guidance(
     storage : str, path-like, optuna storage or None
         Where the study lives: None (in memory), an RDB URL such as ``sqlite:///study.db``,
         or a ``.journal`` file; shared storages let several processes work on one study.
+        It is opened (and the study created or loaded) before any generator is trained, so
+        a malformed URL or a missing folder fails at once with a ValueError.
     study_name : str or None
-        Required to share a study through ``storage``; loaded when it exists.
+        Required to share a study through ``storage``; loaded when it exists. A new study
+        records its search space, scoring, direction and a fingerprint of ``X, y`` (study
+        user attributes ``scld_aug.*``); an existing one is only reused when they match,
+        since its trials could not be compared with this call's otherwise. A mismatch
+        raises a ValueError that says what differs, before any training. A study created
+        outside this function is refused unless it has no trials (it is then adopted).
+    replace_study : bool, default=False
+        Delete an existing study named ``study_name`` in ``storage`` (all its trials) and
+        start a fresh one, e.g. after changing the search space or the data. Pass it to
+        one call only, not to every worker sharing the study: a worker started later with
+        it deletes the trials of those already running.
     pruner : optuna pruner or None
         Stops a trial after a fold when its running score is hopeless. ``None`` uses a
         median pruner that waits for 5 complete trials; ``optuna.pruners.NopPruner()``
@@ -336,10 +429,16 @@ def tune_guidance(
     refit : bool, default=True
         Fit a sampler with the best parameters on all of ``X, y`` (one more training).
     plots_dir : path-like or None
-        Save ``optimization_history.png``, ``guidance_vs_score.png`` and ``trials.csv``.
+        Save ``optimization_history.png``, ``guidance_vs_score.png`` (score against each
+        searched parameter; choices that are not numbers, such as ``sampling_strategy``
+        dicts, are placed by their index in the list of choices) and ``trials.csv``. A
+        figure that cannot be saved is left out with one RuntimeWarning; the result is
+        returned all the same.
     tracking : bool or str, default=False
         Log to MLflow: True uses :func:`scld_aug.tracking.tracking_uri`, a string is the
         tracking URI. One parent run per call, one nested run per trial, the best tagged.
+        Tracking never costs the result: its first failure warns once (RuntimeWarning)
+        and the study goes on without it.
     experiment : str
         MLflow experiment name.
     random_state : int, default=0
@@ -386,17 +485,28 @@ def tune_guidance(
         warnings.filterwarnings("ignore", message="The least populated class")
         splits = list(cv.split(np.zeros((len(y), 1)), y))
     scorer = check_scoring(classifier, scoring=scoring)
-    folds = _FoldCache(template, X, y, splits, verbose)
-    folds.prepare()
+    signature = _study_signature(space, scoring, X, y)
 
+    # The storage and the study are checked before the (minutes of) fold training.
     with _optuna_log_level(optuna.logging.INFO if verbose else optuna.logging.WARNING):
-        study, created = _create_or_load_study(
-            storage=_storage(storage),
-            study_name=study_name,
-            direction="maximize",
+        study, created, backend = _open_study(
+            storage,
+            study_name,
+            signature,
+            space,
+            replace=replace_study,
             sampler=optuna_sampler or _default_optuna_sampler(random_state, storage),
             pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
         )
+    folds = _FoldCache(template, X, y, splits, verbose)
+    try:
+        folds.prepare()
+    except BaseException:
+        if created:  # leave no empty study behind that a corrected rerun would refuse
+            _delete_if_empty(study, backend)
+        raise
+
+    with _optuna_log_level(optuna.logging.INFO if verbose else optuna.logging.WARNING):
         defaults = _defaults_in_space(template, space) if score_defaults else None
         # Only the worker that created the study scores the defaults: workers that join a
         # shared study must not queue them again.
@@ -405,7 +515,6 @@ def tune_guidance(
 
         tracker = _StudyTracker(tracking, experiment, study, template, space, scoring, splits)
         objective = _Objective(folds, classifier, scorer, space)
-        first_trial = len(study.trials)
         study.optimize(
             objective,
             n_trials=n_trials,
@@ -415,7 +524,8 @@ def tune_guidance(
             show_progress_bar=verbose,
         )
 
-        mine = [t for t in study.trials[first_trial:] if t.number in objective.numbers]
+        # This call's trials, the defaults trial (queued before the first of them) included.
+        mine = [t for t in study.trials if t.number in objective.numbers]
         failed = [
             {"number": t.number, "params": t.params, "error": t.user_attrs.get("error", "?")}
             for t in mine
@@ -425,9 +535,11 @@ def tune_guidance(
         if not complete:
             tracker.end("FAILED")
             if failed and len(failed) == len(mine):
+                first = failed[0]
                 raise RuntimeError(
-                    f"All {len(mine)} trials failed; the first error was: {failed[0]['error']}. "
-                    "See study.trials[i].user_attrs['traceback'] for details."
+                    f"All {len(mine)} trials failed; the first error, of trial {first['number']} "
+                    f"({first['params']}), was: {first['error'].rstrip('.')}. See "
+                    "study.trials[i].user_attrs['traceback'] for details."
                 )
             raise RuntimeError(
                 f"No trial completed ({len(failed)} failed, {len(mine) - len(failed)} pruned); "
@@ -488,6 +600,195 @@ def _create_or_load_study(study_name: str | None, **kwargs) -> tuple[optuna.Stud
             sampler=kwargs["sampler"],
             pruner=kwargs["pruner"],
         ), False
+
+
+# Study user attributes that record what its trials were scored with (see _study_signature).
+SIGNATURE_ATTRS = {
+    "search_space": "scld_aug.search_space",
+    "scoring": "scld_aug.scoring",
+    "direction": "scld_aug.direction",
+    "data": "scld_aug.data_fingerprint",
+}
+
+
+def _stable_repr(value: Any) -> str:
+    """``repr`` without memory addresses: functions by their qualified name."""
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+    text = repr(value)
+    if " at 0x" in text:
+        return f"{type(value).__module__}.{type(value).__qualname__}"
+    return text
+
+
+def _distribution_json(dist: BaseDistribution) -> str:
+    """Optuna's JSON of a distribution; choices Optuna cannot serialize by stable repr."""
+    try:
+        return optuna.distributions.distribution_to_json(dist)
+    except (TypeError, ValueError):
+        choices = [_stable_repr(choice) for choice in getattr(dist, "choices", ())]
+        return json.dumps({"name": type(dist).__name__, "attributes": {"choices": choices}})
+
+
+def _describe_distribution(text: str) -> str:
+    try:
+        return repr(optuna.distributions.json_to_distribution(text))
+    except Exception:  # noqa: BLE001 - only for a message
+        return text
+
+
+def _same_distribution(stored: str, dist: BaseDistribution) -> bool:
+    try:
+        return optuna.distributions.json_to_distribution(stored) == dist
+    except Exception:  # noqa: BLE001 - not an Optuna JSON: compare the text
+        return stored == _distribution_json(dist)
+
+
+def _data_fingerprint(X, y: np.ndarray) -> str:
+    from scld_aug.data import as_csr, fingerprint
+
+    values = X.to_numpy() if isinstance(X, pd.DataFrame) else X
+    return fingerprint(as_csr(values), y)
+
+
+def _study_signature(space: dict, scoring, X, y: np.ndarray) -> dict:
+    """What a study's scores depend on, stored on it as user attributes."""
+    return {
+        SIGNATURE_ATTRS["search_space"]: {
+            name: _distribution_json(dist) for name, dist in space.items()
+        },
+        SIGNATURE_ATTRS["scoring"]: scoring if isinstance(scoring, str) else _stable_repr(scoring),
+        SIGNATURE_ATTRS["direction"]: "maximize",
+        SIGNATURE_ATTRS["data"]: _data_fingerprint(X, y),
+    }
+
+
+def _signature_differences(stored: dict, signature: dict, space: dict) -> list[str]:
+    """What differs between a study's stored signature and this call's, in words."""
+    differences = []
+    key = SIGNATURE_ATTRS["search_space"]
+    old, new = stored.get(key), signature[key]
+    old = old if isinstance(old, dict) else {}
+    parts = []
+    only_old = sorted(set(old) - set(new))
+    only_new = sorted(set(new) - set(old))
+    if only_old:
+        parts.append(f"{only_old} searched only in the study")
+    if only_new:
+        parts.append(f"{only_new} searched only now")
+    for name in sorted(set(old) & set(new)):
+        if not _same_distribution(old[name], space[name]):
+            parts.append(
+                f"{name!r} is {_describe_distribution(old[name])} in the study but "
+                f"{_describe_distribution(new[name])} now"
+            )
+    if parts:
+        differences.append("another search space (" + "; ".join(parts) + ")")
+    for key, what in (("scoring", "another scoring"), ("direction", "another direction")):
+        key = SIGNATURE_ATTRS[key]
+        if stored.get(key) != signature[key]:
+            differences.append(f"{what} ({stored.get(key)!r} in the study, {signature[key]!r} now)")
+    key = SIGNATURE_ATTRS["data"]
+    if stored.get(key) != signature[key]:
+        differences.append("other data (the fingerprint of X and y differs)")
+    return differences
+
+
+FIX_HINT = (
+    "Use another study_name= for this setting, or replace_study=True to delete the existing "
+    "study and start a fresh one."
+)
+
+
+def _check_existing_study(
+    study: optuna.Study, signature: dict, space: dict, where: str, wait: float = 1.0
+) -> bool:
+    """Refuse a loaded study scored differently; adopt an empty one without a record.
+
+    Returns whether the study was adopted (this call then acts as its creator).
+    """
+    name = f"Study {study.study_name!r} in the storage {where}"
+    directions = [d.name.lower() for d in study.directions]
+    if directions != ["maximize"]:
+        raise ValueError(
+            f"{name} was created with direction {', '.join(directions)}, but tune_guidance "
+            f"maximizes the score: its best trial would be the worst setting. {FIX_HINT}"
+        )
+    deadline = time.monotonic() + wait
+    while True:
+        attrs = study.user_attrs
+        missing = [key for key in signature if key not in attrs]
+        n_trials = len(study.get_trials(deepcopy=False))
+        # A worker that has just created the study may still be writing its record.
+        if not missing or n_trials or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    if missing:
+        if n_trials == 0:
+            for key, value in signature.items():
+                study.set_user_attr(key, value)
+            return True
+        raise ValueError(
+            f"{name} has {n_trials} trial(s) but no record of the search space, scoring and "
+            "data they were scored with (it was not created by tune_guidance), so they "
+            f"cannot be compared with this call's. {FIX_HINT}"
+        )
+    differences = _signature_differences(attrs, signature, space)
+    if differences:
+        raise ValueError(
+            f"{name} was created with {'; '.join(differences)}. Its trials were scored "
+            f"differently and cannot be compared with this call's, so it is not reused. "
+            f"{FIX_HINT}"
+        )
+    return False
+
+
+def _open_study(
+    storage,
+    study_name: str | None,
+    signature: dict,
+    space: dict,
+    *,
+    replace: bool,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+) -> tuple[optuna.Study, bool, Any]:
+    """Create the study (recording its signature) or load and check it; nothing is trained.
+
+    Returns the study, whether this call created (or adopted) it, and the storage.
+    """
+    where = _describe_storage(storage)
+    backend = _storage(storage)
+    try:
+        if replace and backend is not None and study_name is not None:
+            with contextlib.suppress(KeyError):
+                optuna.delete_study(study_name=study_name, storage=backend)
+        study, created = _create_or_load_study(
+            storage=backend,
+            study_name=study_name,
+            direction="maximize",
+            sampler=sampler,
+            pruner=pruner,
+        )
+    except Exception as err:
+        raise ValueError(
+            f"Cannot open the Optuna storage {where} ({type(err).__name__}: {err}). " + STORAGE_HINT
+        ) from err
+    if created:
+        for key, value in signature.items():
+            study.set_user_attr(key, value)
+    else:
+        created = _check_existing_study(study, signature, space, where)
+    return study, created, backend
+
+
+def _delete_if_empty(study: optuna.Study, backend) -> None:
+    """Remove a study this call created when it has no trial (its training failed)."""
+    if backend is None:
+        return
+    with contextlib.suppress(Exception):
+        if not study.get_trials(deepcopy=False):
+            optuna.delete_study(study_name=study.study_name, storage=backend)
 
 
 @contextlib.contextmanager
@@ -554,13 +855,22 @@ class _Objective:
 
 
 class _StudyTracker:
-    """MLflow logging of a study: a parent run, a nested run per finished trial."""
+    """MLflow logging of a study: a parent run, a nested run per finished trial.
+
+    Tracking must never cost the result: every step is guarded, and the first failure
+    (in MLflow or in this code) warns once, ends the parent run as failed if it can, and
+    turns the tracker off.
+    """
 
     def __init__(self, tracking, experiment, study, template, space, scoring, splits) -> None:
         self.parent = None
         self.children: dict[int, Any] = {}
-        if not tracking:
-            return
+        self._warned = [False]
+        if tracking:
+            self._guard("starting the study run", self._start, tracking, experiment, study,
+                        template, space, scoring, splits)  # fmt: skip
+
+    def _start(self, tracking, experiment, study, template, space, scoring, splits) -> None:
         from scld_aug.tracking import RunLogger
 
         uri = tracking if isinstance(tracking, str) else None
@@ -570,6 +880,8 @@ class _StudyTracker:
             uri,
             tags={"scld_aug.kind": "tuning", "optuna.study_name": study.study_name},
         )
+        # One flag for the runs' own warning (RunLogger) and this tracker's: warn once.
+        self._warned = getattr(self.parent, "_warned", self._warned)
         params = {f"sampler.{k}": v for k, v in template.get_params(deep=False).items()}
         params.update(
             {f"space.{name}": repr(dist) for name, dist in space.items()},
@@ -578,7 +890,30 @@ class _StudyTracker:
         )
         self.parent.log_params(params)
 
+    def _guard(self, step: str, method, *args):
+        try:
+            return method(*args)
+        except Exception as err:  # noqa: BLE001 - tracking must never break the study
+            parent, self.parent = self.parent, None
+            if parent is not None:
+                with contextlib.suppress(Exception):
+                    parent.end("FAILED")
+            if not self._warned[0]:
+                self._warned[0] = True
+                warnings.warn(
+                    f"MLflow tracking of the study failed while {step} "
+                    f"({type(err).__name__}: {err}); the study continues without tracking "
+                    "and its result is unaffected.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            return None
+
     def log_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Optuna callback: one nested run for a finished trial."""
+        self._guard(f"logging trial {trial.number}", self._log_trial, trial)
+
+    def _log_trial(self, trial: optuna.trial.FrozenTrial) -> None:
         if self.parent is None or not self.parent.active:
             return
         run = self.parent.child(
@@ -602,6 +937,10 @@ class _StudyTracker:
         self.children[trial.number] = run
 
     def finish(self, result: TuningResult, plots_dir) -> str | None:
+        """Log the outcome and the plots on the parent run; its id, or None untracked."""
+        return self._guard("logging the study's result", self._finish, result, plots_dir)
+
+    def _finish(self, result: TuningResult, plots_dir) -> str | None:
         if self.parent is None:
             return None
         best = result.study.best_trial.number
@@ -618,54 +957,158 @@ class _StudyTracker:
         if result.default_score is not None:
             metrics["default_score"] = result.default_score
         self.parent.log_metrics(metrics)
-        plots = result.plots
-        if not plots:
+        if plots_dir is None:
             with tempfile.TemporaryDirectory() as tmp:
                 for path in _save_plots(result.study, None, Path(tmp)).values():
                     self.parent.log_artifact(path, "tuning")
         else:
-            for path in plots.values():
+            for path in result.plots.values():
                 self.parent.log_artifact(path, "tuning")
         self.parent.end()
         return self.parent.run_id if self.parent.active else None
 
     def end(self, status: str) -> None:
+        """End the parent run with ``status`` (the study failed)."""
         if self.parent is not None:
-            self.parent.end(status)
+            self._guard("ending the study run", self.parent.end, status)
 
 
 def _save_plots(study: optuna.Study, space: dict | None, out: Path) -> dict[str, Path]:
-    """Optimization history, score against each searched float parameter, and the trials table."""
+    """Optimization history, score against each searched parameter, and the trials table.
+
+    Each file is saved on its own: one that fails is left out, and one RuntimeWarning says
+    which failed and why.
+    """
+    paths: dict[str, Path] = {}
+    failures: list[str] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except Exception as err:  # noqa: BLE001 - plots must never cost the result
+        failures.append(f"the folder ({type(err).__name__}: {err})")
+    else:
+        for key, name, save in (
+            ("trials", "trials.csv", _save_trials_table),
+            ("history", "optimization_history.png", _save_history_plot),
+            ("slice", "guidance_vs_score.png", _save_slice_plot),
+        ):
+            try:
+                if save(study, space, out / name):
+                    paths[key] = out / name
+            except Exception as err:  # noqa: BLE001
+                failures.append(f"{name} ({type(err).__name__}: {err})")
+    if failures:
+        warnings.warn(
+            f"Could not save {', '.join(failures)} in {str(out)!r}; the tuning result is "
+            "unaffected and returned without them.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return paths
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from optuna.visualization.matplotlib import plot_optimization_history, plot_slice
 
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
+    return plt
+
+
+def _save_trials_table(study: optuna.Study, space: dict | None, path: Path) -> bool:
     study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs")).to_csv(
-        out / "trials.csv", index=False
+        path, index=False
     )
-    paths["trials"] = out / "trials.csv"
+    return True
+
+
+def _save_history_plot(study: optuna.Study, space: dict | None, path: Path) -> bool:
+    plt = _pyplot()
+    from optuna.visualization.matplotlib import plot_optimization_history
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna's matplotlib plots are "experimental"
         ax = plot_optimization_history(study)
+    try:
         ax.set_ylabel("cross-validated score")
         ax.figure.set_size_inches(6.5, 4)
         ax.figure.tight_layout()
-        ax.figure.savefig(out / "optimization_history.png", dpi=110)
+        ax.figure.savefig(path, dpi=110)
+    finally:
         plt.close(ax.figure)
-        paths["history"] = out / "optimization_history.png"
-        searched = sorted(
-            (name for name in study.best_trial.params if space is None or name in space),
-            key=lambda name: (name != "guidance_scale", name),
-        )
-        axes = np.atleast_1d(plot_slice(study, params=searched))
-        figure = axes[0].figure
-        figure.set_size_inches(4.2 * len(axes) + 1.0, 4)
+    return True
+
+
+def _plot_position(dist: BaseDistribution, value: Any) -> float | None:
+    """Where a parameter value goes on its axis: numbers as they are, choices by index."""
+    try:
+        if isinstance(dist, CategoricalDistribution):
+            return float(dist.to_internal_repr(value))
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) else None
+
+
+def _choice_label(choice: Any, width: int = 18) -> str:
+    text = _stable_repr(choice)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _save_slice_plot(study: optuna.Study, space: dict | None, path: Path) -> bool:
+    """Score of every complete trial against each searched parameter, one panel each.
+
+    Numeric parameters are placed by value, categorical ones (whatever their choices:
+    None, strings, dicts) by their index in the choices. Returns False when nothing can
+    be plotted.
+    """
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.value is not None and np.isfinite(t.value)
+    ]
+    dists: dict[str, BaseDistribution] = {}
+    for trial in complete:
+        for name, dist in trial.distributions.items():
+            if space is None or name in space:
+                dists[name] = dist  # the latest trial's: what the study searches now
+    panels = []
+    for name in sorted(dists, key=lambda name: (name != "guidance_scale", name)):
+        dist = dists[name]
+        points = [
+            (_plot_position(dist, t.params[name]), t.value, t.number)
+            for t in complete
+            if name in t.params
+        ]
+        points = [p for p in points if p[0] is not None]
+        if points:
+            panels.append((name, dist, np.array(points, dtype=float)))
+    if not panels:
+        return False
+    plt = _pyplot()
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(4.2 * len(panels) + 1.0, 4), sharey=True, squeeze=False
+    )
+    try:
+        numbers = [t.number for t in complete]
+        norm = plt.Normalize(min(numbers), max(max(numbers), min(numbers) + 1))
+        for ax, (name, dist, points) in zip(axes[0], panels, strict=True):
+            scatter = ax.scatter(
+                points[:, 0], points[:, 1], c=points[:, 2], cmap="viridis", norm=norm,
+                edgecolors="grey", linewidths=0.5,
+            )  # fmt: skip
+            if isinstance(dist, CategoricalDistribution):
+                ax.set_xticks(range(len(dist.choices)))
+                ax.set_xticklabels([_choice_label(c) for c in dist.choices], rotation=30)
+                ax.set_xlim(-0.5, len(dist.choices) - 0.5)
+            elif getattr(dist, "log", False) and points[:, 0].min() > 0:
+                ax.set_xscale("log")
+            ax.set_xlabel(name)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("cross-validated score")
+        figure.colorbar(scatter, ax=list(axes[0]), label="trial")
         figure.suptitle("Cross-validated score against each searched parameter")
-        figure.savefig(out / "guidance_vs_score.png", dpi=110, bbox_inches="tight")
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+    finally:
         plt.close(figure)
-        paths["slice"] = out / "guidance_vs_score.png"
-    return paths
+    return True

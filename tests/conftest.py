@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 import scld_aug.train
+
+# Property tests: the same examples on every run (CI must not depend on luck) and no
+# per-example deadline (an example trains a tiny model). HYPOTHESIS_PROFILE=explore draws
+# new, more examples.
+settings.register_profile(
+    "ci",
+    max_examples=12,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "explore",
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Small networks and few steps: enough for API tests, seconds per fit.
 TINY = dict(

@@ -231,3 +231,38 @@ def test_demo_subcommand_is_kept(capsys):
         main(["demo", "--help"])
     assert exit_info.value.code == 0
     assert "--quick" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("no_training")
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--guidance-scale", "inf"], "--guidance-scale: expected a finite number >= 0, got inf"),
+        (["--guidance-scale", "nan"], "expected a finite number >= 0, got nan"),
+        (["--target", "0"], "--target: expected a positive number, got 0"),
+        (["--sampling-steps", "5000"], "'n_sampling_steps' parameter of SCLDSampler must be"),
+        (["--seed", "x"], "--seed: invalid int value: 'x'"),
+    ],
+)
+def test_invalid_options_print_one_line_and_exit_2(tmp_path, capsys, extra, expected):
+    source, output = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    _write_input(source)
+    try:
+        code = main(["augment", str(source), str(output), *extra])
+    except SystemExit as exit_info:  # argparse's own checks
+        code = exit_info.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not output.exists()
+
+
+@pytest.mark.usefixtures("no_training")
+def test_a_target_that_cannot_fit_in_memory_is_refused_before_training(tmp_path, capsys):
+    source, output = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    _write_input(source)
+    err = _run_failing(["augment", str(source), str(output), "--target", "1000000000"], capsys)
+    assert "Generating 999,999,994 synthetic cells needs about" in err and "fewer" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not output.exists()

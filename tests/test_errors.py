@@ -139,3 +139,62 @@ def test_load_missing_or_foreign_file(tmp_path):
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a saved SCLDSampler"):
         SCLDSampler.load(tmp_path / "other.pt")
+
+
+def test_all_zero_counts_are_refused_with_a_clear_message(sampler, data, count_trainings):
+    X, y = data
+    for empty in (np.zeros_like(X), sp.csr_matrix(X.shape, dtype=np.int64)):
+        with pytest.raises(ValueError, match="no non-zero value.*cells in rows"):
+            sampler.fit_resample(empty, y)
+    assert count_trainings == []
+
+
+@pytest.mark.parametrize("bad", [20.7, -3, "20", True, float("nan")])
+def test_dict_strategy_needs_whole_numbers_of_cells(sampler, data, count_trainings, bad):
+    X, y = data
+    with pytest.raises(ValueError, match=r"sampling_strategy\['type2'\].*whole number >= 0"):
+        sampler.set_params(sampling_strategy={"type2": bad}).fit_resample(X, y)
+    assert count_trainings == []
+
+
+def test_integer_categorical_labels_are_named_by_their_own_values(sampler, data):
+    import anndata
+    import pandas as pd
+
+    X, y = data
+    codes = np.unique(y, return_inverse=True)[1] + 1  # 1, 2, 3
+    adata = anndata.AnnData(
+        X.astype(np.float32),
+        obs=pd.DataFrame(
+            {"cell_type": pd.Categorical(codes)}, index=[f"c{i}" for i in range(len(y))]
+        ),
+    )
+    out = sampler.set_params(sampling_strategy={3: 30}).fit_resample_anndata(adata)
+    assert out.obs["cell_type"].dtype == "category"
+    assert list(out.obs["cell_type"].cat.categories) == [1, 2, 3]
+    assert (out.obs["cell_type"] == 3).sum() == 30
+
+
+def test_requests_that_cannot_fit_in_memory_are_refused_before_work(
+    sampler, data, count_trainings, monkeypatch
+):
+    X, y = data
+    with pytest.raises(ValueError, match=r"Generating 9,999,999,990 synthetic cells.*fewer"):
+        sampler.set_params(sampling_strategy={"type2": 10**10}).fit_resample(X, y)
+    assert count_trainings == []
+    sampler.set_params(sampling_strategy="auto").fit(X, y)
+    with pytest.raises(ValueError, match=r"Generating 1,000,000,000,000 synthetic cells"):
+        sampler.generate(10**12, "type2")
+    # Sparse output is sized by the stored values per cell, not by every gene: with 10% of
+    # the values stored, 60,000 cells need ~40 MB as CSR but ~190 MB dense.
+    from sklearn.base import clone
+
+    import scld_aug.data
+
+    thin = X * (np.random.default_rng(0).random(X.shape) < 0.1)
+    monkeypatch.setattr(scld_aug.data, "available_memory", lambda: 64 * 2**20)
+    dense = clone(sampler).fit(thin, y)
+    with pytest.raises(ValueError, match="64.0 MiB is available"):
+        dense.generate(60_000, "type2")
+    sparse = clone(sampler).fit(sp.csr_matrix(thin), y)
+    assert sparse.generate(60_000, "type2").shape == (60_000, X.shape[1])

@@ -5,10 +5,12 @@ The server runs on 127.0.0.1 for the test session (SQLite backend, local artifac
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import warnings
@@ -18,8 +20,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
+import yaml
 
+import scld_aug
 from scld_aug import SCLDSampler
+from scld_aug.mlflow_flavor import check_model_dir
 from scld_aug.tracking import fit_resample_logged, load_sampler, log_fit
 from scld_aug.tuning import tune_guidance
 
@@ -108,8 +114,30 @@ def _runs(uri: str, experiment: str) -> pd.DataFrame:
         mlflow.set_tracking_uri(previous)
 
 
+def _download(uri: str, model_uri: str, dst: Path) -> Path:
+    """A local copy of a model (``models:/`` URIs resolve with the global tracking URI)."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst))
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _strings(value):
+    """Every string in a YAML document."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
 def test_fit_is_logged_with_params_losses_artifacts_and_a_loadable_model(
-    data, tiny_params, mlflow_server, client
+    data, tiny_params, mlflow_server, client, tmp_path
 ):
     X, y = data
     sampler = SCLDSampler(random_state=0, **tiny_params)
@@ -142,8 +170,23 @@ def test_fit_is_logged_with_params_losses_artifacts_and_a_loadable_model(
     )
     assert counts.loc["type2", "synthetic"] == 290
 
-    # The logged model generates the same cells as the fitted sampler.
+    # The logged model is data only: the loader is the installed, pinned scld_aug package.
     model_uri = client.get_run(run_id).data.tags["scld_aug.model_uri"]
+    folder = _download(mlflow_server, model_uri, tmp_path / "model")
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert "data/sampler.pt" in files
+    assert not [f for f in files if f.endswith((".py", ".pkl")) or "python_model" in f]
+    text = (folder / "MLmodel").read_text()
+    pyfunc = yaml.safe_load(text)["flavors"]["python_function"]
+    assert pyfunc["loader_module"] == "scld_aug.mlflow_flavor"
+    assert pyfunc["data"] == "data/sampler.pt" and not pyfunc.get("code")
+    strings = list(_strings(yaml.safe_load(text)))
+    assert not [v for v in strings if v.startswith(("/", "file:"))]
+    for local in (tempfile.gettempdir(), str(tmp_path), os.getcwd(), str(Path.home())):
+        assert local not in text
+    assert f"scld-aug=={scld_aug.__version__}" in (folder / "requirements.txt").read_text()
+
+    # It generates the same cells as the fitted sampler, loaded either way.
     loaded = load_sampler(model_uri, device="cpu", tracking_uri=mlflow_server)
     assert np.array_equal(loaded.generate(20, "type2"), sampler.generate(20, "type2"))
     previous = mlflow.get_tracking_uri()
@@ -154,8 +197,11 @@ def test_fit_is_logged_with_params_losses_artifacts_and_a_loadable_model(
         mlflow.set_tracking_uri(previous)
     cells = model.predict(pd.DataFrame({"cell_type": ["type2", "type0"], "n_cells": [4, 3]}))
     assert cells.shape == (7, X.shape[1] + 1)
+    assert list(cells.columns) == ["cell_type", *map(str, range(X.shape[1]))]
     assert list(cells["cell_type"]) == ["type2"] * 4 + ["type0"] * 3
-    assert (cells.drop(columns="cell_type").to_numpy() >= 0).all()
+    genes = cells.drop(columns="cell_type").to_numpy()
+    assert np.array_equal(genes[:4], sampler.generate(4, "type2"))
+    assert np.array_equal(genes[4:], sampler.generate(3, "type0"))
 
 
 def test_study_is_one_parent_run_with_a_nested_run_per_trial(
@@ -262,3 +308,154 @@ def test_fit_run_nests_under_the_callers_active_run(data, tiny_params, tmp_path)
         mlflow.set_tracking_uri(previous)
     run = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
     assert run.data.tags["mlflow.parentRunId"] == outer.info.run_id
+
+
+# ------------------------------------------------------------- tracking never costs the fit
+
+
+def _one_run(uri: str, experiment: str):
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+@pytest.mark.parametrize("container", ["list of lists", "one-gene DataFrame", "sparse"])
+def test_any_input_fit_resample_takes_is_logged(
+    container, data, tiny_params, mlflow_server, client
+):
+    X, y = data
+    if container == "list of lists":
+        X, y = X.tolist(), y.tolist()
+    elif container == "one-gene DataFrame":
+        gene = np.argmax(X.sum(axis=0))  # the most expressed gene: no cell is empty
+        X = pd.DataFrame({f"GENE{gene}": X[:, gene]})
+    else:
+        X = sp.csr_matrix(X)
+    n_genes = np.shape(X[0])[-1] if isinstance(X, list) else X.shape[1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        X_res, y_res, run_id = fit_resample_logged(
+            SCLDSampler(random_state=0, **tiny_params),
+            X,
+            y,
+            tracking_uri=mlflow_server,
+            experiment=f"inputs {container}",
+            log_model=False,
+        )
+    assert not [str(w.message) for w in caught if "MLflow" in str(w.message)]
+    n_res = len(X_res) if isinstance(X_res, list) else X_res.shape[0]
+    assert n_res == len(y_res) == 900
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["n_cells"] == str(len(y))
+    assert run.data.params["n_genes"] == str(n_genes)
+    assert run.data.metrics["n_synthetic"] == 900 - len(y)
+    assert np.isfinite(run.data.metrics["mmd_mean"])
+    plots = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert plots == {"plots/loss_curves.png", "plots/embedding.png"}
+
+
+def test_a_failing_plot_warns_once_fails_the_run_and_keeps_the_resampled_data(
+    data, tiny_params, mlflow_server, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise ValueError("no display")
+
+    monkeypatch.setattr(scld_aug.tracking, "plot_embedding", broken)
+    X, y = data
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        X_res, y_res, run_id = fit_resample_logged(
+            SCLDSampler(random_state=0, **tiny_params),
+            X,
+            y,
+            tracking_uri=mlflow_server,
+            experiment="broken plot",
+        )
+    failures = [w for w in caught if "MLflow" in str(w.message)]
+    assert len(failures) == 1 and failures[0].category is RuntimeWarning
+    assert "while plotting the embedding (ValueError: no display)" in str(failures[0].message)
+    assert run_id is None and X_res.shape == (900, X.shape[1]) and len(y_res) == 900
+    run = _one_run(mlflow_server, "broken plot")
+    assert run.info.status == "FAILED" and run.info.end_time is not None
+
+
+def test_a_failed_upload_ends_the_run_as_failed(data, tiny_params, mlflow_server, monkeypatch):
+    X, y = data
+    sampler = SCLDSampler(random_state=0, **tiny_params)
+    X_res, y_res = sampler.fit_resample(X, y)
+
+    def refused(self, *args, **kwargs):
+        raise OSError("artifact store refused the upload")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_artifact", refused)
+    with pytest.warns(RuntimeWarning, match="log_artifact .*refused the upload"):
+        run_id = log_fit(
+            sampler, X, y, X_res, y_res, tracking_uri=mlflow_server, experiment="failed upload"
+        )
+    assert run_id is None
+    run = _one_run(mlflow_server, "failed upload")
+    assert run.info.status == "FAILED" and run.info.end_time is not None
+
+
+def test_load_sampler_fails_fast_on_an_unreachable_server():
+    uri = f"http://127.0.0.1:{_free_port()}"  # nobody listens there
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError, match=f"server '{uri}' is unreachable"):
+        load_sampler("models:/m-0123456789abcdef", tracking_uri=uri)
+    assert time.perf_counter() - start < 10
+
+
+# ------------------------------------------------------------------ untrusted model stores
+
+
+def test_load_sampler_refuses_tampered_models_without_running_them(
+    data, tiny_params, mlflow_server, client, tmp_path, monkeypatch
+):
+    X, y = data
+    sampler = SCLDSampler(random_state=0, **tiny_params).fit(X, y)
+    run_id = log_fit(sampler, X, y, tracking_uri=mlflow_server, experiment="tampered")
+    model_uri = client.get_run(run_id).data.tags["scld_aug.model_uri"]
+    clean = _download(mlflow_server, model_uri, tmp_path / "clean")
+    # A downloaded copy loads like the model in the store.
+    loaded = load_sampler(clean, device="cpu")
+    assert np.array_equal(loaded.generate(5, "type2"), sampler.generate(5, "type2"))
+
+    marker = tmp_path / "code-was-executed"
+    payload = f"open({str(marker)!r}, 'w').write('executed')\ndef _load_pyfunc(path):\n    pass\n"
+
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(clean, tmp_path / name))
+
+    def edit_mlmodel(folder: Path, **changes) -> None:
+        config = yaml.safe_load((folder / "MLmodel").read_text())
+        config["flavors"]["python_function"].update(changes)
+        (folder / "MLmodel").write_text(yaml.safe_dump(config))
+
+    planted = copy("planted")
+    (planted / "data" / "helper.py").write_text(payload)
+    with pytest.raises(ValueError, match=r"not an scld-aug model .*code or a pickle"):
+        load_sampler(planted)
+
+    # A loader module that is importable here (it could be any installed module).
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "scld_evil_loader.py").write_text(payload)
+    monkeypatch.syspath_prepend(str(site))
+    other_loader = copy("other-loader")
+    edit_mlmodel(other_loader, loader_module="scld_evil_loader")
+    with pytest.raises(ValueError, match="not an scld-aug model .*'scld_evil_loader'"):
+        load_sampler(other_loader)
+
+    outside = copy("outside")  # its data path leads to a file outside the model folder
+    edit_mlmodel(outside, data="../clean/data/sampler.pt")
+    with pytest.raises(ValueError, match="not a file inside the model"):
+        check_model_dir(outside)
+
+    assert not marker.exists() and "scld_evil_loader" not in sys.modules
+    # mlflow.pyfunc.load_model, by contrast, imports whatever loader the MLmodel names.
+    with contextlib.suppress(Exception):
+        mlflow.pyfunc.load_model(str(other_loader))
+    assert marker.exists()
+    sys.modules.pop("scld_evil_loader", None)
