@@ -1,0 +1,120 @@
+"""Fixed-seed outputs pinned byte for byte, so that refactoring cannot change what users get.
+
+A subprocess trains tiny generators on the shipped Baron data (raw counts: negative
+binomial; log-normalized: Gaussian) and hashes what every sampling path returns: plain
+sampling, post-guidance with the filter, anchored generation, expected values, and the
+trained weights. The hashes are compared with ``tests/data/pinned_outputs.json``.
+
+The subprocess runs one thread with MKL's reproducible mode, so the figures do not depend
+on the number of cores. As the reproducibility guide states, other versions of torch or
+numpy may give other (equally valid) cells: the test then skips and says so. After a change
+that is meant to alter outputs, re-pin with ``python -m tests.test_pinned_output --update``
+and say why in the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PINNED = ROOT / "tests" / "data" / "pinned_outputs.json"
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_CBWR": "COMPATIBLE"}
+
+RUN = textwrap.dedent(
+    """
+    import hashlib, json, warnings
+    import numpy as np, scipy.sparse as sp, torch
+    import scld_aug
+    from scld_aug import SCLDSampler, datasets
+    from scld_aug.preprocessing import log_normalize
+
+    QUICK = dict(autoencoder_steps=40, diffusion_steps=40, classifier_steps=20,
+                 hidden_dim=32, latent_dim=8, batch_size=64, n_top_genes=300,
+                 n_sampling_steps=8)
+    STRATEGY = {"mast": 40, "schwann": 40}
+
+    def digest(X):
+        h = hashlib.sha256()
+        if sp.issparse(X):
+            X = sp.csr_matrix(X)
+            for a in (X.data, X.indices, X.indptr):
+                h.update(np.ascontiguousarray(a).tobytes())
+        else:
+            h.update(np.ascontiguousarray(X).tobytes())
+        h.update(str(X.dtype).encode())
+        return h.hexdigest()[:24]
+
+    def weights(generator):
+        h = hashlib.sha256()
+        for module in (generator.autoencoder, generator.denoiser, generator.classifier):
+            for name, tensor in module.state_dict().items():
+                h.update(name.encode())
+                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:24]
+
+    adata = datasets.baron_pancreas()
+    X, y = adata.X, adata.obs["cell_type"].astype(str).to_numpy()
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        counts = SCLDSampler(sampling_strategy=STRATEGY, random_state=0, **QUICK)
+        out["nb.fit_resample"] = digest(counts.fit_resample(X, y)[0])
+        out["nb.weights"] = weights(counts.generator_)
+        counts.set_params(post_guidance_scale=1.0, filter_threshold=0.5)
+        out["nb.post_guidance_filter"] = digest(counts.generate(50, "mast"))
+        counts.set_params(post_guidance_scale=0.0, filter_threshold=None, anchor_strength=0.5)
+        out["nb.anchored"] = digest(counts.generate(50, "schwann"))
+        counts.set_params(anchor_strength=1.0, output="mean", guidance_scale=1.0)
+        out["nb.mean_w1"] = digest(counts.generate(50, "mast"))
+        logged = log_normalize(X).astype(np.float32)
+        normal = SCLDSampler(sampling_strategy=STRATEGY, random_state=1, **QUICK)
+        out["gaussian.fit_resample"] = digest(normal.fit_resample(logged, y)[0])
+        out["gaussian.weights"] = weights(normal.generator_)
+    env = {"torch": torch.__version__, "numpy": np.__version__}
+    print(json.dumps({"env": env, "hashes": out}))
+    """
+)
+
+
+def compute() -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", RUN],
+        cwd=ROOT,
+        env={**os.environ, **ENV},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_fixed_seed_outputs_are_byte_identical_to_the_pinned_ones():
+    import numpy as np
+    import torch
+
+    pinned = json.loads(PINNED.read_text())
+    here = {"torch": torch.__version__, "numpy": np.__version__}
+    if here != pinned["env"]:
+        pytest.skip(f"outputs were pinned with {pinned['env']}; this environment has {here}")
+    result = compute()
+    changed = {
+        k: (pinned["hashes"].get(k), v)
+        for k, v in result["hashes"].items()
+        if pinned["hashes"].get(k) != v
+    }
+    assert not changed, f"fixed-seed outputs changed (pinned, now): {changed}"
+
+
+if __name__ == "__main__":
+    if "--update" in sys.argv:
+        PINNED.parent.mkdir(exist_ok=True)
+        PINNED.write_text(json.dumps(compute(), indent=2) + "\n")
+        print(f"wrote {PINNED}")
