@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
+from numbers import Integral
 
 AUGMENT_EPILOG = """\
 examples:
@@ -35,16 +35,6 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
     return value
 
 
@@ -82,13 +72,85 @@ def _error(command: str, err: BaseException) -> None:
     print(f"scld-aug {command}: error: {message}", file=sys.stderr)
 
 
+# Parameter options are stored apart from the command's own arguments (``output`` is both
+# a parameter and the output file).
+_DEST = "param:"
+
+
+def _param_type(p):
+    """Parse an option's text and check it against the parameter's constraints."""
+    from sklearn.utils._param_validation import (
+        Interval,
+        InvalidParameterError,
+        make_constraint,
+        validate_parameter_constraints,
+    )
+
+    numeric = [c for c in p.constraints if isinstance(c, Interval)]
+
+    def parse(text: str):
+        if text.lower() == "none" and None in p.constraints:
+            return None
+        value = text
+        if numeric:
+            try:
+                value = float(text) if numeric[0].type is not Integral else int(text)
+            except ValueError:
+                kind = "whole number" if numeric[0].type is Integral else "number"
+                raise argparse.ArgumentTypeError(f"expected a {kind}, got {text!r}") from None
+        try:
+            validate_parameter_constraints({p.name: p.constraints}, {p.name: value}, "scld-aug")
+        except InvalidParameterError:
+            wanted = " or ".join(str(make_constraint(c)) for c in p.constraints)
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}") from None
+        return value
+
+    parse.__name__ = p.name  # argparse names the type in its messages
+    return parse
+
+
+def _add_param_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """The options of ``command``: every parameter of :mod:`scld_aug.params` it takes, with
+    the parameter's own default, constraint and help (given options override, others keep
+    the default)."""
+    from sklearn.utils._param_validation import StrOptions
+
+    from scld_aug import params
+
+    group = parser.add_argument_group("model and sampling parameters (see SCLDSampler)")
+    for p in params.PARAMS:
+        if command not in p.commands:
+            continue
+        default = f'"{p.default}"' if isinstance(p.default, str) else p.default
+        help_text = f"{p.help} (default: {default})".replace("%", "%%")
+        if p.py_type == "bool":
+            group.add_argument(
+                p.option, *p.aliases, dest=_DEST + p.name, action="store_true",
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )  # fmt: skip
+            continue
+        options = [c for c in p.constraints if isinstance(c, StrOptions)]
+        choices = p.choices or (sorted(options[0].options) if options else None)
+        group.add_argument(
+            p.option, *p.aliases, dest=_DEST + p.name, type=_param_type(p), default=argparse.SUPPRESS,
+            choices=choices, metavar=None if choices else p.name.split("_")[-1].upper(),
+            help=help_text,
+        )  # fmt: skip
+
+
+def _given_params(args: argparse.Namespace, command: str) -> dict:
+    """Parameters given on the command line (the others keep their defaults)."""
+    from scld_aug import params
+
+    return {
+        p.name: getattr(args, _DEST + p.name)
+        for p in params.PARAMS
+        if command in p.commands and hasattr(args, _DEST + p.name)
+    }
+
+
 def _add_augment_parser(sub) -> None:
-    import inspect
-
-    from scld_aug.sampler import SCLDSampler
-
-    # Help shows the sampler's own defaults, so it cannot drift from them.
-    defaults = {name: p.default for name, p in inspect.signature(SCLDSampler).parameters.items()}
     aug = sub.add_parser(
         "augment",
         help="add synthetic cells of the rare cell types to an .h5ad file",
@@ -120,38 +182,9 @@ def _add_augment_parser(sub) -> None:
     )
     aug.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     aug.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        default="auto",
-        help="auto: a GPU when there is one, else the CPU (default: %(default)s)",
-    )
-    aug.add_argument(
-        "--likelihood",
-        choices=["auto", "nb", "gaussian"],
-        default="auto",
-        help="decoder likelihood; 'gaussian' models non-count (normalized) data as it is",
-    )
-    aug.add_argument(
-        "--guidance-scale",
-        type=_non_negative_float,
-        metavar="W",
-        help=f"classifier-free guidance strength (default: {defaults['guidance_scale']})",
-    )
-    aug.add_argument(
         "--quick", action="store_true", help="tiny model with few steps, for smoke tests"
     )
-    for option, param, what in (
-        ("autoencoder-steps", "autoencoder_steps", "autoencoder training steps"),
-        ("diffusion-steps", "diffusion_steps", "diffusion training steps"),
-        ("classifier-steps", "classifier_steps", "latent classifier training steps"),
-        ("sampling-steps", "n_sampling_steps", "DDIM steps per synthetic cell"),
-    ):
-        aug.add_argument(
-            f"--{option}",
-            type=_positive_int,
-            metavar="N",
-            help=f"{what} (default: {defaults[param]})",
-        )
+    _add_param_options(aug, "augment")
     aug.add_argument("--save-sampler", metavar="PATH", help="also save the fitted sampler there")
     aug.add_argument(
         "--no-anchors",
@@ -169,15 +202,7 @@ def _augment(args: argparse.Namespace) -> int:
     from scld_aug.augment import augment_h5ad
     from scld_aug.demo import QUICK
 
-    params = dict(QUICK) if args.quick else {}
-    overrides = {
-        "guidance_scale": args.guidance_scale,
-        "autoencoder_steps": args.autoencoder_steps,
-        "diffusion_steps": args.diffusion_steps,
-        "classifier_steps": args.classifier_steps,
-        "n_sampling_steps": args.sampling_steps,
-    }
-    params.update({k: v for k, v in overrides.items() if v is not None})
+    options = {**(QUICK if args.quick else {}), **_given_params(args, "augment")}
     log = None if args.quiet else print
     start = time.perf_counter()
     outputs = {path: _file_state(path) for path in (args.output, args.save_sampler) if path}
@@ -195,9 +220,7 @@ def _augment(args: argparse.Namespace) -> int:
             include_anchors=not args.no_anchors,
             verbose=not args.quiet,
             log=log,
-            device=args.device,
-            likelihood=args.likelihood,
-            **params,
+            **options,
         )
     except InvalidParameterError as err:
         _error("augment", err)
@@ -240,9 +263,6 @@ PyTorch DDP averages the gradients: NCCL with one GPU per process, gloo on CPUs.
 
 
 def _add_train_parser(sub) -> None:
-    from scld_aug.train import TrainingConfig
-
-    defaults = TrainingConfig()
     train = sub.add_parser(
         "train",
         help="pretrain a generator on an .h5ad file (single process or torchrun DDP)",
@@ -260,26 +280,8 @@ def _add_train_parser(sub) -> None:
         help="stream the matrix from disk instead of loading it (memory flat in the cells)",
     )
     train.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    train.add_argument("--likelihood", choices=["auto", "nb", "gaussian"], default="auto")
     train.add_argument("--quick", action="store_true", help="tiny model, for smoke tests")
-    for option, param in (
-        ("n-top-genes", "n_top_genes"),
-        ("autoencoder-steps", "autoencoder_steps"),
-        ("diffusion-steps", "diffusion_steps"),
-        ("classifier-steps", "classifier_steps"),
-        ("batch-size", "batch_size"),
-    ):
-        train.add_argument(
-            f"--{option}",
-            type=_positive_int,
-            metavar="N",
-            help=f"(default: {getattr(defaults, param)})",
-        )
-    train.add_argument(
-        "--amp", action="store_true", help="bfloat16 autocast for the forward passes (GPUs)"
-    )
-    train.add_argument("--compile", action="store_true", help="train through torch.compile")
+    _add_param_options(train, "train")
     train.add_argument(
         "--no-anchors",
         action="store_true",
@@ -302,19 +304,10 @@ def _train(args: argparse.Namespace) -> int:
     world = launched_world()
     out = Path(args.output)
     outputs = {args.output: _file_state(args.output)}
-    options = {k: v for k, v in QUICK.items() if k in TRAINING_OPTIONS} if args.quick else {}
-    options["likelihood"] = args.likelihood
-    for name in (
-        "n_top_genes",
-        "autoencoder_steps",
-        "diffusion_steps",
-        "classifier_steps",
-        "batch_size",
-    ):
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
-    if args.amp:
-        options["mixed_precision"] = True
+    quick = {k: v for k, v in QUICK.items() if k in TRAINING_OPTIONS} if args.quick else {}
+    options = {**quick, **_given_params(args, "train")}
+    device = options.pop("device", "auto")
+    torch_compile = options.pop("torch_compile", False)
     start = time.perf_counter()
     try:
         generator = pretrain(
@@ -326,9 +319,9 @@ def _train(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             include_anchors=not args.no_anchors,
             random_state=args.seed,
-            device=args.device,
+            device=device,
             verbose=not args.quiet,
-            torch_compile=args.compile,
+            torch_compile=torch_compile,
             **options,
         )
     except InvalidParameterError as err:

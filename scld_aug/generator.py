@@ -11,7 +11,6 @@ import json
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from scld_aug.guidance import (
     filter_mask,
 )
 from scld_aug.model import Autoencoder, Denoiser, LatentClassifier, NoiseSchedule
+from scld_aug.params import SamplingParams
 
 GENERATOR_FORMAT = "scld-aug-generator"
 GENERATOR_DESCRIPTION = "a saved SCLD generator (written by SCLDGenerator.save or scld-aug train)"
@@ -43,28 +43,6 @@ DECODE_BATCH = 1024
 # Latent codes kept per class for anchored generation: enough to cover a type's variety,
 # bounded so that atlas-sized training sets do not bloat the saved generator.
 MAX_ANCHORS = 4096
-
-
-@dataclass
-class SamplingParams:
-    """Sampling-time settings; changing them never requires retraining.
-
-    The fields mirror the ``SCLDSampler`` parameters of the same names.
-
-    Examples
-    --------
-    >>> from scld_aug.generator import SamplingParams
-    >>> SamplingParams(guidance_scale=4.0, n_sampling_steps=20).output
-    'sample'
-    """
-
-    guidance_scale: float = 2.0
-    post_guidance_scale: float = 0.0
-    n_sampling_steps: int = 50
-    filter_threshold: float | None = None
-    max_filter_rounds: int = 10
-    output: str = "sample"
-    anchor_strength: float = 1.0
 
 
 class SCLDGenerator:

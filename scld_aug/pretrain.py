@@ -13,20 +13,21 @@ The result is an :class:`~scld_aug.SCLDGenerator`; pass it (or its saved file) a
 from __future__ import annotations
 
 import os
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from scld_aug import data as data_layer
+from scld_aug import params
 from scld_aug._random import derive_seeds, seeded
 from scld_aug.distributed import device_for, launched_world, process_group
 from scld_aug.files import check_output_path
 from scld_aug.generator import SCLDGenerator
-from scld_aug.train import TrainingConfig, fit_generator
+from scld_aug.train import fit_generator
 
-TRAINING_OPTIONS = tuple(f.name for f in fields(TrainingConfig))
+TRAINING_OPTIONS = params.names("training", public=None)
 
 
 def _on_disk(path: Path, labels_key: str, layer: str | None):
@@ -57,15 +58,11 @@ def _on_disk(path: Path, labels_key: str, layer: str | None):
 
 
 def _validate_options(training: dict) -> None:
-    """The sampler's own constraints for the options it shares with ``TrainingConfig``."""
+    """The constraints of the parameter table (:mod:`scld_aug.params`)."""
     from sklearn.utils._param_validation import validate_parameter_constraints
 
-    from scld_aug.sampler import SCLDSampler
-
-    constraints = SCLDSampler._parameter_constraints
-    shared = {k: v for k, v in training.items() if k in constraints}
     validate_parameter_constraints(
-        {k: constraints[k] for k in shared}, shared, caller_name="pretrain"
+        {k: params.BY_NAME[k].constraints for k in training}, training, caller_name="pretrain"
     )
 
 
@@ -127,7 +124,7 @@ def pretrain(
     torch_compile : bool, default=False
         Train through ``torch.compile`` (see ``SCLDSampler``).
     **training
-        :class:`~scld_aug.train.TrainingConfig` fields (``likelihood``, ``n_top_genes``,
+        :class:`~scld_aug.params.TrainingConfig` fields (``likelihood``, ``n_top_genes``,
         ``autoencoder_steps``, ``batch_size``, ``mixed_precision``, ...), defaults as in
         ``SCLDSampler``. Under DDP ``batch_size`` is per process: N processes see N times
         the cells per step.
@@ -202,7 +199,7 @@ def _pretrain(
     rows = data_layer.cell_rows(matrix)
     classes, codes = np.unique(labels, return_inverse=True)
     # As in SCLDSampler: counts are detected, anything else gets the Gaussian decoder.
-    config = TrainingConfig(**{"likelihood": "auto", **training})
+    config = params.TrainingConfig(**training)
     config = replace(config, likelihood=data_layer.resolve_likelihood(rows, config.likelihood))
     world = launched_world()
     device_ = device_for(world, device)

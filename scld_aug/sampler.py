@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 import warnings
 from dataclasses import asdict
 from numbers import Integral, Real
@@ -15,17 +16,17 @@ import scipy.sparse as sp
 from imblearn.over_sampling.base import BaseOverSampler
 from imblearn.utils import check_sampling_strategy
 from sklearn.base import _fit_context
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from scld_aug import data as data_layer
+from scld_aug import params
 from scld_aug import train as training
 from scld_aug._random import derive_seeds, resolve_device, seeded
 from scld_aug.data import plain_scalar
 from scld_aug.files import atomic_torch_save, load_model_file
-from scld_aug.generator import SamplingParams, SCLDGenerator
+from scld_aug.generator import SCLDGenerator
 
 FORMAT = "scld-aug-sampler"
 FORMAT_VERSION = 1
@@ -35,20 +36,6 @@ SAVED_GENERATOR = "<saved with the sampler>"
 # for the same data and parameters, so caches never serve generators of older code.
 # 4: labels keyed with their types.
 TRAINING_VERSION = 4
-TRAINING_PARAMS = (
-    "likelihood",
-    "n_top_genes",
-    "latent_dim",
-    "hidden_dim",
-    "class_balance",
-    "label_dropout",
-    "autoencoder_steps",
-    "diffusion_steps",
-    "classifier_steps",
-    "batch_size",
-    "learning_rate",
-    "mixed_precision",
-)
 
 
 class SCLDSampler(BaseOverSampler):
@@ -60,103 +47,11 @@ class SCLDSampler(BaseOverSampler):
     by the gradient of a classifier on noisy latents (post-guidance) plus a filter.
     Decoded cells keep every input gene. Follows SCLD (Wang et al., arXiv 2312.14220).
 
-    Training happens on the first ``fit_resample`` (or ``fit``); later calls on the same
-    data with the same training parameters reuse the trained generator, so only
-    sampling-time parameters (``guidance_scale``, ``post_guidance_scale``,
-    ``sampling_strategy``, ``n_sampling_steps``, ``filter_threshold``,
-    ``max_filter_rounds``, ``output``) may change cheaply. ``memory`` extends this reuse
-    across clones and processes.
+    {reuse}
 
     Parameters
     ----------
-    sampling_strategy : float, str, dict or callable, default="auto"
-        Which classes to over-sample and to how many cells, with imbalanced-learn's
-        semantics ("auto", "minority", "not minority", "not majority", "all", a float
-        ratio, a dict ``{class: n_cells_after}``, or a callable ``y -> dict``).
-    random_state : int, RandomState instance or None, default=None
-        Seed for training and sampling; global random state is never touched. With an int,
-        repeating a fit gives identical cells on the same machine with the same device,
-        the same versions of torch and numpy and the same number of torch threads
-        (``torch.get_num_threads()``, set by ``OMP_NUM_THREADS`` or
-        ``torch.set_num_threads``). Another thread count, CPU model or GPU orders
-        floating-point sums differently and gives different, equally valid cells. Only int
-        seeds are cached by ``memory``.
-    likelihood : {"auto", "nb", "gaussian"}, default="auto"
-        Decoder likelihood. ``"auto"`` uses a negative binomial for non-negative integer
-        data (raw counts) and a Gaussian otherwise (e.g. log-normalized values).
-    n_top_genes : int or None, default=2000
-        Number of highly variable genes modelled by the networks; the remaining genes are
-        generated from class-level statistics (see :mod:`scld_aug.genes`). ``None`` models
-        all genes.
-    latent_dim : int, default=32
-        Size of the latent space.
-    hidden_dim : int, default=256
-        Width of the hidden layers of all networks.
-    class_balance : float in [0, 1], default=1.0
-        Minibatches draw cells with probability proportional to ``class_size **
-        -class_balance``: 1 gives every class the same share, 0 is uniform over cells.
-        Without it, a type of ~10 cells among thousands is barely learned.
-    label_dropout : float in (0, 1), default=0.15
-        Probability of replacing the label by the null class while training the
-        denoiser; needed for classifier-free guidance.
-    autoencoder_steps, diffusion_steps, classifier_steps : int
-        Optimizer steps of each network (defaults 1500, 4000, 1000).
-    batch_size : int, default=128
-        Minibatch size for all networks.
-    learning_rate : float, default=1e-3
-        Peak learning rate (one-cycle schedule, AdamW).
-    mixed_precision : bool, default=False
-        Run the training forward passes in bfloat16 autocast (losses stay float32; no loss
-        scaling is needed). Meant for GPUs with bfloat16 support; the networks are small,
-        so measure before relying on a speed-up (``python -m evaluation.gpu_check``).
-    torch_compile : bool, default=False
-        Train through ``torch.compile``: the first steps pay the compilation (tens of
-        seconds), later steps run fused kernels. Does not change what is learned beyond
-        float rounding, so it is not part of the ``memory`` cache key.
-    guidance_scale : float, default=2.0
-        Pre-guidance strength ``w`` in ``eps_u + w (eps_c - eps_u)``: 0 ignores the class,
-        1 is plain conditional sampling, larger values sharpen class identity at some
-        cost in diversity.
-    post_guidance_scale : float, default=0.0
-        Strength of the latent classifier's gradient during sampling (0 disables it).
-    anchor_strength : float in [0, 1], default=1.0
-        Where sampling starts. 1 generates from pure noise (plain SCLD). Below 1, each
-        synthetic cell starts from the latent code of a random real cell of its class,
-        noised to this fraction of the diffusion trajectory and denoised back with
-        guidance: lower values stay closer to the real cells (0 decodes their codes
-        unchanged, a likelihood resampling of real cells), higher values invent more.
-    n_sampling_steps : int, default=50
-        DDIM steps per sample.
-    filter_threshold : float in [0, 1] or None, default=None
-        When set, synthetic cells whose latent-classifier probability of their intended
-        class is below the threshold are rejected and re-drawn (up to
-        ``max_filter_rounds`` rounds; a warning says when the quota could not be met).
-    max_filter_rounds : int, default=10
-        Rounds of re-sampling allowed by the filter.
-    output : {"sample", "counts", "mean"}, default="sample"
-        ``"sample"`` draws cells from the decoder's likelihood (integer counts for count
-        data); ``"counts"`` is the same but insists on count data; ``"mean"`` returns
-        expected expression.
-    min_class_size : int, default=3
-        A class must have at least this many cells to be over-sampled.
-    device : str, default="auto"
-        Torch device; ``"auto"`` picks cuda, then mps, then cpu.
-    memory : str, path-like, joblib.Memory or None, default=None
-        Directory where trained generators are cached (keyed by data, labels with their
-        types, training parameters and ``random_state``) so clones, CV folds, searches and
-        other processes reuse them instead of retraining. Only fits with an int
-        ``random_state`` are cached: an unseeded or ``RandomState`` fit is meant to differ
-        from the last one, so it is neither read from nor written to the cache (a warning
-        says so). An unreadable entry (e.g. truncated by a crash) is reported, retrained
-        and replaced.
-    generator : str, path-like, SCLDGenerator or None, default=None
-        A pretrained generator (a file from ``scld-aug train`` or
-        :meth:`SCLDGenerator.save`, or the object itself). ``fit`` then trains nothing: it
-        checks that the data has the generator's genes (by name when both know them) and
-        kind (counts or not) and that every class to over-sample is one the generator
-        knows, and samples from it. Training parameters and ``memory`` are ignored.
-    verbose : bool, default=False
-        Show progress bars for training and sampling.
+    {parameters}
 
     Attributes
     ----------
@@ -189,34 +84,7 @@ class SCLDSampler(BaseOverSampler):
     ((100, 30), np.int64(50))
     """
 
-    _parameter_constraints: dict = {
-        **BaseOverSampler._parameter_constraints,
-        "likelihood": [StrOptions({"auto", "nb", "gaussian"})],
-        "n_top_genes": [Interval(Integral, 1, None, closed="left"), None],
-        "latent_dim": [Interval(Integral, 1, None, closed="left")],
-        "hidden_dim": [Interval(Integral, 1, None, closed="left")],
-        "class_balance": [Interval(Real, 0, 1, closed="both")],
-        "label_dropout": [Interval(Real, 0, 1, closed="neither")],
-        "autoencoder_steps": [Interval(Integral, 1, None, closed="left")],
-        "diffusion_steps": [Interval(Integral, 1, None, closed="left")],
-        "classifier_steps": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "mixed_precision": ["boolean"],
-        "torch_compile": ["boolean"],
-        "guidance_scale": [Interval(Real, 0, None, closed="left")],
-        "post_guidance_scale": [Interval(Real, 0, None, closed="left")],
-        "anchor_strength": [Interval(Real, 0, 1, closed="both")],
-        "n_sampling_steps": [Interval(Integral, 1, 1000, closed="both")],
-        "filter_threshold": [Interval(Real, 0, 1, closed="both"), None],
-        "max_filter_rounds": [Interval(Integral, 1, None, closed="left")],
-        "output": [StrOptions({"sample", "counts", "mean"})],
-        "min_class_size": [Interval(Integral, 1, None, closed="left")],
-        "device": [str],
-        "memory": [None, str, os.PathLike, HasMethods(["cache"])],
-        "generator": [None, str, os.PathLike, HasMethods(["sample", "state"])],
-        "verbose": ["verbose"],
-    }
+    _parameter_constraints: dict = params.parameter_constraints()
 
     def __init__(
         self,
@@ -376,10 +244,10 @@ class SCLDSampler(BaseOverSampler):
         if total_new:
             data_layer.check_output_fits(total_new, total_bytes / total_new, kept_bytes)
 
-    def _training_config(self, likelihood: str) -> training.TrainingConfig:
-        params = {name: getattr(self, name) for name in TRAINING_PARAMS}
-        params["likelihood"] = likelihood
-        return training.TrainingConfig(**params)
+    def _training_config(self, likelihood: str) -> params.TrainingConfig:
+        values = {name: getattr(self, name) for name in params.TRAINING_PARAMS}
+        values["likelihood"] = likelihood
+        return params.TrainingConfig(**values)
 
     def _cache_key(self, X: sp.csr_matrix, y: np.ndarray, config) -> str:
         seed = self.random_state
@@ -533,17 +401,10 @@ class SCLDSampler(BaseOverSampler):
 
     # ------------------------------------------------------------------ generation
 
-    def _sampling_params(self) -> SamplingParams:
-        return SamplingParams(
-            guidance_scale=float(self.guidance_scale),
-            post_guidance_scale=float(self.post_guidance_scale),
-            n_sampling_steps=int(self.n_sampling_steps),
-            filter_threshold=None
-            if self.filter_threshold is None
-            else float(self.filter_threshold),
-            max_filter_rounds=int(self.max_filter_rounds),
-            output=self.output,
-            anchor_strength=float(self.anchor_strength),
+    def _sampling_params(self) -> params.SamplingParams:
+        fields = params.names("sampling")
+        return params.SamplingParams(
+            **{name: getattr(self, name) for name in fields if name != "sampling_strategy"}
         )
 
     def _class_seed(self, label) -> int:
@@ -777,3 +638,15 @@ def _as_sparse_kind(matrix: Any, sparse_array: bool) -> Any:
     if not sparse_array:
         return matrix
     return getattr(sp, f"{matrix.format}_array")(matrix)
+
+
+_REUSE = (
+    "Training happens on the first ``fit_resample`` (or ``fit``); later calls on the same "
+    "data with the same training parameters reuse the trained generator, so only the "
+    "sampling-time parameters ("
+    + ", ".join(f"``{name}``" for name in params.SAMPLING_PARAMS)
+    + ") may change cheaply. ``memory`` extends this reuse across clones and processes."
+)
+SCLDSampler.__doc__ = SCLDSampler.__doc__.replace(
+    "{reuse}", textwrap.fill(_REUSE, width=84, subsequent_indent="    ")
+).replace("{parameters}", params.docstring())

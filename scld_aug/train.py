@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,44 +22,14 @@ from scld_aug.data import (
     MinibatchSampler,
     cell_rows,
     library_sizes,
+    resolve_likelihood,
     sampling_weights,
 )
 from scld_aug.distributed import World
 from scld_aug.generator import SCLDGenerator, build_modules, encode_cells, select_anchors
 from scld_aug.genes import GenePanel
 from scld_aug.model import NoiseSchedule
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Everything that determines a trained generator (besides data and seed).
-
-    Defaults match ``SCLDSampler``'s; ``pretrain`` and ``scld-aug train`` take the same names.
-
-    Examples
-    --------
-    >>> from scld_aug.train import TrainingConfig
-    >>> config = TrainingConfig(diffusion_steps=8000, mixed_precision=True)
-    >>> config.batch_size, config.autoencoder_steps
-    (128, 1500)
-    """
-
-    likelihood: str = "nb"
-    n_top_genes: int | None = 2000
-    latent_dim: int = 32
-    hidden_dim: int = 256
-    n_blocks: int = 3
-    class_balance: float = 1.0
-    label_dropout: float = 0.15
-    autoencoder_steps: int = 1500
-    diffusion_steps: int = 4000
-    classifier_steps: int = 1000
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "cosine"
-    mixed_precision: bool = False
-
+from scld_aug.params import TrainingConfig
 
 Callback = Callable[[str, int, float], None]
 LOSS_READ_EVERY = 50
@@ -179,6 +149,8 @@ def fit_generator(
             stacklevel=3,
         )
     rows_in = cell_rows(X)
+    if config.likelihood == "auto":
+        config = replace(config, likelihood=resolve_likelihood(rows_in, "auto"))
     n_classes = len(classes)
     counts = config.likelihood == "nb"
     # One process keeps the single-process stream; ranks of a DDP run draw distinct ones.

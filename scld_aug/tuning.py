@@ -43,23 +43,16 @@ from sklearn.model_selection import StratifiedKFold, check_cv
 from sklearn.utils import _safe_indexing
 from tqdm.auto import tqdm
 
+from scld_aug import params
 from scld_aug.sampler import SCLDSampler
 
 # Parameters a study may search: changing them never retrains the generator.
-SAMPLING_PARAMS = (
-    "guidance_scale",
-    "post_guidance_scale",
-    "filter_threshold",
-    "max_filter_rounds",
-    "anchor_strength",
-    "n_sampling_steps",
-    "sampling_strategy",
-    "output",
-)
+SAMPLING_PARAMS = params.SAMPLING_PARAMS
 
 
 def default_search_space() -> dict[str, BaseDistribution]:
-    """Pre-guidance scale, post-guidance scale and the filter threshold.
+    """Pre-guidance scale, post-guidance scale and the filter threshold (the ``search``
+    ranges of :mod:`scld_aug.params`).
 
     ``guidance_scale`` 0–6 spans unconditional (0), plain conditional (1) and sharpened
     sampling; ``post_guidance_scale`` 0–4 goes from off to a strong classifier push; the
@@ -74,9 +67,7 @@ def default_search_space() -> dict[str, BaseDistribution]:
     (0.0, 6.0)
     """
     return {
-        "guidance_scale": FloatDistribution(0.0, 6.0),
-        "post_guidance_scale": FloatDistribution(0.0, 4.0),
-        "filter_threshold": CategoricalDistribution([None, 0.5, 0.8]),
+        p.name: _as_distribution(p.name, p.search) for p in params.PARAMS if p.search is not None
     }
 
 

@@ -237,10 +237,19 @@ def test_demo_subcommand_is_kept(capsys):
 @pytest.mark.parametrize(
     "extra, expected",
     [
-        (["--guidance-scale", "inf"], "--guidance-scale: expected a finite number >= 0, got inf"),
-        (["--guidance-scale", "nan"], "expected a finite number >= 0, got nan"),
+        (
+            ["--guidance-scale", "inf"],
+            "--guidance-scale: expected a float in the range [0.0, inf), got inf",
+        ),
+        (["--guidance-scale", "nan"], "expected a float in the range [0.0, inf), got nan"),
+        (["--guidance-scale", "x"], "--guidance-scale: expected a number, got 'x'"),
         (["--target", "0"], "--target: expected a positive number, got 0"),
-        (["--sampling-steps", "5000"], "'n_sampling_steps' parameter of SCLDSampler must be"),
+        (["--sampling-steps", "5000"], "expected an int in the range [1, 1000], got 5000"),
+        (
+            ["--class-balance", "2"],
+            "--class-balance: expected a float in the range [0.0, 1.0], got 2",
+        ),
+        (["--likelihood", "poisson"], "--likelihood: expected a str among"),
         (["--seed", "x"], "--seed: invalid int value: 'x'"),
     ],
 )
