@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scld_aug.data import iter_row_chunks, plain_scalar
+from scld_aug.data import plain_scalar
 from scld_aug.files import atomic_torch_save, load_model_file
 from scld_aug.genes import GenePanel
 from scld_aug.guidance import (
@@ -40,9 +40,6 @@ MAX_TRAIN_TIMESTEPS = 100_000
 SAMPLE_BATCH = 4096
 # Cells decoded at a time: a block is dense over all genes (1,024 x 20,000 genes = 160 MB).
 DECODE_BATCH = 1024
-# Latent codes kept per class for anchored generation: enough to cover a type's variety,
-# bounded so that atlas-sized training sets do not bloat the saved generator.
-MAX_ANCHORS = 4096
 
 
 class SCLDGenerator:
@@ -64,8 +61,8 @@ class SCLDGenerator:
     history : dict
         Per-step training losses of each network.
     anchors : list of ndarray or None
-        Standardized latent codes of (up to ``MAX_ANCHORS``) training cells per class, the
-        starting points of anchored generation (``SamplingParams.anchor_strength < 1``).
+        Standardized latent codes of (up to ``scld_aug.train.MAX_ANCHORS``) training cells
+        per class, the starting points of anchored generation (``anchor_strength < 1``).
     gene_names : ndarray of str or None
         Names of the input genes, in order, when training knew them (AnnData ``var_names``,
         DataFrame columns); data given to a pretrained generator is checked against them.
@@ -386,7 +383,7 @@ class SCLDGenerator:
         ----------
         path : str or path-like
         include_anchors : bool, default=True
-            Keep the latent codes of (up to ``MAX_ANCHORS`` per class) training cells,
+            Keep the latent codes of (up to 4,096 per class) training cells,
             which anchored generation (``anchor_strength < 1``) starts from, and the
             library size of every training cell. With ``anchor_strength=0`` those codes
             decode back into the training cells, so pass ``False`` before sharing a
@@ -513,38 +510,3 @@ def build_modules(
     )
     classifier = LatentClassifier(config["latent_dim"], n_classes, hidden_dim=config["hidden_dim"])
     return autoencoder, denoiser, classifier
-
-
-@torch.no_grad()
-def encode_cells(
-    autoencoder: Autoencoder,
-    modelled,
-    panel: GenePanel,
-    library: np.ndarray | None,
-    device,
-) -> np.ndarray:
-    """Latent codes (not standardized) of every row of ``modelled`` (the modelled genes'
-    :class:`~scld_aug.data.CellRows`, :meth:`GenePanel.modelled`), in chunks of 1,024 rows."""
-    codes = None
-    for start, chunk in iter_row_chunks(modelled, 1024):
-        lib = library[start : start + chunk.shape[0]] if library is not None else None
-        x = torch.from_numpy(panel.encoder_input(chunk.toarray(), lib)).to(device)
-        z = autoencoder.encode(x).cpu().numpy()
-        if codes is None:  # written in place: no list of blocks plus a concatenated copy
-            codes = np.empty((modelled.shape[0], z.shape[1]), dtype=z.dtype)
-        codes[start : start + len(z)] = z
-    return codes
-
-
-def select_anchors(
-    standardized: np.ndarray, codes: np.ndarray, n_classes: int, seed: int
-) -> list[np.ndarray]:
-    """Per class, the codes of at most ``MAX_ANCHORS`` cells, chosen at random."""
-    rng = np.random.default_rng(seed)
-    anchors = []
-    for c in range(n_classes):
-        rows = np.flatnonzero(codes == c)
-        if len(rows) > MAX_ANCHORS:
-            rows = np.sort(rng.choice(rows, MAX_ANCHORS, replace=False))
-        anchors.append(np.ascontiguousarray(standardized[rows], dtype=np.float32))
-    return anchors

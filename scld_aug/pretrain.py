@@ -17,15 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from scld_aug import data as data_layer
 from scld_aug import params
-from scld_aug._random import derive_seeds, seeded
 from scld_aug.distributed import device_for, launched_world, process_group
 from scld_aug.files import check_output_path
 from scld_aug.generator import SCLDGenerator
-from scld_aug.train import fit_generator
+from scld_aug.train import train_generator
 
 TRAINING_OPTIONS = params.names("training", public=None)
 
@@ -197,28 +194,23 @@ def _pretrain(
     if len(labels) < 2:
         raise ValueError(f"Need at least 2 cells to train, got {len(labels)}.")
     rows = data_layer.cell_rows(matrix)
-    classes, codes = np.unique(labels, return_inverse=True)
     # As in SCLDSampler: counts are detected, anything else gets the Gaussian decoder.
     config = params.TrainingConfig(**training)
     config = replace(config, likelihood=data_layer.resolve_likelihood(rows, config.likelihood))
     world = launched_world()
     device_ = device_for(world, device)
-    seed = derive_seeds(random_state, 2)[0]
-    # Rank r > 0 draws its dropout from its own stream; DDP gives it rank 0's weights.
-    torch_seed = seed if world.rank == 0 else seed + world.rank
-    with process_group(world, device_), seeded(torch_seed, device_):
-        generator = fit_generator(
+    with process_group(world, device_):
+        generator = train_generator(
             rows,
-            codes.astype(np.int64),
-            classes,
+            labels,
             config,
-            seed,
+            random_state,
             device_,
-            verbose=verbose and world.is_main,
-            world=world,
+            gene_names=var_names,
+            verbose=verbose,
             compile_networks=compile_,
+            world=world,
         )
-        generator.gene_names = np.asarray(var_names, dtype=str)
         if out is not None and world.is_main:
             generator.save(out, include_anchors=include_anchors)
         world.barrier()  # no process returns before the file is complete

@@ -6,7 +6,6 @@ import json
 import os
 import textwrap
 import warnings
-from dataclasses import asdict
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,9 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from scld_aug import data as data_layer
-from scld_aug import params
+from scld_aug import params, store
 from scld_aug import train as training
-from scld_aug._random import derive_seeds, resolve_device, seeded
+from scld_aug._random import derive_seeds, resolve_device
 from scld_aug.data import plain_scalar
 from scld_aug.files import atomic_torch_save, load_model_file
 from scld_aug.generator import SCLDGenerator
@@ -32,10 +31,6 @@ FORMAT = "scld-aug-sampler"
 FORMAT_VERSION = 1
 SAMPLER_DESCRIPTION = "a saved SCLDSampler (written by SCLDSampler.save)"
 SAVED_GENERATOR = "<saved with the sampler>"
-# Part of the memory= cache key: bump whenever training would give a different generator
-# for the same data and parameters, so caches never serve generators of older code.
-# 4: labels keyed with their types.
-TRAINING_VERSION = 4
 
 
 class SCLDSampler(BaseOverSampler):
@@ -249,155 +244,52 @@ class SCLDSampler(BaseOverSampler):
         values["likelihood"] = likelihood
         return params.TrainingConfig(**values)
 
-    def _cache_key(self, X: sp.csr_matrix, y: np.ndarray, config) -> str:
-        seed = self.random_state
-        seed = int(seed) if isinstance(seed, (Integral, np.integer)) else type(seed).__name__
-        return data_layer.fingerprint(X, y, TRAINING_VERSION, asdict(config), seed)
-
-    def _memory_path(self, key: str) -> Path | None:
-        if self.memory is None:
-            return None
-        location = getattr(self.memory, "location", self.memory)
-        if location is None:
-            return None
-        if not isinstance(self.random_state, (Integral, np.integer)):
-            warnings.warn(
-                f"memory={str(location)!r} is not used: random_state={self.random_state!r} is "
-                "not an int, and only seeded fits can be reused. Pass an int random_state "
-                "to cache trained generators.",
-                UserWarning,
-                stacklevel=5,
-            )
-            return None
-        return Path(location) / "scld_aug" / f"generator-{key}.pt"
-
-    def _load_pretrained(self) -> SCLDGenerator:
-        """The ``generator`` parameter as a generator on ``device_`` (a file is read once)."""
-        self.device_ = resolve_device(self.device)
-        source = self.generator
-        if isinstance(source, (str, os.PathLike)):
-            path = Path(source).resolve()
-            if not path.exists():
-                raise FileNotFoundError(
-                    f"generator={str(source)!r}: no such file. Pass the file written by "
-                    "`scld-aug train` or SCLDGenerator.save."
-                )
-            stat = path.stat()
-            key = f"pretrained:{path}:{stat.st_mtime_ns}:{stat.st_size}"
-            if getattr(self, "generator_key_", None) != key or not hasattr(self, "generator_"):
-                self.generator_ = SCLDGenerator.load(path, self.device_)
-        else:
-            key = f"pretrained-object:{id(source)}"
-            self.generator_ = source
-        self.generator_key_ = key
-        return self.generator_.to(self.device_)
-
-    def _use_pretrained(self, X) -> None:
-        """Take the ``generator`` parameter after checking the data fits it."""
-        generator = self._load_pretrained()
-        if X.shape[1] != generator.n_genes:
-            raise ValueError(
-                f"X has {X.shape[1]} genes but the pretrained generator was trained on "
-                f"{generator.n_genes}. Give it the same genes, in the same order."
-            )
-        names = getattr(self, "feature_names_in_", None)
-        if names is not None:
-            self._check_gene_names(names)
-        self.likelihood_ = generator.panel.likelihood
-        if self.likelihood_ == "nb" and (bad := data_layer.first_non_count(X)) is not None:
-            raise ValueError(
-                f"The pretrained generator models raw counts, but X has a value that is not "
-                f"a non-negative whole number ({bad:g}). Pass raw counts (e.g. "
-                "adata.layers['counts'])."
-            )
-        unknown = [
-            plain_scalar(label)
-            for label, n in self.sampling_strategy_.items()
-            if n > 0 and not np.any(generator.classes == label)
-        ]
-        if unknown:
-            raise ValueError(
-                f"The pretrained generator cannot make class(es) {unknown}: it was trained on "
-                f"{generator.classes.tolist()}. Leave them out with a dict sampling_strategy."
-            )
-        self.generator_source_ = "pretrained"
-
-    def _check_gene_names(self, names) -> None:
-        known = self.generator_.gene_names
-        if known is None:
-            return
-        names = np.asarray(names, dtype=str)
-        if len(names) == len(known) and not np.array_equal(names, known):
-            differ = int(np.flatnonzero(names != known)[0])
-            raise ValueError(
-                f"Gene {differ} is {str(names[differ])!r} here but {str(known[differ])!r} in the "
-                "pretrained generator: reorder the columns to the generator's genes "
-                "(generator.gene_names)."
-            )
-
     def _ensure_generator(self, X, y) -> None:
         """Train the generator unless one for this exact data and config is at hand."""
         self.device_ = resolve_device(self.device)
+        names = getattr(self, "feature_names_in_", None)
         if self.generator is not None:
-            self._use_pretrained(X)
+            self._load_pretrained()
+            classes = [label for label, n in self.sampling_strategy_.items() if n > 0]
+            self.likelihood_ = store.check_compatible(self.generator_, X, names, classes)
+            self.generator_source_ = "pretrained"
             return
         matrix = data_layer.as_csr(X)
         self.likelihood_ = data_layer.resolve_likelihood(matrix, self.likelihood)
-        classes, codes = np.unique(y, return_inverse=True)
         config = self._training_config(self.likelihood_)
-        key = self._cache_key(matrix, y, config)
+        key = store.training_key(matrix, y, config, self.random_state)
         if getattr(self, "generator_key_", None) == key and hasattr(self, "generator_"):
             self.generator_source_ = "reused"
             self.generator_.to(self.device_)
             return
-        path = self._memory_path(key)
-        cached = self._read_cache(path)
+        cache = store.GeneratorCache.for_fit(self.memory, self.random_state)
+        cached = None if cache is None else cache.get(key, self.device_)
         if cached is not None:
-            self.generator_ = cached
-            self.generator_source_ = "memory"
+            self.generator_, self.generator_source_ = cached, "memory"
         else:
-            if self.likelihood_ == "nb":
-                empty = np.flatnonzero(data_layer.library_sizes(matrix) == 0)
-                if len(empty):
-                    warnings.warn(
-                        f"{len(empty)} cell(s) have zero total counts (first at row {empty[0]}). "
-                        "They carry no expression signal; consider removing empty cells "
-                        "before augmenting.",
-                        UserWarning,
-                        stacklevel=3,
-                    )
-            seed = derive_seeds(self.random_state, 2)[0]
-            with seeded(seed, self.device_):
-                self.generator_ = training.fit_generator(
-                    matrix,
-                    codes,
-                    classes,
-                    config,
-                    seed,
-                    self.device_,
-                    verbose=self.verbose,
-                    compile_networks=self.torch_compile,
-                )
+            self.generator_ = training.train_generator(
+                matrix,
+                y,
+                config,
+                self.random_state,
+                self.device_,
+                verbose=self.verbose,
+                compile_networks=self.torch_compile,
+            )
             self.generator_source_ = "trained"
-            if path is not None:
-                self.generator_.save(path)  # atomic: replaces an unreadable entry too
-        self.generator_.gene_names = _gene_names(getattr(self, "feature_names_in_", None))
+            if cache is not None:
+                cache.put(key, self.generator_)
+        self.generator_.gene_names = _gene_names(names)
         self.generator_key_ = key
 
-    def _read_cache(self, path: Path | None) -> SCLDGenerator | None:
-        """The cached generator at ``path``; None when absent or unreadable (with a warning)."""
-        if path is None or not path.exists():
-            return None
-        try:
-            return SCLDGenerator.load(path, self.device_)
-        except (OSError, ValueError) as err:
-            warnings.warn(
-                f"The cached generator {path} cannot be read ({err}); training again and "
-                "replacing it.",
-                UserWarning,
-                stacklevel=4,
-            )
-            return None
+    def _load_pretrained(self) -> SCLDGenerator:
+        """The ``generator`` parameter as ``generator_`` on ``device_`` (a file is read once)."""
+        self.device_ = resolve_device(self.device)
+        loaded = (self.generator_key_, self.generator_) if hasattr(self, "generator_") else None
+        self.generator_key_, self.generator_ = store.load_pretrained(
+            self.generator, self.device_, loaded
+        )
+        return self.generator_
 
     # ------------------------------------------------------------------ generation
 
@@ -484,8 +376,7 @@ class SCLDSampler(BaseOverSampler):
         X, y = data_layer.anndata_arrays(adata, labels_key, layer)
         if self.generator is not None:
             # Genes are checked by name before anything is generated.
-            self._load_pretrained()
-            self._check_gene_names(adata.var_names)
+            store.check_gene_names(self._load_pretrained(), adata.var_names)
         X_res, y_res = self.fit_resample(X, y)
         if self.generator is None:
             self.generator_.gene_names = _gene_names(adata.var_names)

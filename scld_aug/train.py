@@ -10,6 +10,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,22 +18,27 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from scld_aug._random import derive_seeds, seeded
 from scld_aug.data import (
     CellRows,
     MinibatchSampler,
     cell_rows,
+    iter_row_chunks,
     library_sizes,
     resolve_likelihood,
     sampling_weights,
 )
 from scld_aug.distributed import World
-from scld_aug.generator import SCLDGenerator, build_modules, encode_cells, select_anchors
+from scld_aug.generator import SCLDGenerator, build_modules
 from scld_aug.genes import GenePanel
-from scld_aug.model import NoiseSchedule
+from scld_aug.model import Autoencoder, NoiseSchedule
 from scld_aug.params import TrainingConfig
 
 Callback = Callable[[str, int, float], None]
 LOSS_READ_EVERY = 50
+# Latent codes kept per class for anchored generation: enough to cover a type's variety,
+# bounded so that atlas-sized training sets do not bloat the saved generator.
+MAX_ANCHORS = 4096
 
 
 def _optimizer(module: nn.Module, lr: float, steps: int):
@@ -116,6 +122,64 @@ def _prepare(module: nn.Module, world: World, device: torch.device, compile_: bo
     """What training calls: the module behind DDP when distributed, compiled when asked."""
     module = world.wrap(module, device)
     return torch.compile(module) if compile_ else module
+
+
+def train_generator(
+    X: sp.csr_matrix | CellRows,
+    labels: np.ndarray,
+    config: TrainingConfig,
+    random_state: Any,
+    device: torch.device,
+    *,
+    gene_names: Any = None,
+    verbose: bool = False,
+    compile_networks: bool = False,
+    world: World | None = None,
+    callback: Callback | None = None,
+) -> SCLDGenerator:
+    """Train a generator: the one entry point of ``SCLDSampler.fit``,
+    :func:`~scld_aug.pretrain.pretrain` and ``scld-aug train``, so they cannot drift.
+
+    ``X`` is a canonical CSR matrix (:func:`~scld_aug.data.as_csr`) or the
+    :class:`~scld_aug.data.CellRows` of a backed file; ``labels`` the class of every cell.
+    The seed comes from ``random_state`` as the sampler derives it; torch's global random
+    state is left as it was. Under ``torchrun`` (``world`` of several processes) every
+    process calls this with the same data and seed. ``gene_names`` are recorded in the
+    generator, so that data given to it later can be checked by name.
+    """
+    world = world or World()
+    classes, codes = np.unique(np.asarray(labels), return_inverse=True)
+    rows = cell_rows(X)
+    if config.likelihood == "auto":
+        config = replace(config, likelihood=resolve_likelihood(rows, "auto"))
+    if config.likelihood == "nb" and world.is_main:
+        empty = np.flatnonzero(library_sizes(rows) == 0)
+        if len(empty):
+            warnings.warn(
+                f"{len(empty)} cell(s) have zero total counts (first at row {empty[0]}). "
+                "They carry no expression signal; consider removing empty cells before "
+                "augmenting.",
+                UserWarning,
+                stacklevel=3,
+            )
+    seed = derive_seeds(random_state, 2)[0]
+    # Rank r > 0 draws its dropout from its own stream; DDP gives it rank 0's weights.
+    torch_seed = seed if world.rank == 0 else seed + world.rank
+    with seeded(torch_seed, device):
+        generator = fit_generator(
+            rows,
+            codes.astype(np.int64),
+            classes,
+            config,
+            seed,
+            device,
+            verbose=verbose and world.is_main,
+            callback=callback,
+            world=world,
+            compile_networks=compile_networks,
+        )
+    generator.gene_names = None if gene_names is None else np.asarray(gene_names, dtype=str)
+    return generator
 
 
 def fit_generator(
@@ -256,3 +320,38 @@ def fit_generator(
         history=history,
         anchors=select_anchors(standardized, codes, n_classes, int(rng.integers(2**62))),
     )
+
+
+@torch.no_grad()
+def encode_cells(
+    autoencoder: Autoencoder,
+    modelled,
+    panel: GenePanel,
+    library: np.ndarray | None,
+    device,
+) -> np.ndarray:
+    """Latent codes (not standardized) of every row of ``modelled`` (the modelled genes'
+    :class:`~scld_aug.data.CellRows`, :meth:`GenePanel.modelled`), in chunks of 1,024 rows."""
+    codes = None
+    for start, chunk in iter_row_chunks(modelled, 1024):
+        lib = library[start : start + chunk.shape[0]] if library is not None else None
+        x = torch.from_numpy(panel.encoder_input(chunk.toarray(), lib)).to(device)
+        z = autoencoder.encode(x).cpu().numpy()
+        if codes is None:  # written in place: no list of blocks plus a concatenated copy
+            codes = np.empty((modelled.shape[0], z.shape[1]), dtype=z.dtype)
+        codes[start : start + len(z)] = z
+    return codes
+
+
+def select_anchors(
+    standardized: np.ndarray, codes: np.ndarray, n_classes: int, seed: int
+) -> list[np.ndarray]:
+    """Per class, the codes of at most ``MAX_ANCHORS`` cells, chosen at random."""
+    rng = np.random.default_rng(seed)
+    anchors = []
+    for c in range(n_classes):
+        rows = np.flatnonzero(codes == c)
+        if len(rows) > MAX_ANCHORS:
+            rows = np.sort(rng.choice(rows, MAX_ANCHORS, replace=False))
+        anchors.append(np.ascontiguousarray(standardized[rows], dtype=np.float32))
+    return anchors

@@ -242,3 +242,22 @@ def test_train_command_saves_a_generator_and_explains_errors(data, tmp_path, cap
     assert main(["train", str(path), str(out), "--quick", "--overwrite"]) == 0
     printed = capsys.readouterr().out
     assert "3 cell types" in printed and 'SCLDSampler(generator="' in printed
+
+
+@pytest.mark.parametrize("entry", ["dataframe", "anndata"])
+def test_a_generator_trained_by_the_sampler_knows_its_gene_names(data, tmp_path, entry):
+    # SCLDSampler.fit and pretrain share one training entry point: both record gene names,
+    # so a generator saved from a sampler checks data by name as a pretrained one does.
+    X, y = data
+    columns = [f"g{i}" for i in range(X.shape[1])]
+    sampler = SCLDSampler(random_state=0, **TINY)
+    if entry == "dataframe":
+        sampler.fit(pd.DataFrame(X, columns=columns), y)
+    else:
+        sampler.fit_resample_anndata(_adata(X, y))
+    assert sampler.generator_.gene_names.tolist() == columns
+    sampler.generator_.save(tmp_path / "from_sampler.pt")
+    swapped = columns[1::-1] + columns[2:]
+    reuse = SCLDSampler(generator=tmp_path / "from_sampler.pt", n_sampling_steps=5)
+    with pytest.raises(ValueError, match="Gene 0 is 'g1' here but 'g0'"):
+        reuse.fit(pd.DataFrame(X, columns=swapped), y)
