@@ -283,6 +283,9 @@ def resolve_likelihood(X: Any, likelihood: str) -> str:
     """Pick the decoder likelihood and check that the data suits it (``X``: CSR or
     :class:`CellRows`), in one pass over the stored values. Also refuses NaN and infinite
     values, which on-disk data reach here unchecked, and data without any non-zero value."""
+    from scld_aug import likelihoods
+
+    model = None if likelihood == "auto" else likelihoods.get(likelihood)
     values = X.values if isinstance(X, CellRows) else lambda: _data_values(X)
     counts = True
     nonzero = False
@@ -293,31 +296,17 @@ def resolve_likelihood(X: Any, likelihood: str) -> str:
                 "X has NaN or infinite values (e.g. "
                 f"{v[~np.isfinite(v)][0]}). Remove or impute them before training."
             )
-        if not counts:
-            continue
-        if likelihood == "nb" and (v < 0).any():
-            raise ValueError(
-                f"likelihood='nb' needs raw counts, but X has negative values (min "
-                f"{v.min():g}). Pass raw counts (e.g. adata.layers['counts']) or use "
-                "likelihood='gaussian' for normalized or scaled data."
-            )
-        fractional = v != np.round(v)
-        if likelihood == "nb" and fractional.any():
-            raise ValueError(
-                f"likelihood='nb' needs integer counts, but X has non-integer values "
-                f"(e.g. {v[fractional][0]:g}). Pass raw counts, or use likelihood='gaussian' "
-                "for log-normalized data."
-            )
-        counts = not fractional.any() and bool((v >= 0).all())
+        if model is not None:
+            model.check_values(v)
+        elif counts:
+            counts = bool((v >= 0).all()) and not (v != np.round(v)).any()
     if not nonzero:
         raise ValueError(
             "X holds no non-zero value: every cell is empty, so there is nothing to learn. "
             "Check that X is the expression matrix (cells in rows, genes in columns) and, "
             "for AnnData, that layer= names the layer with the counts."
         )
-    if likelihood == "auto":
-        return "nb" if counts else "gaussian"
-    return likelihood
+    return likelihood if model is not None else likelihoods.for_data(counts)
 
 
 def library_sizes(X: Any) -> np.ndarray:
@@ -427,15 +416,6 @@ def check_output_fits(
             "smaller sampling_strategy, or --target on the command line), or call "
             "generate(n, cell_type) in chunks and write each chunk out."
         )
-
-
-def output_dtype(input_dtype: np.dtype, output: str, likelihood: str) -> np.dtype:
-    """Counts keep the input dtype; expected or normalized values need a float dtype."""
-    if (output == "mean" or likelihood == "gaussian") and not np.issubdtype(
-        input_dtype, np.floating
-    ):
-        return np.dtype(np.float64)
-    return np.dtype(input_dtype)
 
 
 # --------------------------------------------------------------------------- AnnData

@@ -263,42 +263,9 @@ class SCLDGenerator:
         # float64 on the CPU side only: MPS has no float64.
         decoded = self.autoencoder.decode(z).cpu().double().numpy()
         dispersion = self.autoencoder.log_dispersion.detach().cpu().double().exp().numpy()
-        n = len(latents)
-        cells = np.zeros((n, panel.n_genes))
-        if panel.likelihood == "nb":
-            library = rng.choice(self.libraries[code], size=n, replace=True)
-            mu = library[:, None] * np.exp(decoded)
-            if output == "mean":
-                values = mu
-            else:
-                rate = rng.gamma(dispersion, mu / dispersion)
-                values = rng.poisson(rate).astype(np.float64)
-            cells[:, panel.genes] = values[:, : len(panel.genes)]
-            if len(panel.rest):
-                other = values[:, -1]
-                profile = panel.rest_profile[code]
-                if output == "mean" or profile.sum() == 0:
-                    cells[:, panel.rest] = other[:, None] * profile
-                else:
-                    cells[:, panel.rest] = rng.multinomial(other.astype(np.int64), profile)
-            return cells
-        mean = decoded * panel.scale + panel.center
-        if output == "mean":
-            values = mean
-        else:
-            values = mean + rng.standard_normal(mean.shape) * dispersion * panel.scale
-        cells[:, panel.genes] = values
-        if len(panel.rest):
-            zero_rate = panel.rest_zero_rate[code]
-            loc, spread = panel.rest_profile[code], panel.rest_spread[code]
-            if output == "mean":
-                cells[:, panel.rest] = (1 - zero_rate) * loc
-            else:
-                draws = loc + spread * rng.standard_normal((n, len(panel.rest)))
-                cells[:, panel.rest] = np.where(
-                    rng.random((n, len(panel.rest))) < zero_rate, 0.0, draws
-                )
-        return np.clip(cells, panel.lower, panel.upper)
+        return panel.distribution.decode(
+            decoded, dispersion, panel, code, output, rng, self.libraries[code]
+        )
 
     def sample(
         self, label, n: int, params: SamplingParams, seed: int, batch_size: int = DECODE_BATCH
@@ -308,11 +275,7 @@ class SCLDGenerator:
         Deterministic for a given ``seed`` on CPU; global random state is not touched.
         """
         code = self.class_code(label)
-        if params.output == "counts" and self.panel.likelihood != "nb":
-            raise ValueError(
-                "output='counts' needs a generator trained on counts (likelihood='nb'); this one "
-                "models normalized values. Use output='sample' or 'mean'."
-            )
+        self.panel.distribution.check_output(params.output)
         torch_gen = torch.Generator().manual_seed(seed)
         rng = np.random.default_rng(seed)
         latents = self.sample_latents(code, n, params, torch_gen)

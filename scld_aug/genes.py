@@ -21,95 +21,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import scipy.sparse as sp
 
-from scld_aug.data import CellRows, cell_rows, iter_row_chunks
-
-TARGET_SUM = 1e4
-
-
-def _normalize_rows(chunk: sp.csr_matrix, library: np.ndarray) -> sp.csr_matrix:
-    scale = TARGET_SUM / np.maximum(library, 1.0)
-    return sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ chunk)
-
-
-def _weighted_moments(X: sp.csr_matrix, weights: np.ndarray, library: np.ndarray | None):
-    """Weighted mean and variance per gene of normalized counts and of their log1p."""
-    n_genes = X.shape[1]
-    s1 = np.zeros(n_genes)
-    s2 = np.zeros(n_genes)
-    l1 = np.zeros(n_genes)
-    l2 = np.zeros(n_genes)
-    total = weights.sum()
-    for start, chunk in iter_row_chunks(X):
-        w = weights[start : start + chunk.shape[0]]
-        values = (
-            _normalize_rows(chunk, library[start : start + chunk.shape[0]])
-            if library is not None
-            else chunk
-        )
-        s1 += values.T @ w
-        s2 += values.multiply(values).T @ w
-        if library is not None:
-            logged = values.log1p()
-            l1 += logged.T @ w
-            l2 += logged.multiply(logged).T @ w
-    mean = s1 / total
-    var = np.maximum(s2 / total - mean**2, 0.0)
-    if library is None:
-        return mean, var, mean, var
-    log_mean = l1 / total
-    log_var = np.maximum(l2 / total - log_mean**2, 0.0)
-    return mean, var, log_mean, log_var
-
-
-def _normalized_dispersion(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
-    """Dispersion normalized within bins of equal gene counts (Zheng et al. 2017, Cell Ranger).
-
-    Bins are percentiles of mean expression, and each gene's dispersion is compared with the
-    median and MAD of its bin. Equal-count bins matter: with equal-width bins the few most
-    expressed genes (hormones, cell-type markers such as INS, GCG, SST) share a bin with
-    hardly any others and lose their rank.
-    """
-    score = np.full(mean.shape, -np.inf)
-    expressed = mean > 0
-    dispersion = var[expressed] / mean[expressed]
-    m = mean[expressed]
-    edges = np.unique(np.percentile(m, np.arange(10, 100, 5)))
-    bins = np.digitize(m, edges)
-    z = np.zeros_like(dispersion)
-    for b in np.unique(bins):
-        in_bin = bins == b
-        median = np.median(dispersion[in_bin])
-        mad = np.median(np.abs(dispersion[in_bin] - median))
-        z[in_bin] = (dispersion[in_bin] - median) / mad if mad > 0 else 0.0
-    score[expressed] = z
-    return score
-
-
-def _class_sums(X: sp.csr_matrix, codes: np.ndarray, n_classes: int, with_spread: bool):
-    """Per-class sums of values (and of non-zero indicators and squares), streamed by rows."""
-    shape = (n_classes, X.shape[1])
-    sums, nonzeros, squares = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-    for start, chunk in iter_row_chunks(X):
-        c = codes[start : start + chunk.shape[0]]
-        onehot = sp.csr_matrix((np.ones(len(c)), (c, np.arange(len(c)))), shape=(n_classes, len(c)))
-        sums += (onehot @ chunk).toarray()
-        if with_spread:
-            indicator = chunk.copy()
-            indicator.data = (indicator.data != 0).astype(indicator.data.dtype)
-            nonzeros += (onehot @ indicator).toarray()
-            squares += (onehot @ chunk.multiply(chunk)).toarray()
-    return sums, nonzeros, squares
-
-
-def _column_range(X) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene minimum and maximum (implicit zeros included), streamed by rows."""
-    lower = upper = None
-    for _, chunk in iter_row_chunks(X):
-        lo = np.asarray(chunk.min(axis=0).todense()).ravel()
-        hi = np.asarray(chunk.max(axis=0).todense()).ravel()
-        lower = lo if lower is None else np.minimum(lower, lo)
-        upper = hi if upper is None else np.maximum(upper, hi)
-    return lower, upper
+from scld_aug import likelihoods
+from scld_aug.data import CellRows, cell_rows
 
 
 @dataclass
@@ -154,9 +67,14 @@ class GenePanel:
     output_prior: np.ndarray
 
     @property
+    def distribution(self) -> likelihoods.Likelihood:
+        """The likelihood object (:mod:`scld_aug.likelihoods`) of ``likelihood``."""
+        return likelihoods.get(self.likelihood)
+
+    @property
     def n_outputs(self) -> int:
         """Decoder outputs: the modelled genes, plus the 'all other genes' total for counts."""
-        return len(self.genes) + (1 if self.likelihood == "nb" and len(self.rest) else 0)
+        return self.distribution.n_outputs(len(self.genes), len(self.rest))
 
     @classmethod
     def fit(
@@ -169,62 +87,33 @@ class GenePanel:
         n_top_genes: int | None,
         likelihood: str,
     ) -> GenePanel:
-        counts = likelihood == "nb"
-        mean, var, log_mean, log_var = _weighted_moments(X, weights, library if counts else None)
+        distribution = likelihoods.get(likelihood)
+        stats = distribution.gene_statistics(X, weights, library)
         n_top = X.shape[1] if n_top_genes is None else min(n_top_genes, X.shape[1])
-        if counts:
-            score = _normalized_dispersion(mean, var)
-            candidates = np.flatnonzero(mean > 0)
-        else:
-            score = var.copy()
-            candidates = np.flatnonzero(var > 0)
-        if len(candidates) == 0:
+        if len(stats.candidates) == 0:
             raise ValueError(
                 "Every gene is constant across the training cells, so there is nothing to "
                 "learn. Check that X holds expression values (cells in rows, genes in columns)."
             )
-        order = candidates[np.argsort(-score[candidates], kind="stable")]
+        order = stats.candidates[np.argsort(-stats.score[stats.candidates], kind="stable")]
         genes = np.sort(order[:n_top])
         rest = np.setdiff1d(np.arange(X.shape[1]), genes)
-        scale = np.sqrt(log_var[genes])
+        scale = np.sqrt(stats.log_var[genes])
         scale[scale == 0] = 1.0
-
-        sums, nonzeros, squares = _class_sums(X, codes, n_classes, with_spread=not counts)
-        n_c = np.bincount(codes, minlength=n_classes)[:, None].astype(float)
-        empty = np.zeros((n_classes, 0))
-        if counts:
-            rest_sums = sums[:, rest]
-            totals = rest_sums.sum(1, keepdims=True)
-            profile = np.divide(rest_sums, totals, out=np.zeros_like(rest_sums), where=totals > 0)
-            spread, zero_rate = empty, empty
-            lower = upper = np.zeros(0)
-        else:
-            n_nz = nonzeros[:, rest]
-            profile = np.divide(sums[:, rest], n_nz, out=np.zeros_like(n_nz), where=n_nz > 0)
-            second = np.divide(squares[:, rest], n_nz, out=np.zeros_like(n_nz), where=n_nz > 0)
-            spread = np.sqrt(np.maximum(second - profile**2, 0.0))
-            zero_rate = 1.0 - n_nz / np.maximum(n_c, 1.0)
-            lower, upper = _column_range(X)
-        if counts:
-            fractions = mean[genes] / TARGET_SUM
-            if len(rest):
-                fractions = np.append(fractions, max(1.0 - fractions.sum(), 1e-6))
-            prior = np.log(np.maximum(fractions, 1e-8))
-        else:
-            prior = np.zeros(len(genes))
+        other = distribution.other_genes(X, codes, n_classes, rest)
         return cls(
             n_genes=X.shape[1],
             likelihood=likelihood,
             genes=genes.astype(np.int64),
-            center=log_mean[genes].astype(np.float32),
+            center=stats.log_mean[genes].astype(np.float32),
             scale=scale.astype(np.float32),
             rest=rest.astype(np.int64),
-            rest_profile=profile.astype(np.float64),
-            rest_spread=spread.astype(np.float32),
-            rest_zero_rate=zero_rate.astype(np.float32),
-            lower=lower.astype(np.float32),
-            upper=upper.astype(np.float32),
-            output_prior=prior.astype(np.float32),
+            rest_profile=other["rest_profile"].astype(np.float64),
+            rest_spread=other["rest_spread"].astype(np.float32),
+            rest_zero_rate=other["rest_zero_rate"].astype(np.float32),
+            lower=other["lower"].astype(np.float32),
+            upper=other["upper"].astype(np.float32),
+            output_prior=distribution.output_prior(stats.mean[genes], len(rest)).astype(np.float32),
         )
 
     def modelled(self, X: sp.csr_matrix | CellRows) -> CellRows:
@@ -236,27 +125,22 @@ class GenePanel:
         """
         return cell_rows(X).columns(self.genes)
 
-    def other_totals(self, modelled: CellRows, library: np.ndarray) -> np.ndarray | None:
-        """Per cell, the total count of the genes that are not modelled (counts only)."""
-        if self.likelihood != "nb" or not len(self.rest):
+    def other_totals(self, modelled: CellRows, library: np.ndarray | None) -> np.ndarray | None:
+        """Per cell, the total of the genes that are not modelled, when the decoder models
+        it (counts)."""
+        if library is None or not len(self.rest):
             return None
-        return np.maximum(library - modelled.row_sums(), 0.0)
+        return self.distribution.other_totals(library, modelled.row_sums())
 
     def encoder_input(self, values: np.ndarray, library: np.ndarray | None) -> np.ndarray:
         """Standardized encoder input (log-normalized for counts) from dense rows of the
         modelled genes."""
-        if self.likelihood == "nb":
-            values = np.log1p(values * (TARGET_SUM / np.maximum(library, 1.0))[:, None])
-        return ((values - self.center) / self.scale).astype(np.float32)
+        return self.distribution.encoder_input(values, library, self)
 
     def decoder_target(self, values: np.ndarray, other: np.ndarray | None) -> np.ndarray:
         """What the decoder reconstructs from dense rows of the modelled genes: their counts
         (+ the other genes' total, ``other``), or their standardized values."""
-        if self.likelihood == "nb":
-            if other is not None:
-                values = np.concatenate([values, other[:, None]], axis=1)
-            return values.astype(np.float32)
-        return ((values - self.center) / self.scale).astype(np.float32)
+        return self.distribution.decoder_target(values, other, self)
 
     def state(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

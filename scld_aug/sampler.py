@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from scld_aug import data as data_layer
-from scld_aug import params, store
+from scld_aug import likelihoods, params, store
 from scld_aug import train as training
 from scld_aug._random import derive_seeds, resolve_device
 from scld_aug.data import plain_scalar
@@ -221,9 +221,8 @@ class SCLDSampler(BaseOverSampler):
         }
 
     def _check_output_fits(self, strategy: dict, kept_bytes: float = 0.0) -> None:
-        dtype = data_layer.output_dtype(
-            self.input_dtype_, self.output, getattr(self, "likelihood_", "nb")
-        )
+        likelihood = likelihoods.get(getattr(self, "likelihood_", "nb"))
+        dtype = likelihood.output_dtype(self.input_dtype_, self.output)
         n_genes = int(self.n_features_in_)
         total_new, total_bytes = 0, 0.0
         for label, n in strategy.items():
@@ -308,7 +307,7 @@ class SCLDSampler(BaseOverSampler):
 
     def _generate_blocks(self, label, n: int, sparse_format: str | None) -> list:
         params = self._sampling_params()
-        dtype = data_layer.output_dtype(self.input_dtype_, params.output, self.likelihood_)
+        dtype = likelihoods.get(self.likelihood_).output_dtype(self.input_dtype_, params.output)
         blocks = []
         seed = self._class_seed(label)
         for block in self.generator_.sample(label, n, params, seed):

@@ -155,7 +155,7 @@ def check_compatible(
         )
     check_gene_names(generator, gene_names)
     likelihood = generator.panel.likelihood
-    if likelihood == "nb" and (bad := data_layer.first_non_count(X)) is not None:
+    if generator.panel.distribution.counts and (bad := data_layer.first_non_count(X)) is not None:
         raise ValueError(
             f"The pretrained generator models raw counts, but X has a value that is not a "
             f"non-negative whole number ({bad:g}). Pass raw counts (e.g. "

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from scld_aug import likelihoods
 from scld_aug._random import derive_seeds, seeded
 from scld_aug.data import (
     CellRows,
@@ -152,7 +153,7 @@ def train_generator(
     rows = cell_rows(X)
     if config.likelihood == "auto":
         config = replace(config, likelihood=resolve_likelihood(rows, "auto"))
-    if config.likelihood == "nb" and world.is_main:
+    if likelihoods.get(config.likelihood).uses_library and world.is_main:
         empty = np.flatnonzero(library_sizes(rows) == 0)
         if len(empty):
             warnings.warn(
@@ -216,11 +217,11 @@ def fit_generator(
     if config.likelihood == "auto":
         config = replace(config, likelihood=resolve_likelihood(rows_in, "auto"))
     n_classes = len(classes)
-    counts = config.likelihood == "nb"
+    uses_library = likelihoods.get(config.likelihood).uses_library
     # One process keeps the single-process stream; ranks of a DDP run draw distinct ones.
     rng = np.random.default_rng([seed, world.rank] if world.distributed else seed)
     weights = sampling_weights(codes, n_classes, config.class_balance)
-    library = library_sizes(rows_in) if counts else None
+    library = library_sizes(rows_in) if uses_library else None
     panel = GenePanel.fit(
         rows_in, codes, n_classes, weights, library, config.n_top_genes, config.likelihood
     )
@@ -229,20 +230,20 @@ def fit_generator(
     )
     batches = MinibatchSampler(weights, config.batch_size, rng)
     modelled = panel.modelled(rows_in)
-    other = panel.other_totals(modelled, library) if counts else None
+    other = panel.other_totals(modelled, library)
     # Empty cells (library 0) would give log(0); a floor of 1 keeps their loss finite.
-    library_floor = np.maximum(library, 1.0).astype(np.float32) if counts else None
+    library_floor = np.maximum(library, 1.0).astype(np.float32) if uses_library else None
     train_autoencoder = _prepare(autoencoder, world, device, compile_networks)
 
     def autoencoder_loss() -> torch.Tensor:
         rows = batches.draw()
         values = modelled.take(rows)
-        lib = library[rows] if counts else None
+        lib = library[rows] if uses_library else None
         x = _to_device(panel.encoder_input(values, lib), device)
         target = _to_device(
             panel.decoder_target(values, other[rows] if other is not None else None), device
         )
-        lib_t = _to_device(library_floor[rows], device) if counts else None
+        lib_t = _to_device(library_floor[rows], device) if uses_library else None
         return train_autoencoder(x, target, lib_t) / target.shape[1]
 
     history: dict[str, list[float]] = {}
@@ -306,7 +307,7 @@ def fit_generator(
     run("diffusion", denoiser, config.diffusion_steps, diffusion_loss)
     run("classifier", classifier, config.classifier_steps, classifier_loss)
 
-    libraries = [library[codes == c] if counts else np.zeros(0) for c in range(n_classes)]
+    libraries = [library[codes == c] if uses_library else np.zeros(0) for c in range(n_classes)]
     return SCLDGenerator(
         autoencoder,
         denoiser,

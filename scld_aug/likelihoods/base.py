@@ -1,0 +1,123 @@
+"""What a likelihood of the decoder owns."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from scld_aug.genes import GenePanel
+
+
+class GeneStatistics(NamedTuple):
+    """Per-gene statistics of the training cells, as a likelihood sees them."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    log_mean: np.ndarray
+    log_var: np.ndarray
+    score: np.ndarray  # how informative a gene is (higher: modelled first)
+    candidates: np.ndarray  # genes that may be modelled at all
+
+
+class Likelihood:
+    """The decoder's likelihood, and everything that follows from it.
+
+    A likelihood owns, for its kind of data: the check of input values, which genes are
+    worth modelling, the statistics that generate the genes outside the modelled panel,
+    the encoder's input and the decoder's target, the decoder's output transform and
+    log-likelihood (tensors), decoding to cells, and the dtype of generated cells. Adding
+    a likelihood is one module that subclasses this one, registered in
+    ``scld_aug.likelihoods.LIKELIHOODS``.
+    """
+
+    #: Name used in parameters and saved generators.
+    name: str = ""
+    #: Whether it models raw counts (non-negative whole numbers) only.
+    counts: bool = False
+    #: Whether a cell's library size (total counts) scales its decoded means.
+    uses_library: bool = False
+    #: Start value of the decoder's gene-wise log-dispersion parameter.
+    dispersion_init: float = 0.0
+
+    # ------------------------------------------------------------------ input
+
+    def check_values(self, values: np.ndarray) -> None:
+        """Raise a ValueError (saying how to fix it) for stored values it cannot model."""
+
+    def output_dtype(self, input_dtype: np.dtype, output: str) -> np.dtype:
+        """dtype of generated cells: the input's, unless the values need a float dtype."""
+        raise NotImplementedError
+
+    def check_output(self, output: str) -> None:
+        """Raise a ValueError for an ``output`` mode this likelihood cannot produce."""
+
+    # ------------------------------------------------------------------ genes
+
+    def gene_statistics(self, X, weights: np.ndarray, library: np.ndarray | None):
+        """``GeneStatistics`` of the training cells (weighted like the minibatches)."""
+        raise NotImplementedError
+
+    def other_genes(self, X, codes: np.ndarray, n_classes: int, rest: np.ndarray) -> dict:
+        """Per-class statistics that generate the genes outside the panel (``rest``):
+        ``rest_profile``, ``rest_spread``, ``rest_zero_rate``, ``lower``, ``upper``."""
+        raise NotImplementedError
+
+    def n_outputs(self, n_genes: int, n_rest: int) -> int:
+        """Decoder outputs for ``n_genes`` modelled genes and ``n_rest`` others."""
+        return n_genes
+
+    def output_prior(self, mean: np.ndarray, n_rest: int) -> np.ndarray:
+        """Start value of the decoder's output bias (``mean``: of the modelled genes)."""
+        raise NotImplementedError
+
+    def other_totals(self, library: np.ndarray, modelled_totals: np.ndarray) -> np.ndarray | None:
+        """Per cell, the total of the genes outside the panel, when the decoder models it."""
+        return None
+
+    def encoder_input(
+        self, values: np.ndarray, library: np.ndarray | None, panel: GenePanel
+    ) -> np.ndarray:
+        """Standardized encoder input (float32) from dense rows of the modelled genes."""
+        raise NotImplementedError
+
+    def decoder_target(
+        self, values: np.ndarray, other: np.ndarray | None, panel: GenePanel
+    ) -> np.ndarray:
+        """What the decoder reconstructs (float32) from dense rows of the modelled genes."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ tensors
+
+    def transform(self, out: torch.Tensor) -> torch.Tensor:
+        """The decoder's last layer to what :meth:`log_likelihood` and :meth:`decode` read."""
+        return out
+
+    def log_likelihood(
+        self,
+        decoded: torch.Tensor,
+        target: torch.Tensor,
+        log_dispersion: torch.Tensor,
+        library: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Per-cell log-likelihood of ``target``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode(
+        self,
+        decoded: np.ndarray,
+        dispersion: np.ndarray,
+        panel: GenePanel,
+        code: int,
+        output: str,
+        rng: np.random.Generator,
+        libraries: Any,
+    ) -> np.ndarray:
+        """Cells of class ``code`` (all genes, dense float64) from decoder output ``decoded``
+        (float64 numpy), drawing from ``rng`` unless ``output == "mean"``. ``libraries``
+        holds the observed library sizes of the class (counts only)."""
+        raise NotImplementedError
