@@ -101,7 +101,7 @@ def _one(n_cells: int, n_genes: int, mode: str, data_dir: Path, device: str) -> 
     import scld_aug.train as training
     from evaluation.gpu_check import _timed_loops
     from scld_aug import SCLDSampler
-    from scld_aug.generator import SamplingParams
+    from scld_aug.params import SamplingParams
     from scld_aug.pretrain import pretrain
 
     start = time.perf_counter()
@@ -187,8 +187,8 @@ def sampling_benchmark(out: Path) -> pd.DataFrame:
     import torch
     from imblearn.over_sampling import SMOTE
 
-    from scld_aug import SCLDSampler, datasets
-    from scld_aug.generator import SamplingParams
+    from scld_aug import SCLDSampler, datasets, sampling
+    from scld_aug.params import SamplingParams
 
     adata = datasets.baron_pancreas()
     X, y = adata.X, adata.obs["cell_type"].astype(str).to_numpy()
@@ -202,7 +202,7 @@ def sampling_benchmark(out: Path) -> pd.DataFrame:
                 continue  # ~1 min on 2 cores; the trend is clear without it
             params = SamplingParams(n_sampling_steps=steps)
             start = time.perf_counter()
-            latents = generator.sample_latents(code, n, params, torch.Generator().manual_seed(0))
+            latents = sampling.latents(generator, code, n, params, torch.Generator().manual_seed(0))
             latent_s = time.perf_counter() - start
             rng = np.random.default_rng(0)
             start = time.perf_counter()

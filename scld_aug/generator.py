@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from scld_aug import sampling
 from scld_aug.data import plain_scalar
 from scld_aug.files import atomic_torch_save, load_model_file
 from scld_aug.genes import GenePanel
-from scld_aug.guidance import (
-    classifier_free_guidance,
-    classifier_guidance,
-    classifier_log_prob_gradient,
-    filter_mask,
-)
 from scld_aug.model import Autoencoder, Denoiser, LatentClassifier, NoiseSchedule
 from scld_aug.params import SamplingParams
+from scld_aug.sampling import DECODE_BATCH
 
 GENERATOR_FORMAT = "scld-aug-generator"
 GENERATOR_DESCRIPTION = "a saved SCLD generator (written by SCLDGenerator.save or scld-aug train)"
@@ -36,10 +31,6 @@ LIBRARY_QUANTILES = 100
 # Largest diffusion length a saved configuration may ask for (the default is 1,000): the
 # schedule is allocated from it before any stored tensor could contradict it.
 MAX_TRAIN_TIMESTEPS = 100_000
-
-SAMPLE_BATCH = 4096
-# Cells decoded at a time: a block is dense over all genes (1,024 x 20,000 genes = 160 MB).
-DECODE_BATCH = 1024
 
 
 class SCLDGenerator:
@@ -144,53 +135,7 @@ class SCLDGenerator:
             )
         return int(matches[0])
 
-    # ------------------------------------------------------------------ latent sampling
-
-    @torch.no_grad()
-    def _denoise(
-        self, x: torch.Tensor, code: int, params: SamplingParams, timesteps: list[int]
-    ) -> torch.Tensor:
-        """Guided DDIM from noisy latents at ``timesteps[0]`` to clean standardized codes."""
-        n = x.shape[0]
-        labels = torch.full((n,), code, dtype=torch.long, device=x.device)
-        null = torch.full_like(labels, self.denoiser.null_class)
-        w = params.guidance_scale
-        for t in timesteps:
-            tt = torch.full((n,), t, dtype=torch.long, device=x.device)
-            if w == 1.0:
-                eps = self.denoiser(x, tt, labels)
-            else:
-                eps_c, eps_u = self.denoiser(
-                    torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null])
-                ).chunk(2)
-                eps = classifier_free_guidance(eps_c, eps_u, w)
-            if params.post_guidance_scale > 0:
-                grad = classifier_log_prob_gradient(self.classifier, x, tt, labels)
-                eps = classifier_guidance(
-                    eps, grad, self.schedule.noise_level(t), params.post_guidance_scale
-                )
-            x = self.schedule.step(eps, t, x)
-        return x
-
-    def _draw(
-        self, code: int, size: int, params: SamplingParams, generator: torch.Generator
-    ) -> torch.Tensor:
-        """One batch of latents: from pure noise, or from noised codes of real cells."""
-        noise = torch.randn(size, self.latent_mean.shape[0], generator=generator)
-        self.schedule.set_timesteps(params.n_sampling_steps)
-        timesteps = self.schedule.timesteps.tolist()
-        if params.anchor_strength >= 1.0:
-            return self._denoise(noise.to(self.device), code, params, timesteps)
-        # SDEdit-style: noise real codes of the class part of the way, then denoise back.
-        anchors = self.class_anchors(code)
-        picks = torch.randint(len(anchors), (size,), generator=generator)
-        x0 = torch.from_numpy(anchors)[picks]
-        kept = timesteps[len(timesteps) - int(round(len(timesteps) * params.anchor_strength)) :]
-        if not kept:
-            return x0.to(self.device)
-        t0 = torch.full((size,), kept[0], dtype=torch.long)
-        x = self.schedule.add_noise(x0, noise, t0)
-        return self._denoise(x.to(self.device), code, params, kept)
+    # ------------------------------------------------------------------ what sampling reads
 
     def class_anchors(self, code: int) -> np.ndarray:
         """Stored standardized latent codes of real cells of class ``code``."""
@@ -207,49 +152,6 @@ class SCLDGenerator:
         """Latent classifier's class probabilities for clean standardized latents."""
         t = torch.zeros(latents.shape[0], dtype=torch.long, device=latents.device)
         return torch.softmax(self.classifier(latents, t), dim=-1)
-
-    def sample_latents(
-        self, code: int, n: int, params: SamplingParams, generator: torch.Generator
-    ) -> np.ndarray:
-        """``n`` standardized latent codes of class ``code``, filtered when asked."""
-        accepted: list[torch.Tensor] = []
-        rejected: list[tuple[torch.Tensor, torch.Tensor]] = []
-        n_accepted = 0
-        rounds = params.max_filter_rounds if params.filter_threshold is not None else 1
-        for _ in range(rounds):
-            need = n - n_accepted
-            # Over-draw when filtering so that one round usually suffices.
-            n_draw = need if params.filter_threshold is None else int(np.ceil(need * 1.25)) + 8
-            for start in range(0, n_draw, SAMPLE_BATCH):
-                size = min(SAMPLE_BATCH, n_draw - start)
-                z = self._draw(code, size, params, generator)
-                if params.filter_threshold is None:
-                    accepted.append(z)
-                    continue
-                probs = self.class_probabilities(z)
-                target = torch.full((size,), code, device=z.device)
-                keep = filter_mask(probs, target, params.filter_threshold)
-                accepted.append(z[keep])
-                rejected.append((z[~keep], probs[~keep, code]))
-            n_accepted = sum(len(a) for a in accepted)
-            if n_accepted >= n:
-                break
-        latents = torch.cat(accepted)[:n]  # every round appends, so never empty
-        if len(latents) < n:
-            missing = n - len(latents)
-            z_rej = torch.cat([r[0] for r in rejected])
-            p_rej = torch.cat([r[1] for r in rejected])
-            best = torch.argsort(p_rej, descending=True, stable=True)[:missing]
-            warnings.warn(
-                f"Filter (threshold {params.filter_threshold}) accepted only {len(latents)} of "
-                f"{n} cells of class {plain_scalar(self.classes[code])!r} in {rounds} rounds; the remaining "
-                f"{missing} are the best-scoring rejected samples. Lower filter_threshold, "
-                "raise max_filter_rounds or guidance, or check that this class is learnable.",
-                UserWarning,
-                stacklevel=3,
-            )
-            latents = torch.cat([latents, z_rej[best]])
-        return latents.cpu().numpy()
 
     # ------------------------------------------------------------------ decoding
 
@@ -270,17 +172,12 @@ class SCLDGenerator:
     def sample(
         self, label, n: int, params: SamplingParams, seed: int, batch_size: int = DECODE_BATCH
     ) -> Iterator[np.ndarray]:
-        """Synthetic cells of class ``label`` as dense blocks of at most ``batch_size`` rows.
+        """Synthetic cells of class ``label`` as dense blocks of at most ``batch_size`` rows
+        (the guided DDIM loop of :mod:`scld_aug.sampling`).
 
         Deterministic for a given ``seed`` on CPU; global random state is not touched.
         """
-        code = self.class_code(label)
-        self.panel.distribution.check_output(params.output)
-        torch_gen = torch.Generator().manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        latents = self.sample_latents(code, n, params, torch_gen)
-        for start in range(0, n, batch_size):
-            yield self.decode(latents[start : start + batch_size], code, params.output, rng)
+        return sampling.sample(self, label, n, params, seed, batch_size)
 
     # ------------------------------------------------------------------ persistence
 

@@ -86,7 +86,8 @@ def _target_probability(sampler, cell_type, n=200):
     """Mean latent-classifier probability of ``cell_type`` for freshly sampled latents."""
     import torch
 
-    from scld_aug.generator import SamplingParams
+    from scld_aug import sampling
+    from scld_aug.params import SamplingParams
 
     generator = sampler.generator_
     code = generator.class_code(cell_type)
@@ -96,7 +97,7 @@ def _target_probability(sampler, cell_type, n=200):
         n_sampling_steps=sampler.n_sampling_steps,
         filter_threshold=sampler.filter_threshold,
     )
-    latents = generator.sample_latents(code, n, params, torch.Generator().manual_seed(0))
+    latents = sampling.latents(generator, code, n, params, torch.Generator().manual_seed(0))
     probs = generator.class_probabilities(torch.as_tensor(latents, device=generator.device))
     return probs[:, code].cpu().numpy()
 

@@ -1,4 +1,5 @@
-"""DDPM noise schedule with a deterministic DDIM sampler step (the diffusers shape)."""
+"""DDPM noise schedule with a deterministic DDIM sampler step: a small stateless object, as
+in diffusers, whose sampling loop belongs to the caller (:mod:`scld_aug.sampling`)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,7 @@ class NoiseSchedule:
     >>> schedule = NoiseSchedule(100)
     >>> x0 = torch.zeros(4, 2)
     >>> noisy = schedule.add_noise(x0, torch.ones(4, 2), torch.tensor([99, 99, 0, 0]))
-    >>> schedule.set_timesteps(10)
-    >>> schedule.timesteps.tolist()
+    >>> schedule.timesteps(10)
     [99, 89, 79, 69, 59, 49, 39, 29, 19, 9]
     """
 
@@ -52,7 +52,7 @@ class NoiseSchedule:
             raise ValueError(f"beta_schedule must be 'cosine' or 'linear', got {beta_schedule!r}.")
         self.alphas_cumprod_f64 = torch.cumprod(1 - betas, dim=0)
         self.alphas_cumprod = self.alphas_cumprod_f64.float()
-        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
+        # A memo of alphas_cumprod per device and dtype (not state: results never depend on it).
         self._alpha_bar_cache: dict = {}
 
     def _alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -71,8 +71,12 @@ class NoiseSchedule:
         """``sqrt(1 - alpha_bar_t)``: the factor that turns a score into a noise correction."""
         return float((1 - self.alphas_cumprod[t]).sqrt())
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        """Choose ``num_inference_steps`` evenly spaced timesteps, ending near ``t = 0``."""
+    def timesteps(self, num_inference_steps: int) -> list[int]:
+        """``num_inference_steps`` evenly spaced timesteps, descending, ending near ``t = 0``.
+
+        The schedule keeps no state: the caller owns the loop and passes each step's
+        timestep and the next one (:meth:`step`).
+        """
         if not 1 <= num_inference_steps <= self.num_train_timesteps:
             raise ValueError(
                 f"num_inference_steps must be in [1, {self.num_train_timesteps}], "
@@ -80,18 +84,13 @@ class NoiseSchedule:
             )
         ratio = self.num_train_timesteps / num_inference_steps
         steps = torch.round(torch.arange(self.num_train_timesteps, 0, -ratio)).long() - 1
-        self.timesteps = steps
+        return steps.tolist()
 
-    def previous_timestep(self, t: int) -> int:
-        """The timestep that follows ``t`` in the current inference schedule (-1 at the end)."""
-        index = (self.timesteps == t).nonzero()
-        if len(index) == 0 or int(index[0]) + 1 >= len(self.timesteps):
-            return -1
-        return int(self.timesteps[int(index[0]) + 1])
-
-    def step(self, noise_pred: torch.Tensor, t: int, x_t: torch.Tensor) -> torch.Tensor:
-        """Deterministic DDIM update (eta = 0) from ``x_t`` to the previous timestep."""
-        prev_t = self.previous_timestep(t)
+    def step(
+        self, noise_pred: torch.Tensor, t: int, x_t: torch.Tensor, prev_t: int
+    ) -> torch.Tensor:
+        """Deterministic DDIM update (eta = 0) from ``x_t`` at ``t`` to ``prev_t`` (the next
+        timestep of the caller's loop; -1 for the clean sample)."""
         ab_t = float(self.alphas_cumprod_f64[t])
         ab_prev = float(self.alphas_cumprod_f64[prev_t]) if prev_t >= 0 else 1.0
         if self.clip_sample_range is None:
