@@ -173,7 +173,7 @@ class CliHelp(SphinxDirective):
     optional_arguments = 1
 
     def run(self):
-        from scld_aug.cli import main
+        from scld_aug.apps.cli import main
 
         argv = [*self.arguments[0].split(), "--help"] if self.arguments else ["--help"]
         out = io.StringIO()

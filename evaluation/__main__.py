@@ -16,7 +16,7 @@ import pandas as pd
 
 from evaluation import protocols
 from evaluation.report import write_report
-from scld_aug.demo import QUICK
+from scld_aug.presets import QUICK
 
 PBMC = Path(__file__).parent / "data" / "pbmc68k_subset.h5ad"
 DATASETS = ("baron", "pbmc")

@@ -29,6 +29,7 @@ from sklearn.linear_model import LogisticRegression
 import scld_aug.train as training
 from scld_aug import SCLDSampler, datasets
 from scld_aug.preprocessing import log_normalize
+from scld_aug.presets import TINY
 
 
 def _sync(device: torch.device) -> None:
@@ -53,9 +54,6 @@ def _timed_loops(phases: dict):
     return original
 
 
-QUICK = dict(autoencoder_steps=30, diffusion_steps=30, classifier_steps=10, hidden_dim=32)
-
-
 VARIANTS = {
     "default": {},
     "amp": {"mixed_precision": True},
@@ -75,13 +73,13 @@ def check_device(
 ) -> dict:
     # A tiny fit first: device start-up (context, kernel loading) is not the fit's cost.
     start = time.perf_counter()
-    SCLDSampler(random_state=0, device=device, **QUICK).fit(X[:300], y[:300])
+    SCLDSampler(random_state=0, device=device, **TINY).fit(X[:300], y[:300])
     warmup_s = time.perf_counter() - start
     phases: dict[str, float] = {}
     original = _timed_loops(phases)
     try:
         sampler = SCLDSampler(
-            random_state=0, device=device, **(QUICK if quick else {}), **VARIANTS[variant]
+            random_state=0, device=device, **(TINY if quick else {}), **VARIANTS[variant]
         )
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()

@@ -15,8 +15,8 @@ import scipy.sparse as sp
 from sklearn.model_selection import train_test_split
 
 from evaluation.methods import make_pipeline, make_sampler
-from scld_aug.demo import MIN_CELLS, rare_strategy
 from scld_aug.metrics import downstream_scores
+from scld_aug.presets import MIN_CELLS, rare_strategy
 
 
 def split(y: np.ndarray, seed: int, test_size: float = 0.3) -> tuple[np.ndarray, np.ndarray]:

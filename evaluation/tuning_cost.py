@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from scld_aug import SCLDSampler, datasets
-from scld_aug.demo import QUICK, rare_strategy
+from scld_aug.presets import QUICK, rare_strategy
 from scld_aug.tuning import tune_guidance
 
 

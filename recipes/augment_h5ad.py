@@ -6,7 +6,7 @@ What it does
        ``OUTPUT_DIR/baron_pancreas.h5ad``.
     2. Runs the command line on it, exactly as you would in a shell::
 
-           python -m scld_aug.cli augment OUTPUT_DIR/baron_pancreas.h5ad \\
+           python -m scld_aug.apps.cli augment OUTPUT_DIR/baron_pancreas.h5ad \\
                OUTPUT_DIR/baron_pancreas_augmented.h5ad --labels-key cell_type --overwrite
 
        (``scld-aug augment ...`` is the same command). It trains SCLD on all cells and
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     command = [
         sys.executable,
         "-m",
-        "scld_aug.cli",
+        "scld_aug.apps.cli",
         "augment",
         str(source),
         str(augmented_path),

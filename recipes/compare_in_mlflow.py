@@ -49,7 +49,7 @@ def make_sampler(name: str, seed: int, memory: str, quick: bool):
     from imblearn.over_sampling import SMOTE, RandomOverSampler
 
     from scld_aug import SCLDSampler
-    from scld_aug.demo import QUICK, rare_strategy
+    from scld_aug.presets import QUICK, rare_strategy
 
     if name == "none":
         return None
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     from sklearn.model_selection import StratifiedKFold
 
     from scld_aug import datasets
-    from scld_aug.demo import rare_strategy
+    from scld_aug.presets import rare_strategy
 
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

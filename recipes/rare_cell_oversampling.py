@@ -11,7 +11,7 @@ What it does
     so synthetic cells are made from the training folds only and every score is computed
     on real, held-out cells. Both samplers raise every rare type (under 2% of the cells,
     at least 3 cells) to the median type size, as ``scld-aug demo`` does
-    (:func:`scld_aug.demo.rare_strategy`). SCLD gets ``memory=OUTPUT_DIR/scld_cache``: its
+    (:func:`scld_aug.presets.rare_strategy`). SCLD gets ``memory=OUTPUT_DIR/scld_cache``: its
     generator is trained once per fold and reused by the other two classifiers (and by
     reruns of the recipe; delete the folder to retrain).
 
@@ -62,8 +62,8 @@ def make_pipeline(method: str, classifier: str, seed: int, memory: Path, quick: 
     from sklearn.preprocessing import StandardScaler
 
     from scld_aug import SCLDSampler
-    from scld_aug.demo import QUICK, rare_strategy
     from scld_aug.preprocessing import log_normalizer
+    from scld_aug.presets import QUICK, rare_strategy
 
     steps = []
     if method == "SMOTE":
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     from sklearn.metrics import f1_score
 
     from scld_aug import datasets
-    from scld_aug.demo import RARE_FRACTION, cross_validated_predictions
+    from scld_aug.apps.demo import cross_validated_predictions
+    from scld_aug.presets import RARE_FRACTION
 
     start = time.perf_counter()
     out = args.output_dir

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sklearn.model_selection import train_test_split
 
     from scld_aug import SCLDSampler, datasets
-    from scld_aug.demo import QUICK, RARE_FRACTION, rare_strategy
+    from scld_aug.presets import QUICK, RARE_FRACTION, rare_strategy
     from scld_aug.tracking import log_fit
     from scld_aug.tuning import default_classifier, tune_guidance
 

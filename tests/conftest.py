@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import scld_aug.train
+from scld_aug import presets
 
 # Property tests: the same examples on every run (CI must not depend on luck) and no
 # per-example deadline (an example trains a tiny model). HYPOTHESIS_PROFILE=explore draws
@@ -30,16 +31,7 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Small networks and few steps: enough for API tests, seconds per fit.
-TINY = dict(
-    autoencoder_steps=30,
-    diffusion_steps=30,
-    classifier_steps=10,
-    n_sampling_steps=5,
-    hidden_dim=32,
-    latent_dim=8,
-    batch_size=32,
-    n_top_genes=50,
-)
+TINY = presets.TINY
 
 
 def make_counts(

@@ -12,8 +12,8 @@ import pytest
 import scipy.sparse as sp
 
 from scld_aug import SCLDSampler
-from scld_aug.augment import AugmentError, plan_augmentation
-from scld_aug.cli import main
+from scld_aug.apps.augment import AugmentError, plan_augmentation
+from scld_aug.apps.cli import main
 from tests.conftest import make_counts
 
 # 658 cells: type3 (6 cells) is the only type under 2% with at least 3 cells; type4 (2 cells)

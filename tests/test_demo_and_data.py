@@ -30,7 +30,7 @@ def test_log_normalize_dense_and_sparse_agree():
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_demo_quick_mode_runs_end_to_end(tmp_path):
-    from scld_aug.cli import main
+    from scld_aug.apps.cli import main
 
     assert main(["demo", "--quick", "--folds", "2", "--output-dir", str(tmp_path)]) == 0
     counts = pd.read_csv(tmp_path / "class_counts.csv", index_col=0)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from scld_aug import SCLDGenerator, SCLDSampler
-from scld_aug.cli import main
+from scld_aug.apps.cli import main
 from scld_aug.files import atomic_write, check_output_path, sweep_stale
 from tests.test_cli import FAST, _write_input
 
@@ -194,7 +194,7 @@ def test_leftover_of_a_killed_writer_is_swept_by_the_next_write(tmp_path):
 
 
 def test_interrupt_after_the_output_exists_says_what_was_written(tmp_path, capsys, monkeypatch):
-    import scld_aug.augment as augment
+    import scld_aug.apps.augment as augment
     from scld_aug import SCLDSampler as Sampler
 
     source, target, saved = tmp_path / "in.h5ad", tmp_path / "out.h5ad", tmp_path / "s.scld"

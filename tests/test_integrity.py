@@ -371,7 +371,7 @@ def test_fit_resample_anndata_keeps_the_callers_anndata(where, data, tmp_path_fa
 @settings(max_examples=max(2, EXAMPLES // 2))
 @given(data=st.data())
 def test_augment_command_keeps_the_input_file(data, tmp_path_factory):
-    from scld_aug.cli import main
+    from scld_aug.apps.cli import main
 
     dtype = data.draw(st.sampled_from(("int64", "float32")))
     values, labels, label_kind, rng = data.draw(expression(dtype))

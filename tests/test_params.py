@@ -9,7 +9,7 @@ from dataclasses import fields
 import pytest
 
 from scld_aug import SCLDSampler, params
-from scld_aug.cli import _add_param_options, _given_params, _Parser
+from scld_aug.apps.cli import _add_param_options, _given_params, _Parser
 
 
 def test_sampler_signature_matches_the_table_exactly():

@@ -225,7 +225,7 @@ def test_torchrun_ddp_on_cpu_matches_single_process_quality(data, tmp_path):
 
 
 def test_train_command_saves_a_generator_and_explains_errors(data, tmp_path, capsys):
-    from scld_aug.cli import main
+    from scld_aug.apps.cli import main
 
     X, y = data
     path = tmp_path / "cells.h5ad"

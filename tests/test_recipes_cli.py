@@ -29,7 +29,7 @@ def _run_recipe(name: str, output_dir: Path) -> str:
 
 def test_augment_h5ad_recipe_smoke(tmp_path):
     stdout = _run_recipe("augment_h5ad.py", tmp_path)
-    assert "-m scld_aug.cli augment" in stdout and "--quick" in stdout
+    assert "-m scld_aug.apps.cli augment" in stdout and "--quick" in stdout
     assert "Original 1937 cells first and unchanged: True" in stdout
     result = anndata.read_h5ad(tmp_path / "baron_pancreas_augmented.h5ad")
     synthetic = result.obs.loc[result.obs["is_synthetic"], "cell_type"].astype(str)

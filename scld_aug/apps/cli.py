@@ -199,8 +199,8 @@ def _add_augment_parser(sub) -> None:
 def _augment(args: argparse.Namespace) -> int:
     from sklearn.utils._param_validation import InvalidParameterError
 
-    from scld_aug.augment import augment_h5ad
-    from scld_aug.demo import QUICK
+    from scld_aug.apps.augment import augment_h5ad
+    from scld_aug.presets import QUICK
 
     options = {**(QUICK if args.quick else {}), **_given_params(args, "augment")}
     log = None if args.quiet else print
@@ -297,8 +297,8 @@ def _train(args: argparse.Namespace) -> int:
 
     from sklearn.utils._param_validation import InvalidParameterError
 
-    from scld_aug.demo import QUICK
     from scld_aug.distributed import launched_world
+    from scld_aug.presets import QUICK
     from scld_aug.pretrain import TRAINING_OPTIONS, pretrain
 
     world = launched_world()
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_train_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from scld_aug.demo import run_demo
+        from scld_aug.apps.demo import run_demo
 
         run_demo(args.output_dir, n_folds=args.folds, seed=args.seed, quick=args.quick)
     elif args.command == "augment":

@@ -8,7 +8,7 @@ complete or not at all.
 
 Examples
 --------
->>> from scld_aug.augment import augment_h5ad
+>>> from scld_aug.apps.augment import augment_h5ad
 >>> summary = augment_h5ad("pancreas.h5ad", "pancreas_aug.h5ad", labels_key="cell_type",
 ...                        layer="counts")  # doctest: +SKIP
 >>> summary.loc["mast"].tolist()  # doctest: +SKIP
@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from scld_aug import data as data_layer
-from scld_aug.demo import MIN_CELLS, RARE_FRACTION, rare_strategy
 from scld_aug.files import OutputPathError, atomic_write, check_output_path, same_file
+from scld_aug.presets import MIN_CELLS, RARE_FRACTION, rare_strategy
 
 __all__ = ["AugmentError", "augment_h5ad", "plan_augmentation"]
 
@@ -68,7 +68,7 @@ def plan_augmentation(
     cell_types : iterable of str or None, default=None
         Types to augment, matched to the labels as text. ``None`` picks the rare types:
         under 2% of the cells, at least ``min_cells`` cells and fewer than ``target``
-        (the rule of :func:`scld_aug.demo.rare_strategy`).
+        (the rule of :func:`scld_aug.presets.rare_strategy`).
     target : int or None, default=None
         Cells per augmented type after augmentation; ``None`` is the median type size.
     min_cells : int, default=3

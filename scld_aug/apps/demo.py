@@ -23,46 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-RARE_FRACTION = 0.02
-MIN_CELLS = 3
-QUICK = dict(
-    autoencoder_steps=40, diffusion_steps=60, classifier_steps=20, n_sampling_steps=5, hidden_dim=64
-)
-
-
-def rare_strategy(y, target: int | None = None) -> dict:
-    """Raise every type with under 2% of the cells (and at least 3 cells) to the median class size.
-
-    Parameters
-    ----------
-    y : array-like of shape (n_cells,)
-        Cell-type labels.
-    target : int or None, default=None
-        Cells per rare type after over-sampling; ``None`` uses the median class size.
-        Types that already have ``target`` cells or more are left out.
-
-    Returns
-    -------
-    strategy : dict
-        ``{type: cells after over-sampling}``, usable as an imbalanced-learn
-        ``sampling_strategy`` (so is the function itself).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from scld_aug.demo import rare_strategy
-    >>> y = np.array(["beta"] * 300 + ["alpha"] * 100 + ["mast"] * 5 + ["t_cell"] * 2)
-    >>> rare_strategy(y)  # t_cell has fewer than 3 cells
-    {'mast': 52}
-    """
-    counts = Counter(np.asarray(y).tolist())
-    if target is None:
-        target = int(np.median(list(counts.values())))
-    return {
-        label: target
-        for label, n in counts.items()
-        if n < RARE_FRACTION * len(y) and n >= MIN_CELLS and n < target
-    }
+from scld_aug.presets import QUICK, RARE_FRACTION, rare_strategy
 
 
 def _samplers(seed: int, quick: bool) -> dict:
