@@ -1,13 +1,14 @@
-"""Data layer: the only module that knows about sparse formats, pandas and AnnData.
+"""Data layer: matrices as users pass them (dense, any scipy sparse format), as training
+reads them (canonical float32 CSR, :class:`CellRows` over memory or a backed file) and as
+results go back (the input's container, originals first).
 
-It checks what users pass, turns it into a CSR matrix plus integer class codes for
-training, streams minibatches without densifying the matrix, and puts results back into
-the user's container.
+It checks values (finite, counts or not, not all zero), fingerprints data for caching,
+streams row blocks and minibatches without densifying the matrix, and sizes outputs
+before they are made. AnnData and ``.h5ad`` files are :mod:`scld_aug.anndata_io`'s.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -15,7 +16,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 CHUNK_ROWS = 4096
@@ -416,132 +416,3 @@ def check_output_fits(
             "smaller sampling_strategy, or --target on the command line), or call "
             "generate(n, cell_type) in chunks and write each chunk out."
         )
-
-
-# --------------------------------------------------------------------------- AnnData
-
-
-def _require_anndata():
-    try:
-        import anndata
-    except ImportError as err:  # pragma: no cover - anndata is a core dependency
-        raise ImportError(
-            "AnnData support needs the 'anndata' package: pip install anndata"
-        ) from err
-    return anndata
-
-
-def anndata_arrays(
-    adata: Any, labels_key: str, layer: str | None, load_backed: bool = True
-) -> tuple[Any, np.ndarray]:
-    """Expression matrix and labels of an AnnData object, checked, not copied.
-
-    The matrix of a backed AnnData is read into memory unless ``load_backed=False``, which
-    returns the on-disk dataset for :func:`cell_rows` to stream.
-    """
-    anndata = _require_anndata()
-    if not isinstance(adata, anndata.AnnData):
-        raise TypeError(f"Expected an AnnData object, got {type(adata).__name__}.")
-    if labels_key not in adata.obs:
-        raise KeyError(
-            f"labels_key={labels_key!r} is not a column of adata.obs; available columns: "
-            f"{list(adata.obs.columns)}."
-        )
-    if layer is None:
-        X = adata.X
-        if X is None:
-            raise ValueError("adata.X is empty; pass layer= to name the layer holding expression.")
-    else:
-        if layer not in adata.layers:
-            raise KeyError(
-                f"layer={layer!r} not found; available layers: {list(adata.layers.keys())}."
-            )
-        X = adata.layers[layer]
-    if getattr(adata, "isbacked", False) and layer is None and load_backed:
-        X = X[:]  # estimators need the matrix in memory; pretrain() streams it instead
-    return X, obs_labels(adata.obs, labels_key)
-
-
-def obs_labels(obs: pd.DataFrame, labels_key: str) -> np.ndarray:
-    """Cell-type labels from an ``obs`` table, checked (present, no missing values)."""
-    if labels_key not in obs:
-        raise KeyError(
-            f"labels_key={labels_key!r} is not a column of adata.obs; available columns: "
-            f"{list(obs.columns)}."
-        )
-    labels = obs[labels_key]
-    if labels.isna().any():
-        raise ValueError(
-            f"adata.obs[{labels_key!r}] has {int(labels.isna().sum())} missing labels; drop or "
-            "label those cells first."
-        )
-    # The labels' own values (for categoricals, their categories' values): a dict
-    # sampling_strategy names classes as they are, e.g. {1: 30} for integer labels.
-    return np.asarray(labels)
-
-
-def augmented_anndata(
-    adata: Any, X_res: Any, y_res: np.ndarray, labels_key: str, layer: str | None
-) -> Any:
-    """New AnnData: the original cells (with their obs) first, then synthetic cells.
-
-    ``obs["is_synthetic"]`` marks the new cells; ``var`` is kept. The resampled matrix goes
-    where it came from (``X`` or ``layers[layer]``); other layers, ``obsm`` and ``obsp``
-    cannot be defined for synthetic cells and are left out.
-    """
-    anndata = _require_anndata()
-    n_orig = adata.n_obs
-    n_new = X_res.shape[0] - n_orig
-    synthetic_names = pd.Index([f"synthetic-{i}" for i in range(n_new)])
-    if synthetic_names.isin(adata.obs_names).any():
-        synthetic_names = pd.Index([f"scld-synthetic-{i}" for i in range(n_new)])
-    obs = pd.concat(
-        [
-            _with_missing(adata.obs, labels_key, n_new > 0),
-            _synthetic_obs(adata.obs, synthetic_names, labels_key, y_res[n_orig:]),
-        ]
-    )
-    obs["is_synthetic"] = np.r_[np.zeros(n_orig, bool), np.ones(n_new, bool)]
-    # Deep copies: nothing of the result may be an object the caller's AnnData still holds.
-    uns = copy.deepcopy(dict(adata.uns))
-    var = adata.var.copy(deep=True)
-    if layer is None:
-        return anndata.AnnData(X=X_res, obs=obs, var=var, uns=uns)
-    return anndata.AnnData(X=None, obs=obs, var=var, layers={layer: X_res}, uns=uns)
-
-
-def _nullable(dtype: Any) -> Any:
-    """A dtype that holds missing values: ``boolean`` for bool, ``Int64``/``UInt64``... for
-    integers (concatenation would otherwise make them object and float columns, and
-    ``write_h5ad`` rejects object columns of bools); other dtypes hold them already."""
-    if isinstance(dtype, np.dtype) and dtype.kind == "b":
-        return "boolean"
-    if isinstance(dtype, np.dtype) and dtype.kind in "iu":
-        return f"{'U' if dtype.kind == 'u' else ''}Int{8 * dtype.itemsize}"
-    return dtype
-
-
-def _with_missing(obs: pd.DataFrame, labels_key: str, needed: bool) -> pd.DataFrame:
-    """A deep copy of ``obs`` whose columns (but the labels, which every synthetic cell has)
-    can hold the synthetic cells' missing values."""
-    out = obs.copy(deep=True)
-    if needed:
-        for column in out.columns:
-            if column != labels_key:
-                out[column] = out[column].astype(_nullable(out[column].dtype))
-    return out
-
-
-def _synthetic_obs(obs: pd.DataFrame, index: pd.Index, labels_key: str, labels) -> pd.DataFrame:
-    """``obs`` rows of the synthetic cells: their labels, missing values elsewhere (with the
-    columns' own dtypes, so that concatenation keeps them)."""
-    columns = {
-        column: pd.Series(index=index, dtype=_nullable(obs[column].dtype))
-        for column in obs.columns
-        if column != labels_key
-    }
-    out = pd.DataFrame(columns, index=index)
-    dtype = obs[labels_key].dtype
-    # Categorical labels stay categorical, with the original categories and order.
-    out[labels_key] = pd.Categorical(labels, dtype=dtype) if dtype == "category" else labels
-    return out[list(obs.columns)]

@@ -17,41 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from scld_aug import anndata_io, params
 from scld_aug import data as data_layer
-from scld_aug import params
 from scld_aug.distributed import device_for, launched_world, process_group
 from scld_aug.files import check_output_path
 from scld_aug.generator import SCLDGenerator
 from scld_aug.train import train_generator
 
 TRAINING_OPTIONS = params.names("training", public=None)
-
-
-def _on_disk(path: Path, labels_key: str, layer: str | None):
-    """Labels, gene names and the on-disk matrix of an ``.h5ad`` file, without loading it.
-
-    (``anndata.read_h5ad(backed="r")`` keeps ``X`` on disk but reads every layer into
-    memory, so the file is opened here element by element.)
-    """
-    import h5py
-    from anndata.io import read_elem, sparse_dataset
-
-    handle = h5py.File(path, "r")
-    try:
-        labels = data_layer.obs_labels(read_elem(handle["obs"]), labels_key)
-        var_names = read_elem(handle["var"]).index
-        group = handle.get("X" if layer is None else f"layers/{layer}")
-        if group is None and layer is None:
-            raise ValueError(f"{path} has no X; pass layer= to name the layer with expression.")
-        if group is None:
-            layers = list(handle["layers"].keys()) if "layers" in handle else []
-            raise KeyError(f"layer={layer!r} not found in {path}; available layers: {layers}.")
-        encoding = group.attrs.get("encoding-type", "array")
-        matrix = sparse_dataset(group) if encoding in ("csr_matrix", "csc_matrix") else group
-    except BaseException:
-        handle.close()
-        raise
-    return handle, matrix, labels, var_names
 
 
 def _validate_options(training: dict) -> None:
@@ -64,9 +37,8 @@ def _validate_options(training: dict) -> None:
 
 
 def _in_memory(data: Any, labels_key: str, layer: str | None):
-    anndata = data_layer._require_anndata()
-    adata = data if isinstance(data, anndata.AnnData) else anndata.read_h5ad(data)
-    matrix, labels = data_layer.anndata_arrays(adata, labels_key, layer, load_backed=False)
+    adata = data if not isinstance(data, (str, os.PathLike)) else anndata_io.read(data)
+    matrix, labels = anndata_io.arrays(adata, labels_key, layer, load_backed=False)
     return matrix, labels, adata.var_names
 
 
@@ -157,7 +129,9 @@ def pretrain(
         if not Path(data).exists():
             raise FileNotFoundError(f"No such .h5ad file: {data}")
         if backed:
-            handle, matrix, labels, var_names = _on_disk(Path(data), labels_key, layer)
+            handle, matrix, labels, var_names = anndata_io.open_on_disk(
+                Path(data), labels_key, layer
+            )
     if handle is None:
         matrix, labels, var_names = _in_memory(data, labels_key, layer)
     try:

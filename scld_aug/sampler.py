@@ -19,8 +19,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
+from scld_aug import anndata_io, likelihoods, params, store
 from scld_aug import data as data_layer
-from scld_aug import likelihoods, params, store
 from scld_aug import train as training
 from scld_aug._random import derive_seeds, resolve_device
 from scld_aug.data import plain_scalar
@@ -372,14 +372,14 @@ class SCLDSampler(BaseOverSampler):
             ``obs[labels_key]`` and the original ``var``. The augmented matrix is in the
             same place as the input (``X`` or ``layers[layer]``).
         """
-        X, y = data_layer.anndata_arrays(adata, labels_key, layer)
+        X, y = anndata_io.arrays(adata, labels_key, layer)
         if self.generator is not None:
             # Genes are checked by name before anything is generated.
             store.check_gene_names(self._load_pretrained(), adata.var_names)
         X_res, y_res = self.fit_resample(X, y)
         if self.generator is None:
             self.generator_.gene_names = _gene_names(adata.var_names)
-        return data_layer.augmented_anndata(adata, X_res, np.asarray(y_res), labels_key, layer)
+        return anndata_io.augmented(adata, X_res, np.asarray(y_res), labels_key, layer)
 
     # ------------------------------------------------------------------ persistence
 

@@ -214,7 +214,7 @@ def test_interrupt_after_the_output_exists_says_what_was_written(tmp_path, capsy
     def interrupted_fit(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(augment, "atomic_write", lambda *a: interrupted_fit())
+    monkeypatch.setattr(augment.anndata_io, "write", lambda *a: interrupted_fit())
     assert main(["augment", str(source), str(target), "--overwrite"] + FAST) == 130
     assert "no output was written (existing files are unchanged)" in capsys.readouterr().err
 

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scld_aug import anndata_io
 from scld_aug import data as data_layer
-from scld_aug.files import OutputPathError, atomic_write, check_output_path, same_file
+from scld_aug.files import OutputPathError, check_output_path, same_file
 from scld_aug.presets import MIN_CELLS, RARE_FRACTION, rare_strategy
 
 __all__ = ["AugmentError", "augment_h5ad", "plan_augmentation"]
@@ -158,33 +159,35 @@ def _check_paths(
         raise AugmentError("--save-sampler and the output must be different files.")
 
 
-def _check_data(adata: Any, labels_key: str, layer: str | None, likelihood: str) -> None:
-    """Check labels, layer and count data, with messages that name the CLI options."""
-    if labels_key not in adata.obs.columns:
+def _checked_arrays(adata: Any, labels_key: str, layer: str | None, likelihood: str):
+    """Expression and labels, checked, with messages that name the command's options."""
+    try:
+        X, y = anndata_io.arrays(adata, labels_key, layer)
+    except anndata_io.MissingLabelsKey as err:
         raise AugmentError(
             f"Labels key {labels_key!r} is not a column of obs; pass --labels-key with one of "
-            f"{list(map(str, adata.obs.columns))}."
-        )
-    missing = int(adata.obs[labels_key].isna().sum())
-    if missing:
+            f"{list(map(str, err.available))}."
+        ) from None
+    except anndata_io.MissingLabels as err:
         raise AugmentError(
-            f"obs[{labels_key!r}] has {missing} cell(s) without a label; drop or label them first."
-        )
-    if layer is not None:
-        if layer not in adata.layers:
-            available = list(adata.layers.keys())
-            raise AugmentError(
-                f"Layer {layer!r} not found; "
-                + (f"available layers: {available}." if available else "the file has no layers.")
-                + " Leave out --layer to use X."
+            f"obs[{labels_key!r}] has {err.n_missing} cell(s) without a label; drop or label "
+            "them first."
+        ) from None
+    except anndata_io.MissingLayer as err:
+        raise AugmentError(
+            f"Layer {layer!r} not found; "
+            + (
+                f"available layers: {err.available}."
+                if err.available
+                else "the file has no layers."
             )
-        X, where = adata.layers[layer], f"layer {layer!r}"
-    else:
-        X, where = adata.X, "X"
-        if X is None:
-            raise AugmentError(
-                f"X is empty; pass --layer with the layer of raw counts ({list(adata.layers.keys())})."
-            )
+            + " Leave out --layer to use X."
+        ) from None
+    except anndata_io.EmptyX as err:
+        raise AugmentError(
+            f"X is empty; pass --layer with the layer of raw counts ({err.layers})."
+        ) from None
+    where = "X" if layer is None else f"layer {layer!r}"
     bad = data_layer.first_non_count(X)
     if bad is not None and likelihood != "gaussian":
         count_layers = [
@@ -202,6 +205,7 @@ def _check_data(adata: Any, labels_key: str, layer: str | None, likelihood: str)
             f"data?). SCLD models raw UMI counts; {hint}, or pass --likelihood gaussian to "
             f"model the values of {where} as they are."
         )
+    return X, y
 
 
 def augment_h5ad(
@@ -290,7 +294,6 @@ def augment_h5ad(
     >>> int(anndata.read_h5ad("augmented.h5ad").obs["is_synthetic"].sum())
     98
     """
-    import anndata
 
     from scld_aug import SCLDSampler
     from scld_aug._random import resolve_device
@@ -311,14 +314,13 @@ def augment_h5ad(
         ) from err
 
     try:
-        adata = anndata.read_h5ad(input_path)
+        adata = anndata_io.read(input_path)
     except Exception as err:  # h5py and anndata raise many types for unreadable files
         raise AugmentError(
             f"Could not read {str(input_path)!r} as an .h5ad file ({type(err).__name__}: {err})."
         ) from err
     likelihood = sampler_params.get("likelihood", "auto")
-    _check_data(adata, labels_key, layer, likelihood)
-    _, y = data_layer.anndata_arrays(adata, labels_key, layer)
+    _, y = _checked_arrays(adata, labels_key, layer, likelihood)
     min_cells = sampler_params.get("min_class_size", MIN_CELLS)
     strategy = plan_augmentation(y, cell_types, target, min_cells)
     counts = Counter(y.tolist())
@@ -345,7 +347,7 @@ def augment_h5ad(
     say(f"Trained and sampled in {time.perf_counter() - start:.1f} s")
 
     try:
-        atomic_write(output_path, result.write_h5ad)
+        anndata_io.write(result, output_path)
     except OSError as err:
         raise AugmentError(
             f"Could not write {str(output_path)!r} ({err}); no partial file was left. Check "
