@@ -92,41 +92,27 @@ def fidelity_by_type(df: pd.DataFrame, methods, metrics=("mmd", "two_sample_auc"
 
 def plot_rare_f1(table: pd.DataFrame, path: Path, title: str) -> None:
     """Grouped bars: rare-type F1 (mean ± sd) per classifier, one bar per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from scld_aug import plotting
 
     classifiers = list(dict.fromkeys(table["classifier"]))
     methods = list(dict.fromkeys(table["method"]))
-    width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(2.2 * len(classifiers) + 2.5, 3.8))
-    colors = plt.get_cmap("tab10")
-    for j, method in enumerate(methods):
-        rows = table[table["method"] == method].set_index("classifier")
-        stats = [
-            _parse_mean_sd(rows.loc[c, "rare_macro_f1"]) if c in rows.index else (np.nan, 0.0)
-            for c in classifiers
-        ]
-        x = np.arange(len(classifiers)) + (j - (len(methods) - 1) / 2) * width
-        ax.bar(
-            x,
-            [m for m, _ in stats],
-            width,
-            yerr=[s for _, s in stats],
-            capsize=2,
-            label=method,
-            color=colors(j % 10),
+    stats = {
+        (c, m): _parse_mean_sd(v)
+        for c, m, v in zip(
+            table["classifier"], table["method"], table["rare_macro_f1"], strict=True
         )
-    ax.set_xticks(range(len(classifiers)))
-    ax.set_xticklabels(classifiers)
-    ax.set_ylabel("rare-type F1 (mean ± sd over seeds)")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    }
+    means = pd.DataFrame(
+        {m: [stats.get((c, m), (np.nan, 0.0))[0] for c in classifiers] for m in methods},
+        index=classifiers,
+    )
+    sds = pd.DataFrame(
+        {m: [stats.get((c, m), (np.nan, 0.0))[1] for c in classifiers] for m in methods},
+        index=classifiers,
+    )
+    plotting.grouped_bars(
+        means, path, ylabel="rare-type F1 (mean ± sd over seeds)", title=title, errors=sds
+    )
 
 
 def plot_guidance_sweep(fidelity: pd.DataFrame, path: Path) -> None:
@@ -165,41 +151,27 @@ def plot_embedding(
     embedding, X_train, y_train, X_test, y_test, synthetic: dict, types, path: Path
 ) -> None:
     """First two PCs of the reference embedding: real cells and each method's synthetic cells."""
-    import matplotlib
+    from scld_aug import plotting
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def xy(X):
+        return embedding.transform(X)[:, :2]
 
-    background = embedding.transform(X_train)
-    fig, axes = plt.subplots(
-        len(synthetic), len(types), figsize=(3.2 * len(types), 3.0 * len(synthetic)), squeeze=False
-    )
-    for row, (method, by_type) in enumerate(synthetic.items()):
-        for col, cell_type in enumerate(types):
-            ax = axes[row][col]
-            ax.scatter(*background[:, :2].T, s=2, c="lightgrey")
-            syn = embedding.transform(by_type[cell_type])
-            ax.scatter(*syn[:, :2].T, s=8, c="tab:orange", alpha=0.6, label=f"{method}")
-            real = embedding.transform(X_train[y_train == cell_type])
-            held = embedding.transform(X_test[y_test == cell_type])
-            ax.scatter(
-                *real[:, :2].T, s=30, facecolors="none", edgecolors="tab:blue", label="real train"
+    plotting.real_vs_synthetic(
+        xy(X_train),
+        y_train,
+        {
+            method: (
+                np.vstack([xy(by_type[t]) for t in types]),
+                np.concatenate([[t] * by_type[t].shape[0] for t in types]),
             )
-            ax.scatter(*held[:, :2].T, s=30, marker="x", c="k", label="real test")
-            both = np.vstack([syn[:, :2], real[:, :2], held[:, :2]])
-            lo, hi = both.min(0), both.max(0)
-            pad = np.maximum(hi - lo, 1.0) * 0.5
-            ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
-            ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-            ax.set_title(f"{cell_type} - {method}", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                ax.legend(fontsize=6, loc="best")
-    fig.suptitle("PC1/PC2 of real training cells (zoomed per type)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            for method, by_type in synthetic.items()
+        },
+        types,
+        path,
+        title="Real training and test cells vs synthetic cells, zoomed per type",
+        held_out=(xy(X_test), y_test),
+        axis_label="PC",
+    )
 
 
 def write_report(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 import traceback
 import warnings
@@ -29,22 +28,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
 import pandas as pd
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+
+try:
+    import optuna
+    from optuna.distributions import (
+        BaseDistribution,
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+except ImportError as err:  # an optional extra, like MLflow and matplotlib
+    raise ImportError(
+        "Tuning needs Optuna: pip install 'scld-aug[tune]' (or pip install optuna)."
+    ) from err
 from sklearn.base import clone
 from sklearn.metrics import check_scoring
 from sklearn.model_selection import StratifiedKFold, check_cv
 from sklearn.utils import _safe_indexing
 from tqdm.auto import tqdm
 
-from scld_aug import params
+from scld_aug import params, plotting
 from scld_aug.sampler import SCLDSampler
+from scld_aug.tracking.studies import StudyTracker
 
 # Parameters a study may search: changing them never retrains the generator.
 SAMPLING_PARAMS = params.SAMPLING_PARAMS
@@ -504,7 +510,7 @@ def tune_guidance(
         if defaults is not None and created:
             study.enqueue_trial(defaults, user_attrs={"defaults": True})
 
-        tracker = _StudyTracker(tracking, experiment, study, template, space, scoring, splits)
+        tracker = StudyTracker(tracking, experiment, study, template, space, scoring, splits)
         objective = _Objective(folds, classifier, scorer, space)
         study.optimize(
             objective,
@@ -567,7 +573,7 @@ def tune_guidance(
             plots=plots,
             seconds=time.perf_counter() - start,
         )
-        result.run_id = tracker.finish(result, plots_dir)
+        result.run_id = tracker.finish(result, plots_dir, _save_plots)
         return result
 
 
@@ -845,125 +851,6 @@ class _Objective:
         return float(np.mean(scores))
 
 
-class _StudyTracker:
-    """MLflow logging of a study: a parent run, a nested run per finished trial.
-
-    Tracking must never cost the result: every step is guarded, and the first failure
-    (in MLflow or in this code) warns once, ends the parent run as failed if it can, and
-    turns the tracker off.
-    """
-
-    def __init__(self, tracking, experiment, study, template, space, scoring, splits) -> None:
-        self.parent = None
-        self.children: dict[int, Any] = {}
-        self._warned = [False]
-        if tracking:
-            self._guard("starting the study run", self._start, tracking, experiment, study,
-                        template, space, scoring, splits)  # fmt: skip
-
-    def _start(self, tracking, experiment, study, template, space, scoring, splits) -> None:
-        from scld_aug.tracking import RunLogger
-
-        uri = tracking if isinstance(tracking, str) else None
-        self.parent = RunLogger(
-            f"tune_guidance {study.study_name}",
-            experiment,
-            uri,
-            tags={"scld_aug.kind": "tuning", "optuna.study_name": study.study_name},
-        )
-        # One flag for the runs' own warning (RunLogger) and this tracker's: warn once.
-        self._warned = getattr(self.parent, "_warned", self._warned)
-        params = {f"sampler.{k}": v for k, v in template.get_params(deep=False).items()}
-        params.update(
-            {f"space.{name}": repr(dist) for name, dist in space.items()},
-            scoring=str(scoring),
-            n_folds=len(splits),
-        )
-        self.parent.log_params(params)
-
-    def _guard(self, step: str, method, *args):
-        try:
-            return method(*args)
-        except Exception as err:  # noqa: BLE001 - tracking must never break the study
-            parent, self.parent = self.parent, None
-            if parent is not None:
-                with contextlib.suppress(Exception):
-                    parent.end("FAILED")
-            if not self._warned[0]:
-                self._warned[0] = True
-                warnings.warn(
-                    f"MLflow tracking of the study failed while {step} "
-                    f"({type(err).__name__}: {err}); the study continues without tracking "
-                    "and its result is unaffected.",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-            return None
-
-    def log_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """Optuna callback: one nested run for a finished trial."""
-        self._guard(f"logging trial {trial.number}", self._log_trial, trial)
-
-    def _log_trial(self, trial: optuna.trial.FrozenTrial) -> None:
-        if self.parent is None or not self.parent.active:
-            return
-        run = self.parent.child(
-            f"trial {trial.number}",
-            tags={
-                "optuna.trial_number": trial.number,
-                "optuna.state": trial.state.name,
-                "defaults": bool(trial.user_attrs.get("defaults", False)),
-            },
-        )
-        run.log_params({k: v for k, v in trial.params.items()})
-        if trial.value is not None:
-            run.log_metrics({"score": trial.value})
-        for step, value in sorted(trial.intermediate_values.items()):
-            run.log_metrics({"score_running_mean": value}, step=step)
-        for i, value in enumerate(trial.user_attrs.get("fold_scores", [])):
-            run.log_metrics({"fold_score": value}, step=i)
-        if "error" in trial.user_attrs:
-            run.set_tags({"error": trial.user_attrs["error"][:5000]})
-        run.end("FINISHED" if trial.state.name in {"COMPLETE", "PRUNED"} else "FAILED")
-        self.children[trial.number] = run
-
-    def finish(self, result: TuningResult, plots_dir) -> str | None:
-        """Log the outcome and the plots on the parent run; its id, or None untracked."""
-        return self._guard("logging the study's result", self._finish, result, plots_dir)
-
-    def _finish(self, result: TuningResult, plots_dir) -> str | None:
-        if self.parent is None:
-            return None
-        best = result.study.best_trial.number
-        if best in self.children:
-            self.children[best].set_tags({"best_trial": "true"})
-        self.parent.set_tags({"best_trial_number": best})
-        self.parent.log_params({f"best.{k}": v for k, v in result.best_params.items()})
-        metrics = {
-            "best_score": result.best_score,
-            "n_trainings": result.n_trainings,
-            "n_failed_trials": len(result.failed_trials),
-            "seconds": result.seconds,
-        }
-        if result.default_score is not None:
-            metrics["default_score"] = result.default_score
-        self.parent.log_metrics(metrics)
-        if plots_dir is None:
-            with tempfile.TemporaryDirectory() as tmp:
-                for path in _save_plots(result.study, None, Path(tmp)).values():
-                    self.parent.log_artifact(path, "tuning")
-        else:
-            for path in result.plots.values():
-                self.parent.log_artifact(path, "tuning")
-        self.parent.end()
-        return self.parent.run_id if self.parent.active else None
-
-    def end(self, status: str) -> None:
-        """End the parent run with ``status`` (the study failed)."""
-        if self.parent is not None:
-            self._guard("ending the study run", self.parent.end, status)
-
-
 def _save_plots(study: optuna.Study, space: dict | None, out: Path) -> dict[str, Path]:
     """Optimization history, score against each searched parameter, and the trials table.
 
@@ -997,15 +884,6 @@ def _save_plots(study: optuna.Study, space: dict | None, out: Path) -> dict[str,
     return paths
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save_trials_table(study: optuna.Study, space: dict | None, path: Path) -> bool:
     study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs")).to_csv(
         path, index=False
@@ -1013,20 +891,24 @@ def _save_trials_table(study: optuna.Study, space: dict | None, path: Path) -> b
     return True
 
 
-def _save_history_plot(study: optuna.Study, space: dict | None, path: Path) -> bool:
-    plt = _pyplot()
-    from optuna.visualization.matplotlib import plot_optimization_history
+def _complete(study: optuna.Study) -> list:
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.value is not None and np.isfinite(t.value)
+    ]
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # optuna's matplotlib plots are "experimental"
-        ax = plot_optimization_history(study)
-    try:
-        ax.set_ylabel("cross-validated score")
-        ax.figure.set_size_inches(6.5, 4)
-        ax.figure.tight_layout()
-        ax.figure.savefig(path, dpi=110)
-    finally:
-        plt.close(ax.figure)
+
+def _save_history_plot(study: optuna.Study, space: dict | None, path: Path) -> bool:
+    complete = _complete(study)
+    if not complete:
+        return False
+    plotting.optimization_history(
+        [t.number for t in complete],
+        [t.value for t in complete],
+        path,
+        highlight=[t.number for t in complete if t.user_attrs.get("defaults")],
+    )
     return True
 
 
@@ -1053,11 +935,7 @@ def _save_slice_plot(study: optuna.Study, space: dict | None, path: Path) -> boo
     None, strings, dicts) by their index in the choices. Returns False when nothing can
     be plotted.
     """
-    complete = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.value is not None and np.isfinite(t.value)
-    ]
+    complete = _complete(study)
     dists: dict[str, BaseDistribution] = {}
     for trial in complete:
         for name, dist in trial.distributions.items():
@@ -1071,35 +949,20 @@ def _save_slice_plot(study: optuna.Study, space: dict | None, path: Path) -> boo
             for t in complete
             if name in t.params
         ]
-        points = [p for p in points if p[0] is not None]
-        if points:
-            panels.append((name, dist, np.array(points, dtype=float)))
+        points = np.array([p for p in points if p[0] is not None], dtype=float)
+        if len(points):
+            categorical = isinstance(dist, CategoricalDistribution)
+            panels.append(
+                {
+                    "name": name,
+                    "x": points[:, 0],
+                    "score": points[:, 1],
+                    "trial": points[:, 2],
+                    "ticks": [_choice_label(c) for c in dist.choices] if categorical else None,
+                    "log": getattr(dist, "log", False),
+                }
+            )
     if not panels:
         return False
-    plt = _pyplot()
-    figure, axes = plt.subplots(
-        1, len(panels), figsize=(4.2 * len(panels) + 1.0, 4), sharey=True, squeeze=False
-    )
-    try:
-        numbers = [t.number for t in complete]
-        norm = plt.Normalize(min(numbers), max(max(numbers), min(numbers) + 1))
-        for ax, (name, dist, points) in zip(axes[0], panels, strict=True):
-            scatter = ax.scatter(
-                points[:, 0], points[:, 1], c=points[:, 2], cmap="viridis", norm=norm,
-                edgecolors="grey", linewidths=0.5,
-            )  # fmt: skip
-            if isinstance(dist, CategoricalDistribution):
-                ax.set_xticks(range(len(dist.choices)))
-                ax.set_xticklabels([_choice_label(c) for c in dist.choices], rotation=30)
-                ax.set_xlim(-0.5, len(dist.choices) - 0.5)
-            elif getattr(dist, "log", False) and points[:, 0].min() > 0:
-                ax.set_xscale("log")
-            ax.set_xlabel(name)
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("cross-validated score")
-        figure.colorbar(scatter, ax=list(axes[0]), label="trial")
-        figure.suptitle("Cross-validated score against each searched parameter")
-        figure.savefig(path, dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(figure)
+    plotting.parameter_scores(panels, path)
     return True

@@ -23,10 +23,10 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
-import scld_aug
+import scld_aug.tracking.fits
 from scld_aug import SCLDSampler
-from scld_aug.mlflow_flavor import check_model_dir
 from scld_aug.tracking import fit_resample_logged, load_sampler, log_fit
+from scld_aug.tracking.flavor import check_model_dir
 from scld_aug.tuning import tune_guidance
 
 
@@ -178,7 +178,7 @@ def test_fit_is_logged_with_params_losses_artifacts_and_a_loadable_model(
     assert not [f for f in files if f.endswith((".py", ".pkl")) or "python_model" in f]
     text = (folder / "MLmodel").read_text()
     pyfunc = yaml.safe_load(text)["flavors"]["python_function"]
-    assert pyfunc["loader_module"] == "scld_aug.mlflow_flavor"
+    assert pyfunc["loader_module"] == "scld_aug.tracking.flavor"
     assert pyfunc["data"] == "data/sampler.pt" and not pyfunc.get("code")
     strings = list(_strings(yaml.safe_load(text)))
     assert not [v for v in strings if v.startswith(("/", "file:"))]
@@ -252,16 +252,16 @@ def test_server_dying_mid_study_only_warns(data, tiny_params, tmp_path, monkeypa
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     process, uri = _start_server(tmp_path)
-    import scld_aug.tuning
+    import scld_aug.tracking.studies
 
-    original = scld_aug.tuning._StudyTracker.log_trial
+    original = scld_aug.tracking.studies.StudyTracker.log_trial
 
     def log_then_kill(self, study, trial):
         original(self, study, trial)
         if trial.number == 0:
             _stop(process)
 
-    monkeypatch.setattr(scld_aug.tuning._StudyTracker, "log_trial", log_then_kill)
+    monkeypatch.setattr(scld_aug.tracking.studies.StudyTracker, "log_trial", log_then_kill)
     X, y = data
     try:
         with pytest.warns(RuntimeWarning, match="computation continues without tracking"):
@@ -362,7 +362,7 @@ def test_a_failing_plot_warns_once_fails_the_run_and_keeps_the_resampled_data(
     def broken(*args, **kwargs):
         raise ValueError("no display")
 
-    monkeypatch.setattr(scld_aug.tracking, "plot_embedding", broken)
+    monkeypatch.setattr(scld_aug.tracking.fits, "plot_embedding", broken)
     X, y = data
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

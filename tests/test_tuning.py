@@ -324,10 +324,10 @@ class FakeRun:
 
 @pytest.fixture
 def fake_tracking(monkeypatch):
-    import scld_aug.tracking
+    import scld_aug.tracking.studies
 
     run = type("Run", (FakeRun,), {"calls": [], "fail": None})
-    monkeypatch.setattr(scld_aug.tracking, "RunLogger", run)
+    monkeypatch.setattr(scld_aug.tracking.studies, "RunLogger", run)
     return run
 
 

@@ -106,13 +106,10 @@ def plot_real_vs_synthetic(
     adata_res, labels_key: str, genes: np.ndarray, types: list, path: Path
 ) -> None:
     """t-SNE of real and synthetic cells (on 50 PCs fitted to real cells), one panel per type."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
+    from scld_aug import plotting
     from scld_aug.preprocessing import log_normalize
 
     X = log_normalize(adata_res.X)[:, genes].toarray()
@@ -120,64 +117,27 @@ def plot_real_vs_synthetic(
     labels = adata_res.obs[labels_key].astype(str).to_numpy()
     pcs = PCA(50, random_state=0).fit(X[~synthetic]).transform(X)
     Z = TSNE(2, init="pca", random_state=0).fit_transform(pcs)
-    n_panels = len(types) + 1
-    fig, axes = plt.subplots(1, n_panels, figsize=(3.2 * n_panels, 3.5), squeeze=False)
-    overview = axes[0][0]
-    overview.scatter(*Z[~synthetic].T, s=2, c="lightgrey", label="real cells")
-    overview.scatter(*Z[synthetic].T, s=3, c="tab:orange", label="synthetic cells")
-    overview.set_title("all cells")
-    overview.legend(loc="best", fontsize=7, markerscale=3)
-    for ax, cell_type in zip(axes[0][1:], types, strict=True):
-        sel = labels == cell_type
-        ax.scatter(*Z[~synthetic].T, s=4, c="lightgrey")
-        ax.scatter(*Z[sel & synthetic].T, s=10, c="tab:orange", alpha=0.7, label="synthetic")
-        ax.scatter(
-            *Z[sel & ~synthetic].T,
-            s=45,
-            facecolors="none",
-            edgecolors="tab:blue",
-            linewidths=1.5,
-            label="real",
-        )
-        # Zoom on the type, with some context around it.
-        lo, hi = Z[sel].min(0), Z[sel].max(0)
-        pad = np.maximum(hi - lo, 8.0) * 0.6
-        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
-        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-        ax.set_title(
-            f"{cell_type}: {(sel & ~synthetic).sum()} real, {(sel & synthetic).sum()} synthetic",
-            fontsize=9,
-        )
-    axes[0][1].legend(loc="best", fontsize=7)
-    for ax in axes[0]:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle("Baron pancreas: real vs SCLD-synthetic cells (t-SNE)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plotting.real_vs_synthetic(
+        Z[~synthetic],
+        labels[~synthetic],
+        {"synthetic": (Z[synthetic], labels[synthetic])},
+        types,
+        path,
+        title="Baron pancreas: real vs SCLD-synthetic cells",
+        overview=True,
+        axis_label="t-SNE",
+    )
 
 
 def plot_f1(f1: pd.DataFrame, rare: list, path: Path) -> None:
-    import matplotlib
+    from scld_aug import plotting
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    data = f1.loc[rare]
-    fig, ax = plt.subplots(figsize=(1.6 * len(rare) + 2, 3.6))
-    width = 0.8 / data.shape[1]
-    for i, method in enumerate(data.columns):
-        ax.bar(np.arange(len(rare)) + i * width, data[method], width, label=method)
-    ax.set_xticks(np.arange(len(rare)) + 0.4 - width / 2)
-    ax.set_xticklabels(rare, rotation=20)
-    ax.set_ylabel("F1 (out-of-fold)")
-    ax.set_ylim(0, 1.22)
-    ax.legend(fontsize=8, ncol=4, loc="upper center")
-    ax.set_title("Rare cell types: F1 by augmentation method")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plotting.grouped_bars(
+        f1.loc[rare],
+        path,
+        ylabel="F1 (out-of-fold)",
+        title="Rare cell types: F1 by augmentation method",
+    )
 
 
 def run_demo(

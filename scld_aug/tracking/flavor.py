@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-LOADER_MODULE = "scld_aug.mlflow_flavor"
+LOADER_MODULE = "scld_aug.tracking.flavor"
 SAMPLER_FILE = "sampler.pt"
 # Files that never belong to an scld-aug model: code, native libraries and pickles.
 CODE_OR_PICKLE_SUFFIXES = frozenset(
@@ -122,7 +122,7 @@ def check_model_dir(folder: str | os.PathLike, name: str | None = None) -> Path:
     ------
     ValueError
         When the folder holds code or pickle files, or its ``MLmodel`` does not name
-        ``scld_aug.mlflow_flavor`` as the pyfunc loader module (another flavor, a model
+        ``scld_aug.tracking.flavor`` as the pyfunc loader module (another flavor, a model
         from code, a pickled Python model), names code paths, or points outside the folder.
     """
     import yaml

@@ -1,0 +1,300 @@
+"""Talking to MLflow: where runs go, and a run that never fails the work it logs.
+
+Every call to MLflow goes through :class:`RunLogger`, which turns the first failure
+(unreachable server, server dying mid-run, bad URI, a failed upload) into one clear
+warning, marks the run FAILED when it can and stops logging, while the fit or study goes
+on and returns its result.
+
+Where runs go: the ``tracking_uri`` argument, else ``MLFLOW_TRACKING_URI``, else a SQLite
+store ``mlflow.db`` in the working directory (``mlflow ui --backend-store-uri
+sqlite:///mlflow.db`` shows it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+#: Experiment of sampler fits (tuning studies and benchmarks have their own).
+FIT_EXPERIMENT = "scld-aug"
+# How long the best-effort "mark the run FAILED" call may take against a tracking server.
+FAIL_TIMEOUT = 5
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """``uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite store in the working directory.
+
+    Examples
+    --------
+    >>> tracking_uri("sqlite:///runs.db")
+    'sqlite:///runs.db'
+    """
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+_resolve_uri = tracking_uri  # for functions whose own argument is named tracking_uri
+
+
+def metric_key(name: Any) -> str:
+    """An MLflow-safe metric or parameter name (cell-type names may hold ``+`` or ``#``).
+
+    Examples
+    --------
+    >>> metric_key("mmd_CD4+/CD25 T Reg")
+    'mmd_CD4_/CD25 T Reg'
+    """
+    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", str(name))[:250]
+
+
+def _require_mlflow():
+    try:
+        import mlflow
+    except ImportError as err:
+        raise ImportError(
+            "MLflow tracking needs mlflow: pip install 'scld-aug[tracking]' (or pip install "
+            "'mlflow>=3.0,<3.18')."
+        ) from err
+    return mlflow
+
+
+def _check_reachable(uri: str, timeout: float = 3.0) -> None:
+    """Fail fast on an HTTP server that does not answer (MLflow itself retries for minutes).
+
+    Any answer below 500 (even 401 or 404 from a proxy) counts as reachable.
+    """
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as answer:
+                answer.read()
+        except urllib.error.HTTPError as err:
+            if err.code >= 500:
+                raise
+
+
+@contextlib.contextmanager
+def _quick_http(timeout: float = FAIL_TIMEOUT):
+    """MLflow HTTP requests without retries and with a short timeout, inside the block."""
+    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    previous = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict(zip(names, ("0", str(int(timeout))), strict=True)))
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class RunLogger:
+    """One MLflow run, written through ``MlflowClient`` so the caller's active run is untouched.
+
+    The first failing call warns once (naming the URI and the error) and disables the
+    logger; later calls do nothing. ``active`` tells whether logging still works.
+
+    Parameters
+    ----------
+    run_name : str
+    experiment : str
+        Experiment name; created when missing.
+    uri : str or None
+        Tracking URI (see :func:`tracking_uri`).
+    parent : RunLogger or None
+        Makes this run a nested child of ``parent``. Without it, the run nests under the
+        caller's active MLflow run (and in its experiment) when that run uses the same
+        tracking URI.
+    tags : dict or None
+
+    Examples
+    --------
+    With a store that cannot be used, the logger warns once and turns into a no-op, so the
+    work around it goes on (a ``sqlite:///mlflow.db`` URI logs to a local file):
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     run = RunLogger("my run", uri="no-such-store://anywhere")
+    ...     run.log_metrics({"macro_f1": 0.87})  # does nothing
+    ...     run.end()
+    >>> run.active, run.run_id, len(caught)
+    (False, None, 1)
+    """
+
+    def __init__(
+        self,
+        run_name: str,
+        experiment: str = FIT_EXPERIMENT,
+        uri: str | None = None,
+        parent: RunLogger | None = None,
+        tags: dict | None = None,
+    ) -> None:
+        self.uri = tracking_uri(uri) if parent is None else parent.uri
+        self.run_id: str | None = None
+        self.client = None
+        self.active = False
+        self._warned = parent._warned if parent is not None else [False]
+        if parent is not None and not parent.active:
+            return
+        try:
+            mlflow = _require_mlflow()
+            if parent is None:
+                _check_reachable(self.uri)
+                self.client = mlflow.MlflowClient(tracking_uri=self.uri)
+                outer = mlflow.active_run()
+                if outer is not None and mlflow.get_tracking_uri() == self.uri:
+                    # Inside the caller's run: nest there, in its experiment.
+                    parent_id, experiment_id = outer.info.run_id, outer.info.experiment_id
+                else:
+                    parent_id = None
+                    found = self.client.get_experiment_by_name(experiment)
+                    experiment_id = (
+                        found.experiment_id
+                        if found is not None
+                        else self.client.create_experiment(experiment)
+                    )
+            else:
+                self.client = parent.client
+                experiment_id = parent.experiment_id
+                parent_id = parent.run_id
+            all_tags = {"mlflow.runName": run_name, **(tags or {})}
+            if parent_id is not None:
+                all_tags["mlflow.parentRunId"] = parent_id
+            run = self.client.create_run(
+                experiment_id, tags={k: str(v) for k, v in all_tags.items()}
+            )
+            self.experiment_id = experiment_id
+            self.run_id = run.info.run_id
+            self.active = True
+        except Exception as err:  # noqa: BLE001 - tracking must never break the work
+            self._fail(err, "creating the run")
+
+    def _fail(self, err: BaseException, what: str | None = None) -> None:
+        """Stop logging: mark the run FAILED (best effort, quickly) and warn once.
+
+        ``what`` names the step that failed, for the warning.
+        """
+        was_active, self.active = self.active, False
+        if was_active:
+            self._mark_failed()
+        if not self._warned[0]:
+            self._warned[0] = True
+            step = f" while {what}" if what else ""
+            warnings.warn(
+                f"MLflow tracking to {self.uri!r} failed{step} ({type(err).__name__}: {err}); "
+                "the computation continues without tracking and its result is unaffected.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def _mark_failed(self) -> None:
+        """End the run as FAILED so it is not left RUNNING; gives up quickly and silently.
+
+        Against a tracking server: one request, no retries, a few seconds at most (none
+        when the server does not answer its health check).
+        """
+        if self.client is None or self.run_id is None:
+            return
+        try:
+            _check_reachable(self.uri, timeout=2.0)
+            with _quick_http():
+                self.client.set_terminated(self.run_id, "FAILED")
+        except Exception:  # noqa: BLE001 - best effort: the first error was reported
+            pass
+
+    def _call(self, method: str, *args, **kwargs) -> None:
+        if not self.active:
+            return
+        try:
+            getattr(self.client, method)(self.run_id, *args, **kwargs)
+        except Exception as err:  # noqa: BLE001
+            self._fail(err, f"calling MlflowClient.{method}")
+
+    def child(self, run_name: str, tags: dict | None = None) -> RunLogger:
+        """A nested run under this one."""
+        return RunLogger(run_name, parent=self, tags=tags)
+
+    def log_params(self, params: dict) -> None:
+        """Log parameters (names made safe by :func:`metric_key`, values as text)."""
+        from mlflow.entities import Param
+
+        items = [Param(metric_key(k), str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self._call("log_batch", params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict, step: int = 0) -> None:
+        """Log metrics at ``step``; None and non-finite values are left out."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(metric_key(k), float(v), now, int(step))
+            for k, v in metrics.items()
+            if v is not None and np.isfinite(v)
+        ]
+        for start in range(0, len(items), 1000):
+            self._call("log_batch", metrics=items[start : start + 1000])
+
+    def log_history(self, name: str, values: Iterable[float], steps: Iterable[int]) -> None:
+        """A metric's whole curve in few requests."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(metric_key(name), float(v), now, int(s))
+            for v, s in zip(values, steps, strict=True)
+        ]
+        for start in range(0, len(items), 1000):
+            self._call("log_batch", metrics=items[start : start + 1000])
+
+    def set_tags(self, tags: dict) -> None:
+        """Set tags on the run (values as text)."""
+        for key, value in tags.items():
+            self._call("set_tag", key, str(value))
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Upload a file, optionally into the folder ``artifact_path`` of the run."""
+        self._call("log_artifact", str(path), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """End the run with ``status`` (``"FINISHED"``, ``"FAILED"`` or ``"KILLED"``)."""
+        self._call("set_terminated", status)
+
+
+@contextlib.contextmanager
+def _quiet_mlflow():
+    """No progress bars or notices from MLflow while it stores a model."""
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
+@contextlib.contextmanager
+def _using_uri(uri: str):
+    """MLflow's fluent API with ``uri``, restoring the caller's tracking URI afterwards."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
