@@ -150,6 +150,26 @@ def _given_params(args: argparse.Namespace, command: str) -> dict:
     }
 
 
+def _add_run_options(parser: argparse.ArgumentParser, command: str, saved: str) -> None:
+    """Options shared by the commands that train: seed, --quick, the model and sampling
+    parameters, and how outputs are written."""
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny model with few steps, for smoke tests"
+    )
+    _add_param_options(parser, command)
+    parser.add_argument(
+        "--no-anchors",
+        action="store_true",
+        help=f"write the {saved} without per-cell data of the training cells (latent codes, "
+        "library sizes); use before sharing it",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars or tables, only errors"
+    )
+
+
 def _add_augment_parser(sub) -> None:
     aug = sub.add_parser(
         "augment",
@@ -180,20 +200,8 @@ def _add_augment_parser(sub) -> None:
         metavar="N",
         help="cells per augmented type afterwards (default: median type size)",
     )
-    aug.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    aug.add_argument(
-        "--quick", action="store_true", help="tiny model with few steps, for smoke tests"
-    )
-    _add_param_options(aug, "augment")
+    _add_run_options(aug, "augment", saved="--save-sampler's sampler")
     aug.add_argument("--save-sampler", metavar="PATH", help="also save the fitted sampler there")
-    aug.add_argument(
-        "--no-anchors",
-        action="store_true",
-        help="save the sampler without per-cell data of the training cells (latent codes, "
-        "library sizes); use before sharing it",
-    )
-    aug.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    aug.add_argument("--quiet", action="store_true", help="no progress bars or tables, only errors")
 
 
 def _augment(args: argparse.Namespace) -> int:
@@ -279,17 +287,7 @@ def _add_train_parser(sub) -> None:
         action="store_true",
         help="stream the matrix from disk instead of loading it (memory flat in the cells)",
     )
-    train.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    train.add_argument("--quick", action="store_true", help="tiny model, for smoke tests")
-    _add_param_options(train, "train")
-    train.add_argument(
-        "--no-anchors",
-        action="store_true",
-        help="save without per-cell data of the training cells (latent codes, library "
-        "sizes); use before sharing the file",
-    )
-    train.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    train.add_argument("--quiet", action="store_true", help="no progress bars, only errors")
+    _add_run_options(train, "train", saved="generator file")
 
 
 def _train(args: argparse.Namespace) -> int:
