@@ -12,8 +12,6 @@ scvi-tools is an optional dependency (``pip install -e ".[scvi]"``).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -26,7 +24,8 @@ from imblearn.over_sampling.base import BaseOverSampler
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_random_state
 
-from scld_aug.data import as_csr, is_count_matrix
+from scld_aug.data import as_csr, fingerprint, is_count_matrix
+from scld_aug.store import is_seeded
 
 
 def _import_scvi():
@@ -92,12 +91,9 @@ class SCVISampler(BaseOverSampler):
         self.verbose = verbose
 
     def _key(self, X: sp.csr_matrix, y: np.ndarray) -> str:
-        h = hashlib.blake2b(digest_size=20)
-        for array in (X.data, X.indices, X.indptr):
-            h.update(np.ascontiguousarray(array).view(np.uint8).data)
-        params = [self.n_latent, self.max_epochs, self.gene_likelihood, str(self.random_state)]
-        h.update(json.dumps([list(X.shape), [str(v) for v in y], params]).encode())
-        return h.hexdigest()
+        # The library's fingerprint: labels keyed with their types, as for SCLD's cache.
+        params = [self.n_latent, self.max_epochs, self.gene_likelihood, int(self.random_state)]
+        return fingerprint(X, y, "scvi", params)
 
     def _fit_resample(self, X, y):
         scvi = _import_scvi()
@@ -120,7 +116,8 @@ class SCVISampler(BaseOverSampler):
         adata = anndata.AnnData(X.astype(np.float32))
         scvi.model.SCVI.setup_anndata(adata)
         path = None
-        if self.memory is not None:
+        # Only seeded fits can be reused (as for SCLDSampler's memory=).
+        if self.memory is not None and is_seeded(self.random_state):
             path = Path(self.memory) / "scvi" / f"model-{self._key(X, y)}"
         if path is not None and (path / "model.pt").exists():
             model = scvi.model.SCVI.load(str(path), adata=adata, accelerator="cpu")
@@ -138,7 +135,8 @@ class SCVISampler(BaseOverSampler):
                 enable_checkpointing=False,
             )
             if path is not None:
-                tmp = path.with_name(path.name + ".tmp")
+                # Our own temporary folder: concurrent writers of one key do not collide.
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
                 model.save(str(tmp), overwrite=True)
                 try:
                     tmp.replace(path)  # a directory rename: readers never see a partial model

@@ -20,7 +20,7 @@ from scld_aug.data import plain_scalar
 from scld_aug.files import atomic_torch_save, load_model_file
 from scld_aug.genes import GenePanel
 from scld_aug.model import Autoencoder, Denoiser, LatentClassifier, NoiseSchedule
-from scld_aug.params import SamplingParams
+from scld_aug.params import MAX_TRAIN_TIMESTEPS, SamplingParams
 from scld_aug.sampling import DECODE_BATCH
 
 GENERATOR_FORMAT = "scld-aug-generator"
@@ -28,9 +28,6 @@ GENERATOR_DESCRIPTION = "a saved SCLD generator (written by SCLDGenerator.save o
 # Saved without its training cells, a generator keeps each class's library sizes as this
 # many quantiles (decoding draws from them) instead of one value per cell.
 LIBRARY_QUANTILES = 100
-# Largest diffusion length a saved configuration may ask for (the default is 1,000): the
-# schedule is allocated from it before any stored tensor could contradict it.
-MAX_TRAIN_TIMESTEPS = 100_000
 
 
 class SCLDGenerator:

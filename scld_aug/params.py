@@ -34,6 +34,9 @@ __all__ = ["PARAMS", "Param", "SamplingParams", "TrainingConfig"]
 POSITIVE_INT = Interval(Integral, 1, None, closed="left")
 NON_NEGATIVE = Interval(Real, 0, None, closed="left")
 UNIT = Interval(Real, 0, 1, closed="both")
+# Longest diffusion process: the schedule is allocated from it (saved files are checked
+# against it before anything is allocated).
+MAX_TRAIN_TIMESTEPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,8 @@ PARAMS: tuple[Param, ...] = (
         [POSITIVE_INT],
         "int",
         "Residual blocks of the denoiser.",
+        help="residual blocks of the denoiser",
+        commands=("train",),
         public=False,
         py_type="int",
     ),
@@ -256,9 +261,11 @@ PARAMS: tuple[Param, ...] = (
         "num_train_timesteps",
         1000,
         "training",
-        [POSITIVE_INT],
+        [Interval(Integral, 1, MAX_TRAIN_TIMESTEPS, closed="both")],
         "int",
         "Length of the diffusion process.",
+        help="length of the diffusion process",
+        commands=("train",),
         public=False,
         py_type="int",
     ),
@@ -269,6 +276,8 @@ PARAMS: tuple[Param, ...] = (
         [StrOptions({"cosine", "linear"})],
         '{"cosine", "linear"}',
         "Noise schedule of the diffusion process.",
+        help="noise schedule of the diffusion process",
+        commands=("train",),
         public=False,
         py_type="str",
     ),

@@ -46,14 +46,11 @@ def test_command_line_options_come_from_the_table(command):
     parser = _Parser(prog="scld-aug")
     _add_param_options(parser, command)
     options = {a.option_strings[0] for a in parser._actions if a.option_strings}
-    expected = {
-        params.BY_NAME[n].option
-        for n in params.SAMPLER_PARAMS
-        if command in params.BY_NAME[n].commands
-    }
+    expected = {p.option for p in params.PARAMS if command in p.commands}
     assert options - {"-h"} == expected
-    if command == "train":  # every training parameter can be set when pretraining
-        assert {params.BY_NAME[n].option for n in params.TRAINING_PARAMS} <= options
+    if command == "train":  # every training field can be set when pretraining
+        training = params.names("training", public=None)
+        assert {params.BY_NAME[n].option for n in training} <= options
     assert _given_params(parser.parse_args([]), command) == {}
     given = _given_params(parser.parse_args(["--n-top-genes", "none", "--amp"]), command)
     assert given == {"n_top_genes": None, "mixed_precision": True}
