@@ -150,25 +150,12 @@ def train_generator(
     """
     world = world or World()
     classes, codes = np.unique(np.asarray(labels), return_inverse=True)
-    rows = cell_rows(X)
-    if config.likelihood == "auto":
-        config = replace(config, likelihood=resolve_likelihood(rows, "auto"))
-    if likelihoods.get(config.likelihood).uses_library and world.is_main:
-        empty = np.flatnonzero(library_sizes(rows) == 0)
-        if len(empty):
-            warnings.warn(
-                f"{len(empty)} cell(s) have zero total counts (first at row {empty[0]}). "
-                "They carry no expression signal; consider removing empty cells before "
-                "augmenting.",
-                UserWarning,
-                stacklevel=3,
-            )
     seed = derive_seeds(random_state, 2)[0]
     # Rank r > 0 draws its dropout from its own stream; DDP gives it rank 0's weights.
     torch_seed = seed if world.rank == 0 else seed + world.rank
     with seeded(torch_seed, device):
         generator = fit_generator(
-            rows,
+            X,
             codes.astype(np.int64),
             classes,
             config,
@@ -222,6 +209,13 @@ def fit_generator(
     rng = np.random.default_rng([seed, world.rank] if world.distributed else seed)
     weights = sampling_weights(codes, n_classes, config.class_balance)
     library = library_sizes(rows_in) if uses_library else None
+    if library is not None and world.is_main and (empty := np.flatnonzero(library == 0)).size:
+        warnings.warn(
+            f"{len(empty)} cell(s) have zero total counts (first at row {empty[0]}). They "
+            "carry no expression signal; consider removing empty cells before augmenting.",
+            UserWarning,
+            stacklevel=4,
+        )
     panel = GenePanel.fit(
         rows_in, codes, n_classes, weights, library, config.n_top_genes, config.likelihood
     )
