@@ -168,11 +168,19 @@ SCLD_VARIANTS = {
 }
 
 
-def _cell_metrics(embedding, real_test, synthetic, other_test) -> dict:
-    from scld_aug.metrics import gene_fidelity, mmd_rbf, sliced_wasserstein, two_sample_auc
+def _cell_metrics(embedding, real_train, real_test, synthetic, other_test) -> dict:
+    from scld_aug.metrics import (
+        density_coverage,
+        gene_fidelity,
+        memorization,
+        mmd_rbf,
+        sliced_wasserstein,
+        two_sample_auc,
+    )
 
     A, B = embedding.transform(real_test), embedding.transform(synthetic)
     genes = gene_fidelity(real_test, synthetic, other_real=other_test)
+    novelty = memorization(embedding.transform(real_train), B, A)
     return {
         "mmd": mmd_rbf(A, B),
         "sliced_wasserstein": sliced_wasserstein(A, B),
@@ -182,7 +190,20 @@ def _cell_metrics(embedding, real_test, synthetic, other_test) -> dict:
         "dropout_pearson": genes["dropout_pearson"],
         "marker_overlap": genes["marker_overlap"],
         "nonzero_fraction": sp.csr_matrix(synthetic).count_nonzero() / np.prod(synthetic.shape),
+        "memorization_ratio": novelty["ratio"],
+        "copies": novelty["copies"],
+        **density_coverage(A, B),
     }
+
+
+def _recognised(classifier, embedding, by_type: dict) -> dict:
+    """Per type: conditional fidelity of its synthetic cells (a classifier of real cells)."""
+    from scld_aug.metrics import conditional_fidelity
+
+    types = list(by_type)
+    cells = np.vstack([embedding.transform(by_type[t]) for t in types])
+    labels = np.concatenate([[t] * by_type[t].shape[0] for t in types])
+    return conditional_fidelity(classifier, cells, labels)
 
 
 def fidelity(
@@ -202,7 +223,8 @@ def fidelity(
     "real (train)" compares held-out cells with real training cells of the same type: the
     best any generator can do, given the sampling noise of small types.
     """
-    from imblearn.over_sampling import SMOTE
+    from imblearn.over_sampling import SMOTE, RandomOverSampler
+    from sklearn.linear_model import LogisticRegression
 
     from scld_aug import SCLDSampler
     from scld_aug.metrics import ReferenceEmbedding
@@ -227,6 +249,10 @@ def fidelity(
         X_s, y_s = smote.fit_resample(X_train, y_train)
         new = np.arange(len(y_s)) >= len(y_train)
         synthetic["SMOTE"] = {t: X_s[new & (y_s == t)] for t in types}
+        copies = RandomOverSampler(sampling_strategy=smote.sampling_strategy, random_state=seed)
+        X_r, y_r = copies.fit_resample(X_train, y_train)
+        new = np.arange(len(y_r)) >= len(y_train)
+        synthetic["RandomOverSampler"] = {t: X_r[new & (y_r == t)] for t in types}
         if with_scvi:
             from evaluation.scvi_baseline import SCVISampler
 
@@ -260,10 +286,17 @@ def fidelity(
                 warnings.simplefilter("ignore", UserWarning)
                 synthetic[name] = {t: sampler.generate(n_gen[t], t) for t in types}
         by_type_test = {t: (X_test[y_test == t], X_test[y_test != t]) for t in types}
+        # Conditional fidelity: a classifier of real training cells (all types) in the
+        # embedding names the type of each synthetic cell.
+        reference = LogisticRegression(max_iter=2000).fit(embedding.transform(X_train), y_train)
         for method, by_type in synthetic.items():
+            recognised = _recognised(reference, embedding, by_type)
             for t in types:
                 real_test, other_test = by_type_test[t]
-                metrics = _cell_metrics(embedding, real_test, by_type[t], other_test)
+                real_train = X_train[y_train == t]
+                metrics = _cell_metrics(embedding, real_train, real_test, by_type[t], other_test)
+                metrics["recognised"] = recognised[t]["recognised"]
+                metrics["confusion"] = recognised[t]["confusion"]
                 for metric, value in metrics.items():
                     rows.append(
                         {
@@ -274,6 +307,9 @@ def fidelity(
                             "n_train": train_counts[t],
                             "metric": metric,
                             "value": value,
+                            "detail": str(recognised[t]["confused_with"] or "")
+                            if metric == "confusion"
+                            else "",
                         }
                     )
         log(f"  seed {seed}: fidelity of {len(synthetic)} methods x {len(types)} types done")

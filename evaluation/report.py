@@ -74,6 +74,44 @@ def fidelity_table(df: pd.DataFrame) -> pd.DataFrame:
     return df.groupby(["method", "metric"], sort=False)["value"].mean().unstack("metric").round(3)
 
 
+NOVELTY_METRICS = ("memorization_ratio", "copies", "precision", "recall", "density", "coverage")
+
+
+def novelty_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method: how new and how diverse its cells are (median ratio, mean of the rest)."""
+    sub = df[df["metric"].isin(NOVELTY_METRICS)]
+    if sub.empty:
+        return pd.DataFrame()
+    grouped = sub.groupby(["method", "metric"], sort=False)["value"]
+    table = grouped.mean().unstack("metric")
+    table["memorization_ratio"] = grouped.median().unstack("metric")["memorization_ratio"]
+    return table.reindex(columns=[m for m in NOVELTY_METRICS if m in table.columns]).round(3)
+
+
+def conditional_fidelity_table(df: pd.DataFrame, methods) -> pd.DataFrame:
+    """Per type: share of each method's synthetic cells that a classifier of real cells calls
+    that type (mean over seeds) and, when below 0.9, the type most taken instead."""
+    recognised = df[df["method"].isin(methods) & (df["metric"] == "recognised")]
+    if recognised.empty:
+        return pd.DataFrame()
+    confusion = df[df["method"].isin(methods) & (df["metric"] == "confusion")]
+    means = recognised.groupby(["cell_type", "n_train", "method"], sort=False)["value"].mean()
+    target = confusion[confusion["detail"].fillna("") != ""]
+    other = target.groupby(["cell_type", "method"])["detail"].agg(
+        lambda v: v.value_counts().index[0]
+    )
+    cells = {}
+    for (cell_type, n_train, method), value in means.items():
+        text = f"{value:.2f}"
+        if value < 0.9 and (cell_type, method) in other.index:
+            text += f" (→ {other.loc[(cell_type, method)]})"
+        cells.setdefault(f"{cell_type} ({n_train})", {})[method] = text
+    table = pd.DataFrame.from_dict(cells, orient="index")
+    table = table[[m for m in methods if m in table.columns]]
+    table.index.name = "type (training cells)"
+    return table
+
+
 def fidelity_by_type(df: pd.DataFrame, methods, metrics=("mmd", "two_sample_auc")) -> pd.DataFrame:
     """Per type (with its number of training cells): each metric for each method."""
     sub = df[df["method"].isin(methods) & df["metric"].isin(metrics)]
@@ -260,6 +298,37 @@ def write_report(
             fidelity_by_type(fidelity, headline).to_markdown(),
             "",
         ]
+        novelty = novelty_table(fidelity)
+        if not novelty.empty:
+            lines += [
+                "### New cells or copies? (novelty and diversity)",
+                "",
+                "`memorization_ratio` (median over types and seeds): median distance from a "
+                "synthetic cell to its nearest real training cell of the type, divided by the "
+                "same for held-out real cells; 1 = as new as unseen real cells, 0 = copies "
+                "(`copies`: share at distance 0). `precision` / `recall` (Kynkäänniemi et al. "
+                "2019), `density` / `coverage` (Naeem et al. 2020) against held-out cells of "
+                "the type, k = 5: precision and density say the cells lie where real cells "
+                "lie, recall and coverage that they reach the whole type. `real (train)` are "
+                "the training cells themselves (ratio 0 by construction).",
+                "",
+                novelty.to_markdown(),
+                "",
+            ]
+        conditional = conditional_fidelity_table(
+            fidelity, [m for m in (*headline, "RandomOverSampler") if m != "real (train)"]
+        )
+        if not conditional.empty:
+            lines += [
+                "### Conditional fidelity per type",
+                "",
+                "Share of a type's synthetic cells that a logistic regression trained on real "
+                "training cells (all types, same embedding) calls that type, mean over seeds; "
+                "below 0.9, the type most taken instead follows the arrow.",
+                "",
+                conditional.to_markdown(),
+                "",
+            ]
         plot_guidance_sweep(fidelity, out / "guidance_sweep.png")
         lines.append("![guidance sweep](guidance_sweep.png)")
         if (out / "embedding.png").exists():

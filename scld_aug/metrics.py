@@ -1,11 +1,13 @@
 """Metrics that compare synthetic cells with held-out real cells.
 
 Distribution-level metrics (:func:`mmd_rbf`, :func:`sliced_wasserstein`,
-:func:`two_sample_auc`) work on dense embedded cells, usually the output of a
+:func:`two_sample_auc`), novelty (:func:`memorization`) and precision-recall style metrics
+(:func:`density_coverage`) work on dense embedded cells, usually the output of a
 :class:`ReferenceEmbedding` fitted on real training cells only, so real and synthetic cells
-are compared in the same coordinates. :func:`gene_fidelity` compares per-gene statistics of
-one cell type, and :func:`downstream_scores` summarises a classifier trained on augmented
-data.
+are compared in the same coordinates. :func:`conditional_fidelity` asks a classifier of
+real cells which type each synthetic cell is. :func:`gene_fidelity` compares per-gene
+statistics of one cell type, and :func:`downstream_scores` summarises a classifier trained
+on augmented data.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ from scld_aug.preprocessing import log_normalize
 
 __all__ = [
     "ReferenceEmbedding",
+    "conditional_fidelity",
+    "density_coverage",
     "downstream_scores",
     "gene_fidelity",
+    "memorization",
     "mmd_rbf",
     "sliced_wasserstein",
     "two_sample_auc",
@@ -380,6 +385,168 @@ def two_sample_auc(
         make_pipeline(StandardScaler(), model), X, y, cv=folds, method="predict_proba"
     )
     return float(roc_auc_score(y, proba[:, 1]))
+
+
+def _nearest(query: np.ndarray, reference: np.ndarray, k: int = 1) -> np.ndarray:
+    """Euclidean distances from each row of ``query`` to its ``k`` nearest rows of
+    ``reference`` (ascending, shape ``(n_query, k)``)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    index = NearestNeighbors(n_neighbors=k).fit(reference)
+    return index.kneighbors(query, return_distance=True)[0]
+
+
+def memorization(train: np.ndarray, synthetic: np.ndarray, held_out: np.ndarray) -> dict:
+    """How close synthetic cells are to the cells they were learned from, against new cells.
+
+    For each synthetic cell, the distance to its nearest training cell; for each held-out
+    real cell (same type, not used for training), the same distance. A generator that makes
+    new cells puts its cells as far from the training cells as new real cells are
+    (``ratio`` near 1); one that copies puts them on top (``ratio`` near 0, and
+    ``copies`` counts exact duplicates).
+
+    Parameters
+    ----------
+    train, synthetic, held_out : ndarray of shape (n, n_features)
+        Embedded training cells, synthetic cells and held-out real cells of one type.
+
+    Returns
+    -------
+    dict
+        ``ratio``: median synthetic distance / median held-out distance;
+        ``synthetic_median``, ``held_out_median``: the two medians;
+        ``copies``: share of synthetic cells at distance 0 from a training cell.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> train, held_out = rng.normal(size=(50, 5)), rng.normal(size=(30, 5))
+    >>> memorization(train, train[:20].copy(), held_out)["ratio"]  # copies
+    0.0
+    >>> 0.7 < memorization(train, rng.normal(size=(40, 5)), held_out)["ratio"] < 1.3
+    True
+    """
+    train, synthetic = _check_pair(train, synthetic, min_rows=1)
+    train, held_out = _check_pair(train, held_out, min_rows=1)
+    d_syn = _nearest(synthetic, train)[:, 0]
+    d_held = _nearest(held_out, train)[:, 0]
+    held_median = float(np.median(d_held))
+    syn_median = float(np.median(d_syn))
+    return {
+        "ratio": syn_median / held_median if held_median > 0 else float("nan"),
+        "synthetic_median": syn_median,
+        "held_out_median": held_median,
+        "copies": float(np.mean(d_syn <= 1e-9 * max(held_median, 1.0))),
+    }
+
+
+def density_coverage(real: np.ndarray, synthetic: np.ndarray, k: int = 5) -> dict:
+    """Precision, recall, density and coverage of synthetic cells against real ones.
+
+    Every real cell gets a ball reaching its ``k``-th nearest real neighbour (and every
+    synthetic cell one reaching its ``k``-th nearest synthetic neighbour). Precision is the
+    share of synthetic cells inside some real ball and recall the share of real cells
+    inside some synthetic ball (Kynkäänniemi et al. 2019); density counts how many real
+    balls hold each synthetic cell (1 on average when synthetic cells are spread like real
+    ones, above 1 when they crowd into dense regions) and coverage is the share of real
+    cells whose ball holds a synthetic cell (Naeem et al. 2020). Coverage and recall are
+    the diversity side: synthetic copies of a few real cells cover few of the others.
+
+    Parameters
+    ----------
+    real, synthetic : ndarray of shape (n, n_features)
+        Embedded real cells (e.g. held-out cells of a type) and synthetic cells of the type.
+    k : int, default=5
+        Neighbourhood size, capped at the sample sizes.
+
+    Returns
+    -------
+    dict
+        ``precision``, ``recall``, ``density``, ``coverage``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> real = rng.normal(size=(200, 3))
+    >>> same = density_coverage(real, rng.normal(size=(200, 3)))
+    >>> narrow = density_coverage(real, 0.1 * rng.normal(size=(200, 3)))
+    >>> same["coverage"] > 0.9, narrow["coverage"] < 0.3
+    (True, True)
+    """
+    real, synthetic = _check_pair(real, synthetic, min_rows=2)
+    k_real = min(k, real.shape[0] - 1)
+    k_syn = min(k, synthetic.shape[0] - 1)
+    # k + 1 neighbours: each cell is its own nearest neighbour.
+    real_radius = _nearest(real, real, k_real + 1)[:, -1]
+    syn_radius = _nearest(synthetic, synthetic, k_syn + 1)[:, -1]
+    d = np.sqrt(
+        np.maximum(
+            (synthetic**2).sum(1)[:, None] + (real**2).sum(1)[None, :] - 2 * synthetic @ real.T,
+            0.0,
+        )
+    )  # synthetic x real
+    inside_real = d <= real_radius[None, :]
+    return {
+        "precision": float(inside_real.any(1).mean()),
+        "recall": float((d <= syn_radius[:, None]).any(0).mean()),
+        "density": float(inside_real.sum() / (k_real * synthetic.shape[0])),
+        "coverage": float((d.min(0) <= real_radius).mean()),
+    }
+
+
+def conditional_fidelity(
+    classifier: Any, synthetic: np.ndarray, labels: ArrayLike
+) -> dict[Any, dict[str, Any]]:
+    """Per type, the share of its synthetic cells that a classifier of real cells calls that
+    type, and the type the others are most often taken for.
+
+    Parameters
+    ----------
+    classifier : fitted classifier
+        Trained on real cells only (e.g. logistic regression on embedded real training
+        cells); its ``predict`` takes ``synthetic``.
+    synthetic : array-like of shape (n_cells, n_features)
+    labels : array-like of shape (n_cells,)
+        The type each synthetic cell was generated as.
+
+    Returns
+    -------
+    dict
+        ``{type: {"n": cells, "recognised": share predicted as the type, "confused_with":
+        the most frequent other prediction (None when all are recognised),
+        "confusion": its share}}``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.neighbors import KNeighborsClassifier
+    >>> real = np.array([[0.0], [0.1], [5.0], [5.1]])
+    >>> classifier = KNeighborsClassifier(1).fit(real, ["a", "a", "b", "b"])
+    >>> result = conditional_fidelity(classifier, np.array([[0.0], [4.9], [5.0]]), ["a", "a", "b"])
+    >>> result["a"]
+    {'n': 2, 'recognised': 0.5, 'confused_with': 'b', 'confusion': 0.5}
+    """
+    labels = np.asarray(labels)
+    predicted = np.asarray(classifier.predict(synthetic))
+    result = {}
+    for label in dict.fromkeys(labels.tolist()):
+        mine = predicted[labels == label]
+        others = mine[mine != label]
+        confused, share = None, 0.0
+        if len(others):
+            values, counts = np.unique(others, return_counts=True)
+            confused = values[np.argmax(counts)]
+            confused = confused.item() if isinstance(confused, np.generic) else confused
+            share = float(counts.max() / len(mine))
+        result[label] = {
+            "n": int(len(mine)),
+            "recognised": float(np.mean(mine == label)),
+            "confused_with": confused,
+            "confusion": share,
+        }
+    return result
 
 
 def _gene_summary(X: np.ndarray | sp.csr_matrix) -> dict[str, np.ndarray]:

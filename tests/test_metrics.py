@@ -350,3 +350,49 @@ def test_embedding_rejects_wrong_gene_count(two_classes):
     emb = ReferenceEmbedding(n_top_genes=20, n_components=3).fit(X)
     with pytest.raises(ValueError, match="genes"):
         emb.transform(X[:, :-1])
+
+
+def test_memorization_tells_copies_from_new_cells():
+    from scld_aug.metrics import memorization
+
+    rng = np.random.default_rng(1)
+    train, held_out = rng.normal(size=(200, 8)), rng.normal(size=(100, 8))
+    copies = memorization(train, train[rng.integers(200, size=150)], held_out)
+    assert copies["ratio"] == 0.0 and copies["copies"] == 1.0
+    jittered = memorization(train, train[:150] + 0.05 * rng.normal(size=(150, 8)), held_out)
+    assert jittered["ratio"] < 0.2 and jittered["copies"] == 0.0
+    fresh = memorization(train, rng.normal(size=(150, 8)), held_out)
+    assert 0.8 < fresh["ratio"] < 1.25
+    assert fresh["held_out_median"] == copies["held_out_median"] > 0
+
+
+def test_density_coverage_separate_fidelity_from_diversity():
+    from scld_aug.metrics import density_coverage
+
+    rng = np.random.default_rng(2)
+    real = rng.normal(size=(300, 4))
+    same = density_coverage(real, rng.normal(size=(300, 4)))
+    assert same["precision"] > 0.8 and same["recall"] > 0.8 and same["coverage"] > 0.8
+    assert 0.6 < same["density"] < 1.5
+    collapsed = density_coverage(real, real[:5].repeat(60, axis=0))  # a few cells, repeated
+    # Faithful (every cell lies on real cells) but not diverse: 5 distinct cells cover a
+    # few real neighbourhoods, and hardly any real cell lies near a synthetic one.
+    assert collapsed["precision"] == 1.0 and collapsed["coverage"] < 0.2
+    assert collapsed["recall"] < 0.05 and collapsed["density"] > same["density"]
+    off = density_coverage(real, rng.normal(loc=6.0, size=(300, 4)))
+    assert off["precision"] < 0.05 and off["coverage"] < 0.05
+
+
+def test_conditional_fidelity_names_the_confused_type():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from scld_aug.metrics import conditional_fidelity
+
+    real = np.array([[0.0], [0.2], [5.0], [5.2], [10.0], [10.2]])
+    classifier = KNeighborsClassifier(1).fit(real, [1, 1, 2, 2, 3, 3])
+    synthetic = np.array([[0.1], [4.9], [5.1], [5.0], [10.1], [9.9], [5.1], [10.0]])
+    labels = [1, 1, 2, 2, 3, 3, 3, 3]
+    result = conditional_fidelity(classifier, synthetic, labels)
+    assert result[1] == {"n": 2, "recognised": 0.5, "confused_with": 2, "confusion": 0.5}
+    assert result[2] == {"n": 2, "recognised": 1.0, "confused_with": None, "confusion": 0.0}
+    assert result[3]["recognised"] == 0.75 and result[3]["confused_with"] == 2

@@ -153,6 +153,8 @@ def test_fit_is_logged_with_params_losses_artifacts_and_a_loadable_model(
     assert row["metrics.n_synthetic"] == len(y_res) - len(y)
     assert row["metrics.fit_seconds"] > 0
     assert 0 <= row["metrics.mmd_mean"] < 1
+    assert 0 <= row["metrics.recognised_min"] <= 1
+    assert {"metrics.coverage_type2", "metrics.recognised_type2"} <= set(row.index)
     for name in ("autoencoder", "diffusion", "classifier"):
         assert np.isfinite(row[f"metrics.final_loss_{name}"])
     history = client.get_metric_history(run_id, "loss_autoencoder")

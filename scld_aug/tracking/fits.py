@@ -112,24 +112,44 @@ def _class_table(y, y_res) -> pd.DataFrame:
 
 
 def _fidelity(real, y, synthetic, y_syn) -> dict[str, float]:
-    """Per augmented type: RBF-MMD between real and synthetic cells (reference PCA space).
+    """Per augmented type, in the reference PCA space of the real cells: RBF-MMD, coverage
+    and density of the real cells of the type, and conditional fidelity (the share a
+    logistic regression of real cells calls that type).
 
     ``real`` and ``synthetic`` are CSR matrices (see :func:`scld_aug.data.as_csr`).
     """
+    from sklearn.linear_model import LogisticRegression
+
     from scld_aug.data import is_count_matrix
-    from scld_aug.metrics import ReferenceEmbedding, mmd_rbf
+    from scld_aug.metrics import (
+        ReferenceEmbedding,
+        conditional_fidelity,
+        density_coverage,
+        mmd_rbf,
+    )
 
     if synthetic.shape[0] == 0:
         return {}
     embedding = ReferenceEmbedding(counts=is_count_matrix(real)).fit(real)
-    metrics = {}
+    Z_real, Z_syn = embedding.transform(real), embedding.transform(synthetic)
+    metrics: dict[str, float] = {}
+    mmd = {}
     for label in np.unique(y_syn):
-        a = embedding.transform(real[np.flatnonzero(y == label)])
-        b = embedding.transform(synthetic[np.flatnonzero(y_syn == label)][:2000])
+        a = Z_real[np.flatnonzero(y == label)]
+        b = Z_syn[np.flatnonzero(y_syn == label)][:2000]
         if len(a) >= 2 and len(b) >= 2:
-            metrics[f"mmd_{label}"] = mmd_rbf(a, b)
-    if metrics:
-        metrics["mmd_mean"] = float(np.mean(list(metrics.values())))
+            mmd[label] = metrics[f"mmd_{label}"] = mmd_rbf(a, b)
+            scores = density_coverage(a, b)
+            metrics[f"coverage_{label}"] = scores["coverage"]
+            metrics[f"density_{label}"] = scores["density"]
+    if mmd:
+        metrics["mmd_mean"] = float(np.mean(list(mmd.values())))
+    if len(np.unique(y)) >= 2:
+        reference = LogisticRegression(max_iter=2000).fit(Z_real, y)
+        recognised = conditional_fidelity(reference, Z_syn, y_syn)
+        for label, row in recognised.items():
+            metrics[f"recognised_{label}"] = row["recognised"]
+        metrics["recognised_min"] = min(row["recognised"] for row in recognised.values())
     return metrics
 
 
@@ -151,8 +171,11 @@ def log_fit(
 
     Logs all constructor parameters; the training losses of each network (curves binned
     every ``LOSS_LOG_EVERY`` steps, and final values); the per-class cell counts table;
-    loss-curve and real-vs-synthetic embedding plots; per-type MMD between real and
-    synthetic cells (when ``X_res, y_res`` are given); and, with ``log_model``, the
+    loss-curve and real-vs-synthetic embedding plots; when ``X_res, y_res`` are given, per
+    type: MMD between real and synthetic cells, coverage and density of the real cells
+    (:func:`scld_aug.metrics.density_coverage`) and conditional fidelity
+    (``recognised_<type>``, the share a classifier of real cells calls that type; and
+    ``recognised_min``); and, with ``log_model``, the
     generator as an MLflow model that :func:`load_sampler` (or ``mlflow.pyfunc``) loads
     back to generate cells.
 
