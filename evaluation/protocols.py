@@ -45,13 +45,16 @@ class Runs:
 
 
 # Short names of SCLD parameters in method names such as "SCLD w=3 anchor=0.5". All but
-# "balance" are sampling-time parameters and share the trained generators.
+# "balance", "aebalance" and "kl" are sampling-time parameters and share the trained generators.
 VARIANT_KEYS = {
     "w": "guidance_scale",
     "s": "post_guidance_scale",
     "anchor": "anchor_strength",
     "filter": "filter_threshold",
     "balance": "class_balance",
+    "kl": "kl_weight",
+    "aebalance": "autoencoder_class_balance",
+    "ref": "guidance_reference",
 }
 
 
@@ -67,7 +70,8 @@ def variant_params(method: str) -> dict:
                 f"Cannot read {token!r} in method {method!r}: use key=value with keys "
                 f"{sorted(VARIANT_KEYS)}, e.g. 'SCLD w=3 anchor=0.5'."
             )
-        params[VARIANT_KEYS[key]] = float(value)
+        name = VARIANT_KEYS[key]
+        params[name] = value if name == "guidance_reference" else float(value)
     return params
 
 
@@ -165,6 +169,8 @@ SCLD_VARIANTS = {
     "SCLD post only (w=0, s=2)": dict(guidance_scale=0.0, post_guidance_scale=2.0),
     "SCLD pre+filter (w=2, p>=0.5)": dict(guidance_scale=2.0, filter_threshold=0.5),
     "SCLD anchored (w=2, a=0.5)": dict(guidance_scale=2.0, anchor_strength=0.5),
+    "SCLD confusable (w=2)": dict(guidance_scale=2.0, guidance_reference="confusable"),
+    "SCLD confusable (w=4)": dict(guidance_scale=4.0, guidance_reference="confusable"),
 }
 
 
@@ -228,7 +234,13 @@ def fidelity(
 
     from scld_aug import SCLDSampler
     from scld_aug.metrics import ReferenceEmbedding
+    from scld_aug.params import BY_NAME, SAMPLING_PARAMS
 
+    sampling_defaults = {
+        name: scld_params.get(name, BY_NAME[name].default)
+        for name in SAMPLING_PARAMS
+        if name != "sampling_strategy"
+    }
     rows = []
     for seed in seeds:
         train, test = split(y, seed)
@@ -273,15 +285,8 @@ def fidelity(
             f"  seed {seed}: SCLD trained in {time.perf_counter() - start:.0f} s ({sampler.generator_source_})"
         )
         for name, params in variants.items():
-            sampler.set_params(
-                **{
-                    "guidance_scale": 2.0,
-                    "post_guidance_scale": 0.0,
-                    "filter_threshold": None,
-                    "anchor_strength": 1.0,
-                    **params,
-                }
-            )
+            # Every variant starts from the sampling defaults (of scld_params when given).
+            sampler.set_params(**{**sampling_defaults, **params})
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 synthetic[name] = {t: sampler.generate(n_gen[t], t) for t in types}

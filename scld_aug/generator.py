@@ -356,6 +356,8 @@ def build_modules(
         latent_dim=config["latent_dim"],
         hidden_dim=config["hidden_dim"],
         likelihood=panel.likelihood,
+        # Generators saved before the variational encoder existed have no kl_weight.
+        variational=float(config.get("kl_weight", 0.0)) > 0,
     )
     with torch.no_grad():
         autoencoder.decoder[-1].bias.copy_(torch.from_numpy(panel.output_prior))

@@ -12,10 +12,31 @@ import torch
 
 
 def classifier_free_guidance(
-    noise_cond: torch.Tensor, noise_uncond: torch.Tensor, guidance_scale: float
+    noise_cond: torch.Tensor,
+    noise_uncond: torch.Tensor,
+    guidance_scale: float,
+    noise_reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``eps_u + w (eps_c - eps_u)``: ``w = 0`` unconditional, ``1`` conditional, ``> 1`` sharper."""
-    return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+    """``eps_u + w (eps_c - eps_u)``: ``w = 0`` unconditional, ``1`` conditional, ``> 1`` sharper.
+
+    With ``noise_reference`` (the prediction for another class, e.g. the one the target is
+    most easily confused with), the part of the guidance beyond ``w = 1`` extrapolates away
+    from that class instead of away from the unconditional prediction:
+    ``eps_c + (w - 1) (eps_c - eps_ref)``. Below ``w = 1`` it is the plain interpolation.
+    """
+    if noise_reference is None or guidance_scale <= 1.0:
+        return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+    return noise_cond + (guidance_scale - 1.0) * (noise_cond - noise_reference)
+
+
+def most_confusable(
+    classifier: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Per sample, the class other than ``target`` that the latent classifier finds most
+    probable for the noisy latent ``x_t``."""
+    logits = classifier(x_t, t).float()
+    logits = logits.scatter(1, target[:, None], -torch.inf)
+    return logits.argmax(1)
 
 
 def classifier_log_prob_gradient(

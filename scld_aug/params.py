@@ -191,6 +191,35 @@ PARAMS: tuple[Param, ...] = (
         py_type="float",
     ),
     Param(
+        "autoencoder_class_balance",
+        None,
+        "training",
+        [UNIT, None],
+        "float in [0, 1] or None",
+        "``class_balance`` of the autoencoder's minibatches alone (``None``: the same as "
+        "``class_balance``). The autoencoder shapes the latent space every type shares; "
+        "the diffusion model and the latent classifier learn each type's distribution in it "
+        "with ``class_balance``.",
+        help="class balancing of the autoencoder alone (default: --class-balance)",
+        commands=BOTH,
+        py_type="float | None",
+    ),
+    Param(
+        "kl_weight",
+        0.0,
+        "training",
+        [NON_NEGATIVE],
+        "float",
+        "Weight of the KL term of a variational encoder. 0 trains a deterministic "
+        "autoencoder. Above 0, each cell is encoded as a Gaussian posterior (pulled toward "
+        "N(0, I) with this weight; 1 is a standard VAE) and the diffusion model learns "
+        "codes drawn from the posteriors, so the latent space around the few cells of a "
+        "rare type holds codes that decode to plausible new cells rather than near-copies.",
+        help="KL weight of a variational encoder (0: deterministic autoencoder)",
+        commands=BOTH,
+        py_type="float",
+    ),
+    Param(
         "label_dropout",
         0.15,
         "training",
@@ -323,6 +352,24 @@ PARAMS: tuple[Param, ...] = (
         commands=AUGMENT,
         search=(0.0, 6.0),
         py_type="float",
+    ),
+    Param(
+        "guidance_reference",
+        "unconditional",
+        "sampling",
+        [StrOptions({"unconditional", "confusable"})],
+        '{"unconditional", "confusable"}',
+        'What pre-guidance beyond ``w = 1`` pushes away from. ``"unconditional"`` is '
+        "classifier-free guidance: ``eps_c + (w - 1) (eps_c - eps_u)``. "
+        '``"confusable"`` uses, for each sample and step, the prediction for the class '
+        "the latent classifier finds most probable besides the target: "
+        "``eps_c + (w - 1) (eps_c - eps_other)``, which sharpens the difference to a "
+        "look-alike type (e.g. two T-cell subsets) rather than to cells in general. "
+        "Below ``w = 1`` both are the same.",
+        help="what guidance pushes away from: 'unconditional' or the 'confusable' type",
+        commands=AUGMENT,
+        search=["unconditional", "confusable"],
+        py_type="str",
     ),
     Param(
         "post_guidance_scale",

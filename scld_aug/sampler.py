@@ -91,6 +91,8 @@ class SCLDSampler(BaseOverSampler):
         latent_dim: int = 32,
         hidden_dim: int = 256,
         class_balance: float = 1.0,
+        autoencoder_class_balance: float | None = None,
+        kl_weight: float = 0.0,
         label_dropout: float = 0.15,
         autoencoder_steps: int = 1500,
         diffusion_steps: int = 4000,
@@ -100,6 +102,7 @@ class SCLDSampler(BaseOverSampler):
         mixed_precision: bool = False,
         torch_compile: bool = False,
         guidance_scale: float = 2.0,
+        guidance_reference: str = "unconditional",
         post_guidance_scale: float = 0.0,
         anchor_strength: float = 1.0,
         n_sampling_steps: int = 50,
@@ -119,6 +122,8 @@ class SCLDSampler(BaseOverSampler):
         self.latent_dim = latent_dim
         self.hidden_dim = hidden_dim
         self.class_balance = class_balance
+        self.autoencoder_class_balance = autoencoder_class_balance
+        self.kl_weight = kl_weight
         self.label_dropout = label_dropout
         self.autoencoder_steps = autoencoder_steps
         self.diffusion_steps = diffusion_steps
@@ -128,6 +133,7 @@ class SCLDSampler(BaseOverSampler):
         self.mixed_precision = mixed_precision
         self.torch_compile = torch_compile
         self.guidance_scale = guidance_scale
+        self.guidance_reference = guidance_reference
         self.post_guidance_scale = post_guidance_scale
         self.anchor_strength = anchor_strength
         self.n_sampling_steps = n_sampling_steps

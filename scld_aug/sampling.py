@@ -23,6 +23,7 @@ from scld_aug.guidance import (
     classifier_guidance,
     classifier_log_prob_gradient,
     filter_mask,
+    most_confusable,
 )
 from scld_aug.params import SamplingParams
 
@@ -53,6 +54,12 @@ def denoise(
         tt = torch.full((n,), t, dtype=torch.long, device=x.device)
         if w == 1.0:
             eps = denoiser(x, tt, labels)
+        elif w > 1.0 and params.guidance_reference == "confusable":
+            other = most_confusable(generator.classifier, x, tt, labels)
+            eps_c, eps_o = denoiser(
+                torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, other])
+            ).chunk(2)
+            eps = classifier_free_guidance(eps_c, eps_c, w, noise_reference=eps_o)
         else:
             eps_c, eps_u = denoiser(
                 torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null])

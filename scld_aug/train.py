@@ -223,6 +223,14 @@ def fit_generator(
         m.to(device) for m in build_modules(asdict(config), panel, n_classes)
     )
     batches = MinibatchSampler(weights, config.batch_size, rng)
+    ae_balance = config.autoencoder_class_balance
+    ae_batches = (
+        batches
+        if ae_balance is None or ae_balance == config.class_balance
+        else MinibatchSampler(
+            sampling_weights(codes, n_classes, ae_balance), config.batch_size, rng
+        )
+    )
     modelled = panel.modelled(rows_in)
     other = panel.other_totals(modelled, library)
     # Empty cells (library 0) would give log(0); a floor of 1 keeps their loss finite.
@@ -230,7 +238,7 @@ def fit_generator(
     train_autoencoder = _prepare(autoencoder, world, device, compile_networks)
 
     def autoencoder_loss() -> torch.Tensor:
-        rows = batches.draw()
+        rows = ae_batches.draw()
         values = modelled.take(rows)
         lib = library[rows] if uses_library else None
         x = _to_device(panel.encoder_input(values, lib), device)
@@ -238,7 +246,7 @@ def fit_generator(
             panel.decoder_target(values, other[rows] if other is not None else None), device
         )
         lib_t = _to_device(library_floor[rows], device) if uses_library else None
-        return train_autoencoder(x, target, lib_t) / target.shape[1]
+        return train_autoencoder(x, target, lib_t, config.kl_weight) / target.shape[1]
 
     history: dict[str, list[float]] = {}
 
@@ -258,21 +266,35 @@ def fit_generator(
 
     if world.distributed:
         # One process encodes; the others receive its codes, so all hold the same ones.
-        shape = (rows_in.shape[0], config.latent_dim)
+        shape = (rows_in.shape[0], config.latent_dim * (2 if autoencoder.variational else 1))
         z = torch.empty(shape, device=device)
         if world.is_main:
-            z.copy_(torch.from_numpy(encode_cells(autoencoder, modelled, panel, library, device)))
-        latents = world.broadcast(z).cpu().numpy()
+            encoded = encode_cells(autoencoder, modelled, panel, library, device)
+            z.copy_(torch.from_numpy(np.hstack([e for e in encoded if e is not None])))
+        received = world.broadcast(z).cpu().numpy()
+        latents, scales = (
+            np.array_split(received, 2, axis=1) if autoencoder.variational else (received, None)
+        )
+        latents = np.ascontiguousarray(latents)
     else:
-        latents = encode_cells(autoencoder, modelled, panel, library, device)
+        latents, scales = encode_cells(autoencoder, modelled, panel, library, device)
     latent_mean = latents.mean(0)
-    latent_std = latents.std(0) + 1e-6
+    # Variational: the diffusion model learns codes drawn from the posteriors, whose spread
+    # is the spread of the means plus the average posterior variance.
+    spread = latents.var(0) + (0.0 if scales is None else np.square(scales).mean(0))
+    latent_std = np.sqrt(spread) + 1e-6
     # In place: on atlases every copy of the codes is 128 bytes per cell.
     standardized = latents
     standardized -= latent_mean
     standardized /= latent_std
-    latent_bound = max(-float(standardized.min()), float(standardized.max())) * 1.1
+    reach = np.abs(standardized)
+    if scales is not None:
+        scales /= latent_std
+        reach += 3.0 * scales
+    latent_bound = float(reach.max()) * 1.1
+    del reach
     z_all = torch.from_numpy(standardized).float().to(device)
+    s_all = None if scales is None else torch.from_numpy(scales).float().to(device)
     y_all = torch.from_numpy(codes).long().to(device)
     schedule_T = config.num_train_timesteps
     # Noise is drawn where it is used: no host-to-device copy (or sync) per step.
@@ -284,6 +306,8 @@ def fit_generator(
     def noisy_batch():
         rows = _to_device(batches.draw(), device)
         z0, y = z_all[rows], y_all[rows]
+        if s_all is not None:
+            z0 = z0 + s_all[rows] * torch.randn(z0.shape, generator=torch_gen, device=device)
         noise = torch.randn(z0.shape, generator=torch_gen, device=device)
         t = torch.randint(0, schedule_T, (len(rows),), generator=torch_gen, device=device)
         return y, noise, t, schedule.add_noise(z0, noise, t)
@@ -324,18 +348,24 @@ def encode_cells(
     panel: GenePanel,
     library: np.ndarray | None,
     device,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Latent codes (not standardized) of every row of ``modelled`` (the modelled genes'
-    :class:`~scld_aug.data.CellRows`, :meth:`GenePanel.modelled`), in chunks of 1,024 rows."""
-    codes = None
+    :class:`~scld_aug.data.CellRows`, :meth:`GenePanel.modelled`), in chunks of 1,024 rows,
+    and the posterior standard deviations of a variational encoder (None otherwise)."""
+    codes = scales = None
     for start, chunk in iter_row_chunks(modelled, 1024):
         lib = library[start : start + chunk.shape[0]] if library is not None else None
         x = torch.from_numpy(panel.encoder_input(chunk.toarray(), lib)).to(device)
-        z = autoencoder.encode(x).cpu().numpy()
+        mean, log_var = autoencoder.posterior(x)
+        z = mean.cpu().numpy()
         if codes is None:  # written in place: no list of blocks plus a concatenated copy
             codes = np.empty((modelled.shape[0], z.shape[1]), dtype=z.dtype)
+            if autoencoder.variational:
+                scales = np.empty_like(codes)
         codes[start : start + len(z)] = z
-    return codes
+        if scales is not None:
+            scales[start : start + len(z)] = (0.5 * log_var).exp().cpu().numpy()
+    return codes, scales
 
 
 def select_anchors(

@@ -57,18 +57,20 @@ SAMPLING_PARAMS = params.SAMPLING_PARAMS
 
 
 def default_search_space() -> dict[str, BaseDistribution]:
-    """Pre-guidance scale, post-guidance scale and the filter threshold (the ``search``
-    ranges of :mod:`scld_aug.params`).
+    """Pre-guidance scale and reference, post-guidance scale and the filter threshold (the
+    ``search`` ranges of :mod:`scld_aug.params`).
 
     ``guidance_scale`` 0–6 spans unconditional (0), plain conditional (1) and sharpened
-    sampling; ``post_guidance_scale`` 0–4 goes from off to a strong classifier push; the
-    filter is off (None) or keeps cells the latent classifier gives at least 0.5 / 0.8.
+    sampling; ``guidance_reference`` sharpens away from cells in general or from the type
+    each sample is most easily confused with; ``post_guidance_scale`` 0–4 goes from off to
+    a strong classifier push; the filter is off (None) or keeps cells the latent classifier
+    gives at least 0.5 / 0.8.
 
     Examples
     --------
     >>> space = default_search_space()
     >>> sorted(space)
-    ['filter_threshold', 'guidance_scale', 'post_guidance_scale']
+    ['filter_threshold', 'guidance_reference', 'guidance_scale', 'post_guidance_scale']
     >>> space["guidance_scale"].low, space["guidance_scale"].high
     (0.0, 6.0)
     """
@@ -286,8 +288,9 @@ class TuningResult:
     >>> tiny = SCLDSampler(random_state=0, autoencoder_steps=20, diffusion_steps=20,
     ...                    classifier_steps=10, n_sampling_steps=5)
     >>> result = tune_guidance(X, y, sampler=tiny, n_trials=2, cv=2, refit=False)
-    >>> result.default_params  # trial 0: the sampler's own setting
-    {'guidance_scale': 2.0, 'post_guidance_scale': 0.0, 'filter_threshold': None}
+    >>> result.default_params  # doctest: +NORMALIZE_WHITESPACE
+    {'guidance_scale': 2.0, 'guidance_reference': 'unconditional',
+     'post_guidance_scale': 0.0, 'filter_threshold': None}
     >>> result.n_trainings, result.sampler is None, len(result.trials_dataframe())
     (2, True, 2)
     """
@@ -461,7 +464,7 @@ def tune_guidance(
     >>> result.n_trainings  # two folds + the refit, whatever the number of trials
     3
     >>> sorted(result.best_params)
-    ['filter_threshold', 'guidance_scale', 'post_guidance_scale']
+    ['filter_threshold', 'guidance_reference', 'guidance_scale', 'post_guidance_scale']
     """
     start = time.perf_counter()
     space = _check_search_space(search_space)

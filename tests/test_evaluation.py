@@ -122,3 +122,31 @@ def test_scvi_baseline_samples_counts_of_the_requested_classes(tmp_path):
     assert (again != X_res).nnz == 0
     with pytest.raises(ValueError, match="raw counts"):
         SCVISampler(**kw).fit_resample(X_csr * 0.5, y)
+
+
+def test_ablation_reads_variants_and_summarises_every_goal():
+    import pandas as pd
+
+    from evaluation.ablation import parse, summary
+
+    assert parse("default") == {}
+    assert parse("aebalance=0 w=4 ref=confusable") == {
+        "autoencoder_class_balance": 0.0,
+        "guidance_scale": 4.0,
+        "guidance_reference": "confusable",
+    }
+    rows = []
+    for seed, f1 in ((0, 0.5), (1, 0.7)):
+        rows += [
+            dict(seed=seed, method="SCLD", seconds=9.0, classifier="logreg", metric=m, value=f1)
+            for m in ("rare_macro_f1", "macro_f1")
+        ]
+        rows += [
+            dict(seed=seed, method="SCLD", seconds=9.0, cell_type=t, metric=m, value=v)
+            for t, v in (("a", 0.9), ("b", 0.8))
+            for m in ("recognised", "memorization_ratio")
+        ]
+    table = summary(pd.DataFrame(rows))
+    assert table.loc["SCLD", "logreg rare"] == "0.600 ± 0.141"
+    assert table.loc["SCLD", "recognised min"] == "0.80 (b)"
+    assert table.loc["SCLD", "memorization"] == 0.85

@@ -5,6 +5,7 @@ from scld_aug.guidance import (
     classifier_guidance,
     classifier_log_prob_gradient,
     filter_mask,
+    most_confusable,
 )
 
 
@@ -13,6 +14,29 @@ def test_classifier_free_guidance_interpolates_and_extrapolates():
     assert classifier_free_guidance(cond, uncond, 0.0).item() == 1.0
     assert classifier_free_guidance(cond, uncond, 1.0).item() == 2.0
     assert classifier_free_guidance(cond, uncond, 3.0).item() == 4.0
+
+
+def test_confusable_reference_extrapolates_away_from_it_beyond_w_1_only():
+    cond, uncond, other = torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([1.5])
+    # At and below w = 1 the reference changes nothing: plain interpolation.
+    for w in (0.0, 0.5, 1.0):
+        assert classifier_free_guidance(cond, uncond, w, other).item() == (
+            classifier_free_guidance(cond, uncond, w).item()
+        )
+    # eps_c + (w - 1) (eps_c - eps_other) = 2 + 2 * 0.5
+    assert classifier_free_guidance(cond, uncond, 3.0, other).item() == 3.0
+
+
+def test_most_confusable_is_the_most_probable_other_class():
+    class Fixed(torch.nn.Module):
+        def forward(self, x, t):
+            return torch.tensor([[5.0, 1.0, 3.0], [0.0, 9.0, 8.0]])
+
+    t = torch.zeros(2, dtype=torch.long)
+    picked = most_confusable(Fixed(), torch.zeros(2, 1), t, torch.tensor([0, 1]))
+    assert picked.tolist() == [2, 2]
+    picked = most_confusable(Fixed(), torch.zeros(2, 1), t, torch.tensor([2, 2]))
+    assert picked.tolist() == [0, 1]
 
 
 class _Linear(torch.nn.Module):

@@ -214,10 +214,21 @@ def test_memory_cache_shared_by_clones(data, tiny_params, tmp_path, count_traini
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_save_load_round_trip_reproduces_samples(data, tiny_params, tmp_path):
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"kl_weight": 0.0, "guidance_reference": "unconditional"},
+        {"kl_weight": 1.0, "guidance_reference": "confusable", "guidance_scale": 3.0},
+    ],
+    ids=["deterministic-encoder", "variational-encoder-confusable"],
+)
+def test_save_load_round_trip_reproduces_samples(data, tiny_params, tmp_path, options):
     X, y = data
     df = pd.DataFrame(X, columns=[f"g{i}" for i in range(X.shape[1])])
-    sampler = SCLDSampler(random_state=5, sampling_strategy={"type2": 30}, **tiny_params).fit(df, y)
+    sampler = SCLDSampler(
+        random_state=5, sampling_strategy={"type2": 30}, **{**tiny_params, **options}
+    ).fit(df, y)
+    assert sampler.generator_.autoencoder.variational == (options["kl_weight"] > 0)
     path = tmp_path / "model.scld"
     sampler.save(path)
     loaded = SCLDSampler.load(path, device="cpu")

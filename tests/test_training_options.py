@@ -41,3 +41,19 @@ def test_torch_compile_learns_what_eager_training_learns(counts_data, tiny_param
         ), name
     cells = compiled.generate(50, "type2")
     assert cells.min() >= 0 and np.issubdtype(cells.dtype, np.integer)
+
+
+def test_autoencoder_class_balance_applies_to_the_autoencoder_alone(counts_data, tiny_params):
+    """``autoencoder_class_balance`` changes the autoencoder's minibatches only; set to the
+    same value as ``class_balance`` (or None) it is the single-balance training, bit for bit."""
+    X, y = counts_data
+    fits = {
+        ae: SCLDSampler(
+            random_state=0, class_balance=1.0, autoencoder_class_balance=ae, **tiny_params
+        ).fit(X, y)
+        for ae in (None, 1.0, 0.0)
+    }
+    same, explicit, uniform = (fits[k].generator_.history for k in (None, 1.0, 0.0))
+    assert same == explicit
+    assert uniform["autoencoder"] != same["autoencoder"]
+    np.testing.assert_array_equal(fits[None].generate(20, "type2"), fits[1.0].generate(20, "type2"))

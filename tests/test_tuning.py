@@ -60,6 +60,7 @@ def test_defaults_scored_first_and_best_is_at_least_as_good(data, tiny_params):
     assert first.user_attrs["defaults"] is True
     assert first.params == {
         "guidance_scale": 2.0,
+        "guidance_reference": "unconditional",
         "post_guidance_scale": 0.0,
         "filter_threshold": None,
     }
@@ -278,8 +279,14 @@ def test_optuna_search_cv_over_pipeline_trains_once_per_fold(
 
 def test_default_search_space_covers_guidance_and_filter():
     space = default_search_space()
-    assert set(space) == {"guidance_scale", "post_guidance_scale", "filter_threshold"}
+    assert set(space) == {
+        "guidance_scale",
+        "guidance_reference",
+        "post_guidance_scale",
+        "filter_threshold",
+    }
     assert space["guidance_scale"].low == 0.0
+    assert set(space["guidance_reference"].choices) == {"unconditional", "confusable"}
     assert None in space["filter_threshold"].choices
 
 

@@ -1,0 +1,217 @@
+"""Training and sampling variants of SCLD in the k-cell downsampling setting, all goals at once.
+
+``python -m evaluation.ablation --dataset pbmc --training default "kl=1" --sampling "w=2"
+"w=4 ref=confusable" --seeds 5 --output results.csv``
+
+For each seed, the downsampling protocol's split is made (types cut to ``k`` training
+cells, see :func:`evaluation.protocols.rare_downsampling`). Each training variant trains
+one generator on that training set; each sampling variant then draws the same cells a
+Pipeline would (``fit_resample`` with the generator, no retraining) and is scored on:
+
+* downstream: rare-type F1 and macro-F1 of each classifier of the benchmark on the untouched
+  test cells (the pipeline of :func:`evaluation.methods.make_pipeline` without the sampler,
+  fitted on the resampled data: the same numbers as with the sampler inside);
+* ``recognised``: per cut type, the share of its synthetic cells that a logistic regression
+  trained on all real training cells of the split (before the cut) calls that type;
+* ``memorization_ratio``: per cut type, distance of synthetic cells to their nearest of the
+  ``k`` real training cells, over the same for the type's held-out test cells
+  (:func:`scld_aug.metrics.memorization`; 1 = as novel as new real cells, 0 = copies).
+
+``none``, ``RandomOverSampler`` and ``SMOTE`` are scored the same way in the same run.
+Variants are written as in the benchmark's method names: ``"balance=0 kl=1"``,
+``"w=4 ref=confusable"``; ``default`` is the sampler's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from evaluation.__main__ import load
+from evaluation.methods import make_pipeline
+from evaluation.protocols import default_downsample_types, split, variant_params
+from scld_aug.metrics import ReferenceEmbedding, downstream_scores, memorization
+from scld_aug.presets import MIN_CELLS
+
+
+def parse(variant: str) -> dict:
+    """``"w=4 ref=confusable"`` -> sampler parameters (``default`` -> {})."""
+    return {} if variant == "default" else variant_params("SCLD " + variant)
+
+
+def downsampled(y: np.ndarray, seed: int, k: int, types: list) -> tuple:
+    """The downsampling protocol's training rows, test rows and targets for one seed."""
+    train, test = split(y, seed)
+    rng = np.random.default_rng(seed)
+    keep = [i for i in train if y[i] not in types]
+    for t in types:
+        members = train[y[train] == t]
+        keep += rng.choice(members, size=min(k, len(members)), replace=False).tolist()
+    original = Counter(y[train].tolist())
+    targets = {t: original[t] for t in types if MIN_CELLS <= min(k, original[t]) < original[t]}
+    return train, np.sort(np.array(keep)), test, targets
+
+
+def score_cells(X, y, train, train_k, test, types, X_res, y_res, seed, classifiers) -> list[dict]:
+    """Downstream, recognition and memorization rows for one resampled training set."""
+    from sklearn.linear_model import LogisticRegression
+
+    rows = []
+    for clf in classifiers:
+        pipe = make_pipeline(None, clf, seed).fit(X_res, y_res)
+        scores = downstream_scores(y[test], pipe.predict(X[test]), rare_classes=types)
+        rows += [
+            {"classifier": clf, "metric": m, "value": scores[m]}
+            for m in ("rare_macro_f1", "macro_f1")
+        ]
+    n_real = len(train_k)
+    if len(y_res) == n_real:  # no synthetic cells
+        return rows
+    embedding = ReferenceEmbedding().fit(X[train_k])
+    judge = LogisticRegression(max_iter=2000).fit(embedding.transform(X[train]), y[train])
+    synthetic, labels = X_res[n_real:], y_res[n_real:]
+    for t in types:
+        mine = labels == t
+        if not mine.any():
+            continue
+        cells = embedding.transform(synthetic[np.flatnonzero(mine)])
+        novelty = memorization(
+            embedding.transform(X[train_k[y[train_k] == t]]),
+            cells,
+            embedding.transform(X[test[y[test] == t]]),
+        )
+        rows += [
+            {
+                "cell_type": t,
+                "metric": "recognised",
+                "value": float(np.mean(judge.predict(cells) == t)),
+            },
+            {"cell_type": t, "metric": "memorization_ratio", "value": novelty["ratio"]},
+        ]
+    return rows
+
+
+def run(args) -> pd.DataFrame:
+    import torch
+    from imblearn.over_sampling import SMOTE, RandomOverSampler
+
+    from scld_aug import SCLDGenerator, SCLDSampler
+
+    torch.set_num_threads(args.threads)
+    X, y = load(args.dataset, args.labels_key)
+    types = args.types or default_downsample_types(y)
+    rows = []
+    out = Path(args.output)
+    for seed in args.seeds:
+        train, train_k, test, targets = downsampled(y, seed, args.k, types)
+        Xk, yk = X[train_k], y[train_k]
+
+        def record(
+            method, X_res, y_res, seconds, seed=seed, train=train, train_k=train_k, test=test
+        ):
+            for row in score_cells(
+                X, y, train, train_k, test, types, X_res, y_res, seed, args.classifiers
+            ):
+                rows.append({"seed": seed, "method": method, "seconds": seconds, **row})
+
+        record("none", Xk, yk, 0.0)
+        for name, baseline in (
+            ("RandomOverSampler", RandomOverSampler(sampling_strategy=targets, random_state=seed)),
+            ("SMOTE", SMOTE(sampling_strategy=targets, k_neighbors=2, random_state=seed)),
+        ):
+            record(name, *baseline.fit_resample(Xk, yk), 0.0)
+        for training in args.training:
+            start = time.perf_counter()
+            saved = (
+                Path(args.generators) / f"{args.dataset}_k{args.k}_seed{seed}_{training}.pt"
+                if args.generators
+                else None
+            )
+            if saved is not None and saved.exists():
+                generator = SCLDGenerator.load(saved)
+            else:
+                generator = (
+                    SCLDSampler(sampling_strategy=targets, random_state=seed, **parse(training))
+                    .fit(Xk, yk)
+                    .generator_
+                )
+                if saved is not None:
+                    generator.save(saved)
+            fit_seconds = time.perf_counter() - start
+            for sampling in args.sampling:
+                start = time.perf_counter()
+                sampler = SCLDSampler(
+                    sampling_strategy=targets,
+                    random_state=seed,
+                    generator=generator,
+                    **parse(sampling),
+                )
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    X_res, y_res = sampler.fit_resample(Xk, yk)
+                method = f"SCLD [{training}] [{sampling}]"
+                record(method, X_res, y_res, fit_seconds + time.perf_counter() - start)
+            print(f"seed {seed} [{training}]: fit {fit_seconds:.0f} s", flush=True)
+        pd.DataFrame(rows).to_csv(out, index=False)  # every seed saved as it finishes
+    return pd.DataFrame(rows)
+
+
+def summary(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per method: downstream mean ± sd over seeds per classifier and metric; the
+    lowest and mean per-type recognition, the median per-type memorization ratio."""
+    table = {}
+    down = results[results.metric.isin(["rare_macro_f1", "macro_f1"])]
+    per_seed = down.groupby(["method", "classifier", "metric", "seed"]).value.mean()
+    stats = per_seed.groupby(["method", "classifier", "metric"]).agg(["mean", "std"])
+    for (clf, metric), part in stats.groupby(level=["classifier", "metric"]):
+        name = f"{clf} {'rare' if metric == 'rare_macro_f1' else 'macro'}"
+        table[name] = {m: f"{r['mean']:.3f} ± {r['std']:.3f}" for (m, _, _), r in part.iterrows()}
+    cells = results[results.metric.isin(["recognised", "memorization_ratio"])]
+    if len(cells):
+        per_type = cells.groupby(["method", "metric", "cell_type"]).value.mean()
+        recognised = per_type.xs("recognised", level="metric").groupby("method")
+        lowest = recognised.idxmin().map(lambda key: key[1])
+        table["recognised min"] = {m: f"{v:.2f} ({lowest[m]})" for m, v in recognised.min().items()}
+        table["recognised mean"] = recognised.mean().round(3).to_dict()
+        ratio = per_type.xs("memorization_ratio", level="metric").groupby("method").median()
+        table["memorization"] = ratio.round(3).to_dict()
+    seconds = results.groupby("method").seconds.mean()
+    table["seconds"] = seconds.round(0).to_dict()
+    return pd.DataFrame(table).fillna("")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation.ablation", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--dataset", default="pbmc")
+    parser.add_argument("--labels-key", default="cell_type")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--types", nargs="+", default=None)
+    parser.add_argument("--training", nargs="+", default=["default"])
+    parser.add_argument("--sampling", nargs="+", default=["default"])
+    parser.add_argument("--classifiers", nargs="+", default=["logreg", "knn"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--generators",
+        default=None,
+        help="folder where trained generators are saved and reused (sampling-only reruns)",
+    )
+    parser.add_argument("--output", required=True, help="CSV of every number")
+    parser.add_argument("--summary-only", action="store_true", help="summarise an existing CSV")
+    args = parser.parse_args(argv)
+    results = pd.read_csv(args.output) if args.summary_only else run(args)
+    with pd.option_context("display.width", 250, "display.max_columns", 40):
+        print(summary(results).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
