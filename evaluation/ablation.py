@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -35,27 +34,13 @@ import pandas as pd
 
 from evaluation.__main__ import load
 from evaluation.methods import make_pipeline
-from evaluation.protocols import default_downsample_types, split, variant_params
+from evaluation.protocols import default_downsample_types, downsampled, variant_params
 from scld_aug.metrics import ReferenceEmbedding, downstream_scores, memorization
-from scld_aug.presets import MIN_CELLS
 
 
 def parse(variant: str) -> dict:
     """``"w=4 ref=confusable"`` -> sampler parameters (``default`` -> {})."""
     return {} if variant == "default" else variant_params("SCLD " + variant)
-
-
-def downsampled(y: np.ndarray, seed: int, k: int, types: list) -> tuple:
-    """The downsampling protocol's training rows, test rows and targets for one seed."""
-    train, test = split(y, seed)
-    rng = np.random.default_rng(seed)
-    keep = [i for i in train if y[i] not in types]
-    for t in types:
-        members = train[y[train] == t]
-        keep += rng.choice(members, size=min(k, len(members)), replace=False).tolist()
-    original = Counter(y[train].tolist())
-    targets = {t: original[t] for t in types if MIN_CELLS <= min(k, original[t]) < original[t]}
-    return train, np.sort(np.array(keep)), test, targets
 
 
 def score_cells(X, y, train, train_k, test, types, X_res, y_res, seed, classifiers) -> list[dict]:

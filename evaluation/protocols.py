@@ -133,24 +133,28 @@ def default_downsample_types(y: np.ndarray, n: int = 3) -> list:
     return order[1 : 1 + n]
 
 
+def downsampled(y: np.ndarray, seed: int, k: int, types) -> tuple:
+    """One seed of the downsampling protocol: training rows, training rows with ``types``
+    cut to ``k`` cells, test rows, and the targets that augment each cut type back to the
+    size it had in the training split."""
+    train, test = split(y, seed)
+    rng = np.random.default_rng(seed)
+    keep = [i for i in train if y[i] not in types]
+    for t in types:
+        members = train[y[train] == t]
+        keep += rng.choice(members, size=min(k, len(members)), replace=False).tolist()
+    original = Counter(y[train].tolist())
+    targets = {t: original[t] for t in types if MIN_CELLS <= min(k, original[t]) < original[t]}
+    return train, np.sort(np.array(keep)), test, targets
+
+
 def rare_downsampling(runs: Runs, seeds, ks, types) -> pd.DataFrame:
     """Cut ``types`` to ``k`` training cells, augment them back, score on all their test cells."""
     y, log = runs.y, runs.log
     rows = []
     for k in ks:
         for seed in seeds:
-            train, test = split(y, seed)
-            rng = np.random.default_rng(seed)
-            keep = [i for i in train if y[i] not in types]
-            for t in types:
-                members = train[y[train] == t]
-                keep += rng.choice(members, size=min(k, len(members)), replace=False).tolist()
-            train_k = np.sort(np.array(keep))
-            # Augment each cut type back to the size it had in the training split.
-            original = Counter(y[train].tolist())
-            targets = {
-                t: original[t] for t in types if MIN_CELLS <= min(k, original[t]) < original[t]
-            }
+            _, train_k, test, targets = downsampled(y, seed, k, types)
             log(
                 f"  k={k} seed {seed}: {types} cut to {k}, augmented back to {list(targets.values())}"
             )
