@@ -515,7 +515,7 @@ def names(kind: str | None = None, public: bool | None = True) -> tuple[str, ...
     Examples
     --------
     >>> names("sampling")[:3]
-    ('sampling_strategy', 'guidance_scale', 'post_guidance_scale')
+    ('sampling_strategy', 'guidance_scale', 'guidance_reference')
     """
     return tuple(
         p.name
