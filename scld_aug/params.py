@@ -192,15 +192,17 @@ PARAMS: tuple[Param, ...] = (
     ),
     Param(
         "autoencoder_class_balance",
-        None,
+        0.0,
         "training",
         [UNIT, None],
         "float in [0, 1] or None",
         "``class_balance`` of the autoencoder's minibatches alone (``None``: the same as "
         "``class_balance``). The autoencoder shapes the latent space every type shares; "
         "the diffusion model and the latent classifier learn each type's distribution in it "
-        "with ``class_balance``.",
-        help="class balancing of the autoencoder alone (default: --class-balance)",
+        "with ``class_balance``. The default 0 trains the autoencoder on all cells "
+        "uniformly: with 10 cells per rare type it raised rare-type F1 on both benchmark "
+        "datasets over balancing the autoencoder too.",
+        help="class balancing of the autoencoder alone (None: the same as --class-balance)",
         commands=BOTH,
         py_type="float | None",
     ),
@@ -214,7 +216,9 @@ PARAMS: tuple[Param, ...] = (
         "autoencoder. Above 0, each cell is encoded as a Gaussian posterior (pulled toward "
         "N(0, I) with this weight; 1 is a standard VAE) and the diffusion model learns "
         "codes drawn from the posteriors, so the latent space around the few cells of a "
-        "rare type holds codes that decode to plausible new cells rather than near-copies.",
+        "rare type holds codes that decode to plausible new cells rather than near-copies. "
+        "Pair it with a balanced autoencoder (``autoencoder_class_balance=None``): with the "
+        "uniform one, the KL term blurs a 10-cell type into its neighbours.",
         help="KL weight of a variational encoder (0: deterministic autoencoder)",
         commands=BOTH,
         py_type="float",

@@ -91,7 +91,7 @@ class SCLDSampler(BaseOverSampler):
         latent_dim: int = 32,
         hidden_dim: int = 256,
         class_balance: float = 1.0,
-        autoencoder_class_balance: float | None = None,
+        autoencoder_class_balance: float | None = 0.0,
         kl_weight: float = 0.0,
         label_dropout: float = 0.15,
         autoencoder_steps: int = 1500,

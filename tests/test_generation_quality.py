@@ -83,11 +83,15 @@ def test_class_balanced_training_learns_a_10_cell_class():
 
 
 def test_variational_encoder_learns_every_class_with_spread_codes(counts_data):
-    """A VAE encoder (kl_weight > 0): diffusion learns codes drawn from the posteriors, and
-    the cells decoded from its samples still carry their class program."""
+    """A VAE encoder (kl_weight > 0) with a class-balanced autoencoder, as its documentation
+    advises: diffusion learns codes drawn from the posteriors, and the cells decoded from its
+    samples still carry their class program. (With the uniform autoencoder of the defaults,
+    the KL term blurs the 10-cell type: 0.83 recognised.)"""
     X, y = counts_data
     reference = LogisticRegression(max_iter=3000).fit(log_normalize(X), y)
-    sampler = SCLDSampler(random_state=0, kl_weight=1.0, **QUALITY).fit(X, y)
+    sampler = SCLDSampler(
+        random_state=0, kl_weight=1.0, autoencoder_class_balance=None, **QUALITY
+    ).fit(X, y)
     generator = sampler.generator_
     assert generator.autoencoder.variational
     for cell_type in ("type0", "type1", "type2"):
