@@ -15,7 +15,9 @@ Pipeline would (``fit_resample`` with the generator, no retraining) and is score
   trained on all real training cells of the split (before the cut) calls that type;
 * ``memorization_ratio``: per cut type, distance of synthetic cells to their nearest of the
   ``k`` real training cells, over the same for the type's held-out test cells
-  (:func:`scld_aug.metrics.memorization`; 1 = as novel as new real cells, 0 = copies).
+  (:func:`scld_aug.metrics.memorization`; 1 = as novel as new real cells, 0 = copies);
+* ``guidance_scale`` per cut type (the scale ``guidance_scale="auto"`` chose, or the number
+  given) and ``sampling_seconds`` (choice, sampling and decoding, no training).
 
 ``none``, ``RandomOverSampler`` and ``SMOTE`` are scored the same way in the same run.
 Variants are written as in the benchmark's method names: ``"balance=0 kl=1"``,
@@ -140,8 +142,18 @@ def run(args) -> pd.DataFrame:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
                     X_res, y_res = sampler.fit_resample(Xk, yk)
+                sampling_seconds = time.perf_counter() - start
                 method = f"SCLD [{training}] [{sampling}]"
-                record(method, X_res, y_res, fit_seconds + time.perf_counter() - start)
+                record(method, X_res, y_res, fit_seconds + sampling_seconds)
+                rows.append(
+                    {"seed": seed, "method": method, "metric": "sampling_seconds",
+                     "value": sampling_seconds}
+                )  # fmt: skip
+                rows.extend(
+                    {"seed": seed, "method": method, "cell_type": t, "metric": "guidance_scale",
+                     "value": w}
+                    for t, w in sampler.guidance_scales_.items()
+                )  # fmt: skip
             print(f"seed {seed} [{training}]: fit {fit_seconds:.0f} s", flush=True)
         pd.DataFrame(rows).to_csv(out, index=False)  # every seed saved as it finishes
     return pd.DataFrame(rows)
@@ -166,8 +178,17 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
         table["recognised mean"] = recognised.mean().round(3).to_dict()
         ratio = per_type.xs("memorization_ratio", level="metric").groupby("method").median()
         table["memorization"] = ratio.round(3).to_dict()
-    seconds = results.groupby("method").seconds.mean()
+    seconds = results.dropna(subset=["seconds"]).groupby("method").seconds.mean()
     table["seconds"] = seconds.round(0).to_dict()
+    for metric, column, fmt in (
+        ("sampling_seconds", "sampling s", "{:.1f}"),
+        ("guidance_scale", "w (mean, range)", None),
+    ):
+        part = results[results.metric == metric].groupby("method").value
+        if fmt:
+            table[column] = {m: fmt.format(v) for m, v in part.mean().items()}
+        else:
+            table[column] = {m: f"{v.mean():.1f} ({v.min():g}-{v.max():g})" for m, v in part}
     return pd.DataFrame(table).fillna("")
 
 

@@ -71,7 +71,8 @@ def variant_params(method: str) -> dict:
                 f"{sorted(VARIANT_KEYS)}, e.g. 'SCLD w=3 anchor=0.5'."
             )
         name = VARIANT_KEYS[key]
-        params[name] = value if name == "guidance_reference" else float(value)
+        words = name == "guidance_reference" or (name == "guidance_scale" and value == "auto")
+        params[name] = value if words else float(value)
     return params
 
 

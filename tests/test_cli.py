@@ -239,10 +239,11 @@ def test_demo_subcommand_is_kept(capsys):
     [
         (
             ["--guidance-scale", "inf"],
-            "--guidance-scale: expected a float in the range [0.0, inf), got inf",
+            "--guidance-scale: expected a float in the range [0.0, inf) or a str among "
+            "{'auto'}, got inf",
         ),
-        (["--guidance-scale", "nan"], "expected a float in the range [0.0, inf), got nan"),
-        (["--guidance-scale", "x"], "--guidance-scale: expected a number, got 'x'"),
+        (["--guidance-scale", "nan"], "expected a float in the range [0.0, inf) or a str"),
+        (["--guidance-scale", "x"], "--guidance-scale: expected a number or 'auto', got 'x'"),
         (["--target", "0"], "--target: expected a positive number, got 0"),
         (["--sampling-steps", "5000"], "expected an int in the range [1, 1000], got 5000"),
         (

@@ -80,6 +80,10 @@ def test_unreachable_tracking_server_only_warns(tmp_path, monkeypatch):
         ("SCLD w=0 s=2", {"guidance_scale": 0.0, "post_guidance_scale": 2.0}),
         ("SCLD anchor=0.5", {"anchor_strength": 0.5}),
         ("SCLD balance=0.5", {"class_balance": 0.5}),
+        (
+            "SCLD w=auto ref=confusable",
+            {"guidance_scale": "auto", "guidance_reference": "confusable"},
+        ),
         ("SMOTE", {}),
     ],
 )
@@ -146,7 +150,14 @@ def test_ablation_reads_variants_and_summarises_every_goal():
             for t, v in (("a", 0.9), ("b", 0.8))
             for m in ("recognised", "memorization_ratio")
         ]
+        rows += [
+            dict(seed=seed, method="SCLD", cell_type="a", metric="guidance_scale", value=w)
+            for w in ((2.0, 6.0) if seed else (4.0,))
+        ]
+        rows.append(dict(seed=seed, method="SCLD", metric="sampling_seconds", value=seed + 1.0))
     table = summary(pd.DataFrame(rows))
+    assert table.loc["SCLD", "w (mean, range)"] == "4.0 (2-6)"
+    assert table.loc["SCLD", "sampling s"] == "1.5"
     assert table.loc["SCLD", "logreg rare"] == "0.600 ± 0.141"
     assert table.loc["SCLD", "recognised min"] == "0.80 (b)"
     assert table.loc["SCLD", "memorization"] == 0.85

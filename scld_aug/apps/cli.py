@@ -82,21 +82,24 @@ def _param_type(p):
     from sklearn.utils._param_validation import (
         Interval,
         InvalidParameterError,
+        StrOptions,
         make_constraint,
         validate_parameter_constraints,
     )
 
     numeric = [c for c in p.constraints if isinstance(c, Interval)]
+    words = set().union(*(c.options for c in p.constraints if isinstance(c, StrOptions)))
 
     def parse(text: str):
         if text.lower() == "none" and None in p.constraints:
             return None
         value = text
-        if numeric:
+        if numeric and text not in words:
             try:
                 value = float(text) if numeric[0].type is not Integral else int(text)
             except ValueError:
                 kind = "whole number" if numeric[0].type is Integral else "number"
+                kind += "".join(f" or {word!r}" for word in sorted(words))
                 raise argparse.ArgumentTypeError(f"expected a {kind}, got {text!r}") from None
         try:
             validate_parameter_constraints({p.name: p.constraints}, {p.name: value}, "scld-aug")
@@ -131,7 +134,9 @@ def _add_param_options(parser: argparse.ArgumentParser, command: str) -> None:
             )  # fmt: skip
             continue
         options = [c for c in p.constraints if isinstance(c, StrOptions)]
-        choices = p.choices or (sorted(options[0].options) if options else None)
+        # A number or a word ("auto") is not a closed list of choices.
+        closed = options and p.py_type == "str"
+        choices = p.choices or (sorted(options[0].options) if closed else None)
         group.add_argument(
             p.option, *p.aliases, dest=_DEST + p.name, type=_param_type(p), default=argparse.SUPPRESS,
             choices=choices, metavar=None if choices else p.name.split("_")[-1].upper(),
