@@ -51,6 +51,9 @@ class SCLDGenerator:
     anchors : list of ndarray or None
         Standardized latent codes of (up to ``scld_aug.train.MAX_ANCHORS``) training cells
         per class, the starting points of anchored generation (``anchor_strength < 1``).
+    anchor_scales : list of ndarray or None
+        With a variational encoder, the standardized posterior standard deviations of the
+        same cells: anchored generation starts from a draw of each cell's posterior.
     gene_names : ndarray of str or None
         Names of the input genes, in order, when training knew them (AnnData ``var_names``,
         DataFrame columns); data given to a pretrained generator is checked against them.
@@ -87,6 +90,7 @@ class SCLDGenerator:
         history: dict | None = None,
         anchors: list[np.ndarray] | None = None,
         gene_names: np.ndarray | None = None,
+        anchor_scales: list[np.ndarray] | None = None,
     ) -> None:
         self.autoencoder = autoencoder.eval()
         self.denoiser = denoiser.eval()
@@ -102,6 +106,11 @@ class SCLDGenerator:
             None if anchors is None else [np.asarray(a, dtype=np.float32) for a in anchors]
         )
         self.gene_names = None if gene_names is None else np.asarray(gene_names, dtype=str)
+        self.anchor_scales = (
+            None
+            if anchor_scales is None or self.anchors is None
+            else [np.asarray(a, dtype=np.float32) for a in anchor_scales]
+        )
         # Standardized training latents lie within a few units; sampling stays in that box.
         bound = float(config.get("latent_bound", 0.0)) or None
         self.schedule = NoiseSchedule(config["num_train_timesteps"], config["beta_schedule"], bound)
@@ -143,6 +152,11 @@ class SCLDGenerator:
                 "use anchor_strength=1."
             )
         return self.anchors[code]
+
+    def class_anchor_scales(self, code: int) -> np.ndarray | None:
+        """Posterior standard deviations of the anchors of class ``code`` (variational
+        encoder), or None when anchors are points."""
+        return None if self.anchor_scales is None else self.anchor_scales[code]
 
     @torch.no_grad()
     def class_probabilities(self, latents: torch.Tensor) -> torch.Tensor:
@@ -216,6 +230,11 @@ class SCLDGenerator:
             "latent_std": torch.from_numpy(self.latent_std),
             "libraries": [torch.from_numpy(lib) for lib in libraries],
             **({"anchors": [torch.from_numpy(a) for a in self.anchors]} if keep_cells else {}),
+            **(
+                {"anchor_scales": [torch.from_numpy(a) for a in self.anchor_scales]}
+                if keep_cells and self.anchor_scales is not None
+                else {}
+            ),
         }
 
     @classmethod
@@ -324,6 +343,11 @@ def _from_state(cls, state: dict, device) -> SCLDGenerator:
         raise ValueError(f"per-class statistics do not match the {n_classes} classes")
     if anchors is not None and any(a.ndim != 2 or a.shape[1] != latent_dim for a in anchors):
         raise ValueError("stored anchors do not match the latent dimension")
+    anchor_scales = None
+    if anchors is not None and "anchor_scales" in state:
+        anchor_scales = [a.numpy() for a in state["anchor_scales"]]
+        if [a.shape for a in anchor_scales] != [a.shape for a in anchors]:
+            raise ValueError("stored anchor scales do not match the anchors")
     classes = np.array(
         meta["classes"],
         dtype=object if meta["classes_dtype"] == "object" else meta["classes_dtype"],
@@ -342,6 +366,7 @@ def _from_state(cls, state: dict, device) -> SCLDGenerator:
         history=meta.get("history"),
         anchors=anchors,
         gene_names=meta.get("gene_names"),
+        anchor_scales=anchor_scales,
     )
     return generator.to(device)
 

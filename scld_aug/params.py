@@ -400,7 +400,9 @@ PARAMS: tuple[Param, ...] = (
         "synthetic cell starts from the latent code of a random real cell of its class, "
         "noised to this fraction of the diffusion trajectory and denoised back with "
         "guidance: lower values stay closer to the real cells (0 decodes their codes "
-        "unchanged, a likelihood resampling of real cells), higher values invent more.",
+        "unchanged, a likelihood resampling of real cells), higher values invent more. With "
+        "a variational encoder (``kl_weight > 0``) the start is a draw of the real cell's "
+        "posterior, so 0 decodes posterior samples around real cells, as scVI samples.",
         help="1: start from noise; below 1: from noised codes of real cells of the type",
         commands=AUGMENT,
         py_type="float",

@@ -90,6 +90,9 @@ def draw(
     anchors = generator.class_anchors(code)
     picks = torch.randint(len(anchors), (size,), generator=rng)
     x0 = torch.from_numpy(anchors)[picks]
+    scales = generator.class_anchor_scales(code)
+    if scales is not None:  # variational encoder: a draw of each picked cell's posterior
+        x0 = x0 + torch.from_numpy(scales)[picks] * torch.randn(x0.shape, generator=rng)
     kept = timesteps[len(timesteps) - int(round(len(timesteps) * params.anchor_strength)) :]
     if not kept:
         return x0.to(generator.device)

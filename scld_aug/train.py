@@ -326,6 +326,7 @@ def fit_generator(
     run("classifier", classifier, config.classifier_steps, classifier_loss)
 
     libraries = [library[codes == c] if uses_library else np.zeros(0) for c in range(n_classes)]
+    anchor_rows = select_anchors(codes, n_classes, int(rng.integers(2**62)))
     return SCLDGenerator(
         autoencoder,
         denoiser,
@@ -337,7 +338,12 @@ def fit_generator(
         libraries=libraries,
         config={**asdict(config), "latent_bound": latent_bound},
         history=history,
-        anchors=select_anchors(standardized, codes, n_classes, int(rng.integers(2**62))),
+        anchors=[np.ascontiguousarray(standardized[r], dtype=np.float32) for r in anchor_rows],
+        anchor_scales=(
+            None
+            if scales is None
+            else [np.ascontiguousarray(scales[r], dtype=np.float32) for r in anchor_rows]
+        ),
     )
 
 
@@ -368,15 +374,13 @@ def encode_cells(
     return codes, scales
 
 
-def select_anchors(
-    standardized: np.ndarray, codes: np.ndarray, n_classes: int, seed: int
-) -> list[np.ndarray]:
-    """Per class, the codes of at most ``MAX_ANCHORS`` cells, chosen at random."""
+def select_anchors(codes: np.ndarray, n_classes: int, seed: int) -> list[np.ndarray]:
+    """Per class, the rows of at most ``MAX_ANCHORS`` cells, chosen at random."""
     rng = np.random.default_rng(seed)
-    anchors = []
+    chosen = []
     for c in range(n_classes):
         rows = np.flatnonzero(codes == c)
         if len(rows) > MAX_ANCHORS:
             rows = np.sort(rng.choice(rows, MAX_ANCHORS, replace=False))
-        anchors.append(np.ascontiguousarray(standardized[rows], dtype=np.float32))
-    return anchors
+        chosen.append(rows)
+    return chosen

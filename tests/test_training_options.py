@@ -1,7 +1,8 @@
-"""Device options of training: bfloat16 autocast and torch.compile (checked on the CPU)."""
+"""Training options: precision, compilation, per-network balancing, encoder kind (on the CPU)."""
 
 import numpy as np
 import pytest
+import torch
 
 from scld_aug import SCLDSampler
 
@@ -57,3 +58,36 @@ def test_autoencoder_class_balance_applies_to_the_autoencoder_alone(counts_data,
     assert same == explicit
     assert uniform["autoencoder"] != same["autoencoder"]
     np.testing.assert_array_equal(fits[None].generate(20, "type2"), fits[1.0].generate(20, "type2"))
+
+
+@pytest.mark.parametrize("kl_weight", [0.0, 1.0], ids=["deterministic", "variational"])
+def test_anchored_starts_are_the_codes_or_draws_of_the_posteriors(
+    counts_data, tiny_params, tmp_path, kl_weight
+):
+    """``anchor_strength=0`` decodes the anchors themselves with a deterministic encoder, and
+    draws of each anchor cell's posterior with a variational one (as scVI samples); the
+    posterior scales are saved with the anchors and left out with them."""
+    from scld_aug import SCLDGenerator, sampling
+    from scld_aug.params import SamplingParams
+
+    X, y = counts_data
+    generator = SCLDSampler(random_state=0, kl_weight=kl_weight, **tiny_params).fit(X, y).generator_
+    code = generator.class_code("type2")
+    anchors = generator.anchors[code]
+    z = sampling.latents(
+        generator, code, 300, SamplingParams(anchor_strength=0.0), torch.Generator().manual_seed(0)
+    )
+    nearest = np.linalg.norm(z[:, None, :] - anchors[None], axis=2).argmin(1)
+    residual = z - anchors[nearest]
+    if kl_weight == 0:
+        assert generator.anchor_scales is None
+        assert np.abs(residual).max() == 0.0
+        return
+    scales = generator.anchor_scales[code]
+    assert scales.shape == anchors.shape and (scales > 0).all()
+    # Draws around the picked cells: spread on the scale of their posterior deviations.
+    assert 0.5 < (residual / scales[nearest]).std() < 1.5
+    generator.save(tmp_path / "g.pt")
+    np.testing.assert_array_equal(SCLDGenerator.load(tmp_path / "g.pt").anchor_scales[code], scales)
+    generator.save(tmp_path / "shared.pt", include_anchors=False)
+    assert SCLDGenerator.load(tmp_path / "shared.pt").anchor_scales is None
