@@ -82,6 +82,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="rebuild report.md and plots from saved results"
     )
+    parser.add_argument(
+        "--keep-other-methods",
+        action="store_true",
+        help="keep the saved rows of methods not run now (e.g. rerun SCLD after a change and "
+        "keep scVI's); the saved run must have the same seeds and downsampled types",
+    )
     args = parser.parse_args(argv)
     if args.report_only:
         out = Path(args.output or Path(__file__).parent / "results" / Path(args.dataset).stem)
@@ -124,6 +130,9 @@ def main(argv=None) -> int:
             with_scvi="scVI" in args.methods,
             scvi_epochs=args.scvi_epochs,
         )
+    kept = {}
+    if args.keep_other_methods:
+        downstream, fidelity, kept = _keep_other_methods(out, downstream, fidelity, seeds, types)
     if downstream is not None:
         downstream.to_csv(out / "results_downstream.csv", index=False)
     if fidelity is not None:
@@ -142,6 +151,7 @@ def main(argv=None) -> int:
         ),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "wall time": f"{time.perf_counter() - start:.0f} s",
+        **kept,
         "command": "python -m evaluation "
         + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
     }
@@ -150,6 +160,42 @@ def main(argv=None) -> int:
     log(f"wrote {path}")
     _track(args.mlflow, out, name, downstream, fidelity, meta, log)
     return 0
+
+
+def _keep_other_methods(out: Path, downstream, fidelity, seeds, types):
+    """The new results plus the saved rows of every method this run did not produce.
+
+    The saved run must have used the same seeds and downsampled types, so that every kept
+    row was scored on the same splits as the new ones.
+    """
+    saved_meta = json.loads((out / "meta.json").read_text())
+    if saved_meta.get("seeds") != seeds or saved_meta.get("downsampled types") != list(types):
+        raise SystemExit(
+            f"--keep-other-methods: the results in {out} used seeds "
+            f"{saved_meta.get('seeds')} and types {saved_meta.get('downsampled types')}, this "
+            f"run {seeds} and {list(types)}; rerun every method instead."
+        )
+    kept_methods = set()
+    merged = []
+    for kind, new in (("downstream", downstream), ("fidelity", fidelity)):
+        path = out / f"results_{kind}.csv"
+        if new is None or not path.exists():
+            merged.append(new)
+            continue
+        old = pd.read_csv(path)
+        old = old[~old["method"].isin(set(new["method"]))]
+        kept_methods |= set(old["method"])
+        merged.append(pd.concat([new, old], ignore_index=True))
+    note = {}
+    if kept_methods:
+        note["kept from the previous run"] = (
+            f"{sorted(kept_methods)} (same seeds and splits; its command: "
+            f"{saved_meta.get('command')}; wall time {saved_meta.get('wall time')})"
+        )
+        for key in ("scVI",):
+            if key in saved_meta and key in kept_methods:
+                note[key] = saved_meta[key]
+    return merged[0], merged[1], note
 
 
 def _track(uri, out, name, downstream, fidelity, meta, log) -> None:

@@ -161,3 +161,28 @@ def test_ablation_reads_variants_and_summarises_every_goal():
     assert table.loc["SCLD", "logreg rare"] == "0.600 ± 0.141"
     assert table.loc["SCLD", "recognised min"] == "0.80 (b)"
     assert table.loc["SCLD", "memorization"] == 0.85
+
+
+def test_rerun_keeps_the_saved_rows_of_methods_it_did_not_run(tmp_path):
+    """``--keep-other-methods``: new rows replace a method's saved ones, methods not rerun
+    keep theirs, and a saved run on other splits is refused."""
+    import json
+
+    from evaluation.__main__ import _keep_other_methods
+
+    meta = {"seeds": [0, 1], "downsampled types": ["a"], "command": "old", "scVI": "100 epochs"}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    old = pd.DataFrame({"method": ["SCLD", "scVI", "none"], "value": [0.1, 0.9, 0.5]})
+    old.to_csv(tmp_path / "results_downstream.csv", index=False)
+    old.to_csv(tmp_path / "results_fidelity.csv", index=False)
+    new = pd.DataFrame({"method": ["SCLD", "none"], "value": [0.7, 0.5]})
+    downstream, fidelity, note = _keep_other_methods(tmp_path, new, new, [0, 1], ["a"])
+    for merged in (downstream, fidelity):
+        assert dict(zip(merged["method"], merged["value"], strict=True)) == {
+            "SCLD": 0.7,
+            "none": 0.5,
+            "scVI": 0.9,
+        }
+    assert "['scVI']" in note["kept from the previous run"] and note["scVI"] == "100 epochs"
+    with pytest.raises(SystemExit, match="rerun every method"):
+        _keep_other_methods(tmp_path, new, new, [0, 1, 2], ["a"])
