@@ -175,26 +175,31 @@ def _keep_other_methods(out: Path, downstream, fidelity, seeds, types):
             f"{saved_meta.get('seeds')} and types {saved_meta.get('downsampled types')}, this "
             f"run {seeds} and {list(types)}; rerun every method instead."
         )
-    kept_methods = set()
+    kept = {}
     merged = []
     for kind, new in (("downstream", downstream), ("fidelity", fidelity)):
         path = out / f"results_{kind}.csv"
-        if new is None or not path.exists():
+        if not path.exists():
             merged.append(new)
             continue
         old = pd.read_csv(path)
-        old = old[~old["method"].isin(set(new["method"]))]
-        kept_methods |= set(old["method"])
-        merged.append(pd.concat([new, old], ignore_index=True))
+        if new is not None:  # a protocol not run now keeps all its rows
+            old = old[~old["method"].isin(set(new["method"]))]
+        if len(old):
+            kept[kind] = sorted(set(old["method"]))
+        merged.append(old if new is None else pd.concat([new, old], ignore_index=True))
     note = {}
-    if kept_methods:
+    if kept:
+        rows = "; ".join(f"{kind} rows of {methods}" for kind, methods in kept.items())
         note["kept from the previous run"] = (
-            f"{sorted(kept_methods)} (same seeds and splits; its command: "
-            f"{saved_meta.get('command')}; wall time {saved_meta.get('wall time')})"
+            f"{rows} (same seeds and splits; its command: {saved_meta.get('command')}; "
+            f"wall time {saved_meta.get('wall time')})"
         )
-        for key in ("scVI",):
-            if key in saved_meta and key in kept_methods:
-                note[key] = saved_meta[key]
+        if "scVI" in saved_meta and any("scVI" in methods for methods in kept.values()):
+            note["scVI"] = saved_meta["scVI"]
+        for key in ("kept from the previous run",):
+            if key in saved_meta:  # what that run had kept in turn
+                note[key] += f"; it had kept: {saved_meta[key]}"
     return merged[0], merged[1], note
 
 

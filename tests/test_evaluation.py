@@ -184,5 +184,9 @@ def test_rerun_keeps_the_saved_rows_of_methods_it_did_not_run(tmp_path):
             "scVI": 0.9,
         }
     assert "['scVI']" in note["kept from the previous run"] and note["scVI"] == "100 epochs"
+    # A protocol not run now keeps all its saved rows.
+    downstream, fidelity, note = _keep_other_methods(tmp_path, None, new, [0, 1], ["a"])
+    pd.testing.assert_frame_equal(downstream, old)
+    assert "downstream rows of ['SCLD', 'none', 'scVI']" in note["kept from the previous run"]
     with pytest.raises(SystemExit, match="rerun every method"):
         _keep_other_methods(tmp_path, new, new, [0, 1, 2], ["a"])
