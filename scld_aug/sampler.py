@@ -305,11 +305,11 @@ class SCLDSampler(BaseOverSampler):
 
     # ------------------------------------------------------------------ generation
 
-    def _sampling_params(self, label) -> params.SamplingParams:
+    def _sampling_params(self, guidance_scale: float) -> params.SamplingParams:
+        """The sampling parameters, with one class's guidance scale."""
         fields = params.names("sampling")
         values = {name: getattr(self, name) for name in fields if name != "sampling_strategy"}
-        values["guidance_scale"] = self.guidance_scales_[plain_scalar(label)]
-        return params.SamplingParams(**values)
+        return params.SamplingParams(**{**values, "guidance_scale": guidance_scale})
 
     def _choose_guidance_scales(self) -> None:
         self.guidance_scales_, self._auto_guidance = {}, {}
@@ -328,8 +328,8 @@ class SCLDSampler(BaseOverSampler):
         if self.guidance_scale != "auto":
             scale = float(self.guidance_scale)
         else:
-            probe = self._sampling_params_without_scale()
-            made_under = json.dumps(asdict(probe), sort_keys=True)
+            probe = self._sampling_params(1.0)  # every scale of the grid is tried
+            made_under = json.dumps(asdict(probe), sort_keys=True, default=str)
             chosen = self._auto_guidance.get(key)
             if chosen is not None and chosen[0] == made_under:
                 scale = chosen[1]
@@ -341,12 +341,6 @@ class SCLDSampler(BaseOverSampler):
         self.guidance_scales_[key] = scale
         return scale
 
-    def _sampling_params_without_scale(self) -> params.SamplingParams:
-        fields = params.names("sampling")
-        values = {name: getattr(self, name) for name in fields if name != "sampling_strategy"}
-        values["guidance_scale"] = 1.0  # replaced by every scale tried
-        return params.SamplingParams(**values)
-
     def _class_seed(self, label) -> int:
         code = self.generator_.class_code(label)
         base = derive_seeds(self.random_state, 2)[1]
@@ -355,7 +349,7 @@ class SCLDSampler(BaseOverSampler):
         )
 
     def _generate_blocks(self, label, n: int, sparse_format: str | None) -> list:
-        params = self._sampling_params(label)
+        params = self._sampling_params(self.guidance_scales_[plain_scalar(label)])
         dtype = likelihoods.get(self.likelihood_).output_dtype(self.input_dtype_, params.output)
         blocks = []
         seed = self._class_seed(label)
