@@ -83,10 +83,10 @@ def test_class_balanced_training_learns_a_10_cell_class():
 
 
 def test_variational_encoder_learns_every_class_with_spread_codes(counts_data):
-    """A VAE encoder (kl_weight > 0) with a class-balanced autoencoder, as its documentation
-    advises: diffusion learns codes drawn from the posteriors, and the cells decoded from its
-    samples still carry their class program. (With the uniform autoencoder of the defaults,
-    the KL term blurs the 10-cell type: 0.83 recognised.)"""
+    """A VAE encoder (kl_weight > 0) with a class-balanced autoencoder: diffusion learns
+    codes drawn from the posteriors, and the cells decoded from its samples still carry their
+    class program. (With the uniform autoencoder of the defaults, the KL term blurs the
+    10-cell type: 0.83 recognised, as the ``kl_weight`` documentation says.)"""
     X, y = counts_data
     reference = LogisticRegression(max_iter=3000).fit(log_normalize(X), y)
     sampler = SCLDSampler(
