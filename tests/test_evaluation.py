@@ -190,3 +190,15 @@ def test_rerun_keeps_the_saved_rows_of_methods_it_did_not_run(tmp_path):
     assert "downstream rows of ['SCLD', 'none', 'scVI']" in note["kept from the previous run"]
     with pytest.raises(SystemExit, match="rerun every method"):
         _keep_other_methods(tmp_path, new, new, [0, 1, 2], ["a"])
+
+
+def test_fit_time_variants_are_read_as_parameters():
+    from evaluation.fit_time import parse
+
+    assert parse("kl_weight=1 autoencoder_class_balance=None guidance_reference=confusable") == {
+        "kl_weight": 1,
+        "autoencoder_class_balance": None,
+        "guidance_reference": "confusable",
+    }
+    with pytest.raises(SystemExit, match="name=value"):
+        parse("kl_weight")

@@ -1,0 +1,69 @@
+"""Fit time of the default sampler on the shipped Baron data, against variants, in one run.
+
+``python -m evaluation.fit_time --variants "autoencoder_class_balance=None" "kl_weight=1"``
+
+Each variant is timed right after the defaults on the same machine and threads, so the ratio
+holds even when the machine is slower or faster than on another day. Values are read as
+Python literals (``None``, ``0.5``, ``"confusable"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import platform
+import time
+from pathlib import Path
+
+
+def parse(variant: str) -> dict:
+    """``"kl_weight=1 autoencoder_class_balance=None"`` -> sampler parameters."""
+    params = {}
+    for token in variant.split():
+        name, sep, value = token.partition("=")
+        if not sep:
+            raise SystemExit(f"cannot read {token!r}: use name=value, e.g. kl_weight=1")
+        try:
+            params[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[name] = value
+    return params
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evaluation.fit_time", description=__doc__)
+    parser.add_argument("--variants", nargs="*", default=[])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default="evaluation/results/perf/fit_time.txt")
+    args = parser.parse_args(argv)
+
+    import scipy.sparse as sp
+    import torch
+
+    from scld_aug import SCLDSampler, datasets
+
+    torch.set_num_threads(args.threads)
+    adata = datasets.baron_pancreas()
+    X, y = sp.csr_matrix(adata.X), adata.obs["cell_type"].astype(str).to_numpy()
+    lines = [
+        f"machine: {platform.machine()}, torch {torch.__version__}, {args.threads} threads",
+        f"data: Baron pancreas {X.shape[0]} cells x {X.shape[1]} genes; random_state=0",
+    ]
+    print(*lines, sep="\n", flush=True)
+    seconds = {}
+    for name in ["defaults", *args.variants]:
+        params = {} if name == "defaults" else parse(name)
+        start = time.perf_counter()
+        SCLDSampler(random_state=0, **params).fit(X, y)
+        seconds[name] = time.perf_counter() - start
+        line = f"{name}: fit {seconds[name]:.1f} s = {seconds[name] / seconds['defaults']:.2f}x defaults"
+        print(line, flush=True)
+        lines.append(line)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
