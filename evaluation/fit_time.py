@@ -4,30 +4,27 @@
 
 Each variant is timed right after the defaults on the same machine and threads, so the ratio
 holds even when the machine is slower or faster than on another day. Values are read as
-Python literals (``None``, ``0.5``, ``"confusable"``).
+Python literals (``None``, ``0.5``), anything else as text (``confusable``); the short names
+of the benchmark's method names (``kl=1``, ``aebalance=None``) work too.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import platform
 import time
 from pathlib import Path
 
 
 def parse(variant: str) -> dict:
-    """``"kl_weight=1 autoencoder_class_balance=None"`` -> sampler parameters."""
-    params = {}
-    for token in variant.split():
-        name, sep, value = token.partition("=")
-        if not sep:
-            raise SystemExit(f"cannot read {token!r}: use name=value, e.g. kl_weight=1")
-        try:
-            params[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            params[name] = value
-    return params
+    """``"kl_weight=1 autoencoder_class_balance=None"`` -> sampler parameters (the method
+    names of the benchmark, :func:`evaluation.protocols.variant_params`)."""
+    from evaluation.protocols import variant_params
+
+    try:
+        return variant_params("SCLD " + variant)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
 
 
 def main(argv=None) -> int:

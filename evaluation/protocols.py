@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import time
 import warnings
 from collections import Counter
@@ -16,6 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from evaluation.methods import make_pipeline, make_sampler
 from scld_aug.metrics import downstream_scores
+from scld_aug.params import SAMPLER_PARAMS
 from scld_aug.presets import MIN_CELLS, rare_strategy
 
 
@@ -59,20 +61,28 @@ VARIANT_KEYS = {
 
 
 def variant_params(method: str) -> dict:
-    """SCLD parameters encoded in a method name: ``"SCLD w=3 anchor=0.5"`` -> dict."""
+    """SCLD parameters encoded in a method name: ``"SCLD w=3 anchor=0.5"`` -> dict.
+
+    Keys are the short names of ``VARIANT_KEYS`` or full sampler parameter names; values are
+    read as Python literals (``4``, ``0.5``, ``None``), anything else as text (``auto``,
+    ``confusable``), and the sampler validates them before training.
+    """
     if not method.startswith("SCLD"):
         return {}
     params = {}
     for token in method.split()[1:]:
         key, sep, value = token.partition("=")
-        if not sep or key not in VARIANT_KEYS:
+        name = VARIANT_KEYS.get(key, key if key in SAMPLER_PARAMS else None)
+        if not sep or name is None:
             raise ValueError(
                 f"Cannot read {token!r} in method {method!r}: use key=value with keys "
-                f"{sorted(VARIANT_KEYS)}, e.g. 'SCLD w=3 anchor=0.5'."
+                f"{sorted(VARIANT_KEYS)} or sampler parameter names, e.g. 'SCLD w=3 "
+                "anchor=0.5'."
             )
-        name = VARIANT_KEYS[key]
-        words = name == "guidance_reference" or (name == "guidance_scale" and value == "auto")
-        params[name] = value if words else float(value)
+        try:
+            params[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[name] = value
     return params
 
 

@@ -200,5 +200,9 @@ def test_fit_time_variants_are_read_as_parameters():
         "autoencoder_class_balance": None,
         "guidance_reference": "confusable",
     }
-    with pytest.raises(SystemExit, match="name=value"):
+    assert parse("aebalance=None w=auto") == {
+        "autoencoder_class_balance": None,
+        "guidance_scale": "auto",
+    }
+    with pytest.raises(SystemExit, match="key=value"):
         parse("kl_weight")
