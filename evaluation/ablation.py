@@ -85,12 +85,10 @@ def score_cells(X, y, train, train_k, test, types, X_res, y_res, seed, classifie
 
 
 def run(args) -> pd.DataFrame:
-    import torch
     from imblearn.over_sampling import SMOTE, RandomOverSampler
 
     from scld_aug import SCLDGenerator, SCLDSampler
 
-    torch.set_num_threads(args.threads)
     X, y = load(args.dataset, args.labels_key)
     types = args.types or default_downsample_types(y)
     rows = []
@@ -124,7 +122,12 @@ def run(args) -> pd.DataFrame:
                 generator = SCLDGenerator.load(saved)
             else:
                 generator = (
-                    SCLDSampler(sampling_strategy=targets, random_state=seed, **parse(training))
+                    SCLDSampler(
+                        sampling_strategy=targets,
+                        random_state=seed,
+                        n_jobs=args.threads,
+                        **parse(training),
+                    )
                     .fit(Xk, yk)
                     .generator_
                 )
@@ -137,6 +140,7 @@ def run(args) -> pd.DataFrame:
                     sampling_strategy=targets,
                     random_state=seed,
                     generator=generator,
+                    n_jobs=args.threads,
                     **parse(sampling),
                 )
                 with warnings.catch_warnings():
@@ -204,7 +208,7 @@ def main(argv=None) -> int:
     parser.add_argument("--training", nargs="+", default=["default"])
     parser.add_argument("--sampling", nargs="+", default=["default"])
     parser.add_argument("--classifiers", nargs="+", default=["logreg", "knn"])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="the samplers' n_jobs")
     parser.add_argument(
         "--generators",
         default=None,

@@ -36,7 +36,8 @@ def _train(h5ad: Path, out: Path, nproc: int, threads: int, quick: bool) -> floa
     start = time.perf_counter()
     subprocess.run(
         launcher
-        + ["train", str(h5ad), str(out), "--device=cpu", "--quiet", "--overwrite"]
+        + ["train", str(h5ad), str(out), "--device=cpu", f"--n-jobs={threads}", "--quiet"]
+        + ["--overwrite"]
         + (["--quick"] if quick else []),
         check=True,
         env=env,

@@ -11,8 +11,9 @@ steps, so network training time should stay flat while data passes grow with the
 
     python -m evaluation.perf [--cells 2000 20000 200000 1000000] [--genes 2000]
                               [--modes memory backed] [--device auto] [--out DIR]
-    python -m evaluation.perf --sampling    # throughput vs DDIM steps and request size; vs SMOTE
+    python -m evaluation.perf --sampling    # cells/s vs SMOTE on the same requests; solver, steps
     python -m evaluation.perf --vs-scvi     # SCLD fit vs scVI fit over the same passes of the data
+    python -m evaluation.perf --contention  # fits beside busy processes; GridSearchCV n_jobs 1 vs 2
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ def _one(n_cells: int, n_genes: int, mode: str, data_dir: Path, device: str) -> 
     finally:
         training._loop = original
     start = time.perf_counter()
-    n_sampled = sum(len(b) for b in generator.sample("type0", 2000, SamplingParams(), seed=0))
+    blocks = generator.sample("type0", 2000, SamplingParams(), seed=0)
+    n_sampled = sum(b.shape[0] for b in blocks)
     sample_s = time.perf_counter() - start
     return {
         "mode": mode,
@@ -182,67 +184,239 @@ def plot_scaling(table: pd.DataFrame, path: Path) -> None:
 
 
 def sampling_benchmark(out: Path) -> pd.DataFrame:
-    """Synthetic cells per second on the shipped Baron data against the number of DDIM steps
-    and the request size, split into latent sampling and decoding; SMOTE on the same requests."""
-    import torch
+    """Synthetic cells per second on the shipped Baron data, SCLD against SMOTE on the same
+    requests through the same call (``fit_resample`` with a ``sampling_strategy``; the
+    generator is trained once beforehand and reused): 4,096 and 16,384 new delta cells, and
+    a mixed request raising every rare type (of at least 6 cells) to the median type size. SCLD
+    with DPM-Solver++ at 20 steps (the default) and 10, and DDIM at 50 (the default before)
+    and 20, on one torch thread (the default ``n_jobs``) and two. Quality columns for the
+    mixed request: per rare type, the share of new cells that a logistic regression trained
+    on the real cells calls that type (``recognised``), and the MMD between new and real
+    cells of the type in an embedding of the real cells (mean over types)."""
     from imblearn.over_sampling import SMOTE
+    from sklearn.linear_model import LogisticRegression
 
-    from scld_aug import SCLDSampler, datasets, sampling
-    from scld_aug.params import SamplingParams
+    from scld_aug import SCLDSampler, datasets
+    from scld_aug.metrics import ReferenceEmbedding, mmd_rbf
+    from scld_aug.presets import rare_strategy
+
+    adata = datasets.baron_pancreas()
+    X, y = adata.X.tocsr(), adata.obs["cell_type"].astype(str).to_numpy()
+    n_delta = int((y == "delta").sum())
+    requests = {
+        "delta +4096": {"delta": n_delta + 4096},
+        "delta +16384": {"delta": n_delta + 16384},
+        # SMOTE's 5 neighbours need 6 cells of a type.
+        "mixed (rare types to median)": {
+            t: n for t, n in rare_strategy(y).items() if (y == t).sum() > 5
+        },
+    }
+    embedding = ReferenceEmbedding().fit(X)
+    judge = LogisticRegression(max_iter=2000).fit(embedding.transform(X), y)
+
+    def quality(X_res, y_res) -> dict:
+        new_X, new_y = X_res[len(y) :], y_res[len(y) :]
+        recognised, mmd = [], []
+        for t in sorted(set(new_y)):
+            cells = embedding.transform(new_X[new_y == t])
+            recognised.append(float(np.mean(judge.predict(cells) == t)))
+            mmd.append(mmd_rbf(cells, embedding.transform(X[y == t])))
+        return {
+            "recognised_min": min(recognised),
+            "recognised_mean": float(np.mean(recognised)),
+            "mmd_mean": float(np.mean(mmd)),
+        }
+
+    start = time.perf_counter()
+    sampler = SCLDSampler(random_state=0).fit(X, y)
+    print(f"fit {time.perf_counter() - start:.0f} s", flush=True)
+    rows = []
+    configs = [("SMOTE", None, None, None)] + [
+        ("SCLD", solver, steps, n_jobs)
+        for n_jobs in (None, 2)
+        for solver, steps in (("dpm++", 20), ("dpm++", 10), ("ddim", 50), ("ddim", 20))
+    ]
+    for method, solver, steps, n_jobs in configs:
+        for request, strategy in requests.items():
+            n_new = sum(n - int((y == t).sum()) for t, n in strategy.items())
+            if method == "SMOTE":
+                resampler = SMOTE(sampling_strategy=strategy, k_neighbors=5, random_state=0)
+            else:
+                resampler = sampler.set_params(
+                    sampling_strategy=strategy, solver=solver, n_sampling_steps=steps, n_jobs=n_jobs
+                )
+            start = time.perf_counter()
+            X_res, y_res = resampler.fit_resample(X, y)
+            seconds = time.perf_counter() - start
+            row = {
+                "method": method,
+                "solver": solver,
+                "steps": steps,
+                "threads": None if method == "SMOTE" else (n_jobs or 1),
+                "request": request,
+                "new_cells": n_new,
+                "seconds": seconds,
+                "cells_per_s": n_new / seconds,
+            }
+            if request.startswith("mixed"):
+                row.update(quality(X_res, y_res))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    table = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "sampling.csv", index=False)
+    table["config"] = (
+        table.method
+        + table.solver.map(lambda s: "" if pd.isna(s) else f" {s}")
+        + table.steps.map(lambda s: "" if pd.isna(s) else f" {int(s)} steps")
+        + table.threads.map(lambda t: "" if pd.isna(t) else f", {int(t)} thread(s)")
+    )
+    wide = table.pivot_table(index="config", columns="request", values="cells_per_s", sort=False)
+    smote = wide.loc["SMOTE"]
+    shown = pd.DataFrame(
+        {c: [f"{v:,.0f} ({v / smote[c]:.2f}x)" for v in wide[c]] for c in wide.columns},
+        index=wide.index,
+    )
+    lines = [
+        "cells per second (columns: request); in brackets: ratio to SMOTE on the same request",
+        shown.to_string(),
+        "",
+        "quality of the mixed request (per rare type; min and mean share recognised, mean MMD)",
+        table.dropna(subset=["recognised_min"])
+        .set_index("config")[["recognised_min", "recognised_mean", "mmd_mean"]]
+        .round(3)
+        .to_string(),
+    ]
+    (out / "sampling.txt").write_text("\n".join(lines) + "\n")
+    print(*lines, sep="\n")
+    return table
+
+
+def _short_training(fraction: float) -> dict:
+    """The default training steps scaled by ``fraction`` (the same network sizes and data)."""
+    from scld_aug.params import BY_NAME
+
+    names = ("autoencoder_steps", "diffusion_steps", "classifier_steps")
+    return {name: max(1, round(BY_NAME[name].default * fraction)) for name in names}
+
+
+def _contention_fit(job: dict) -> pd.DataFrame:
+    """One timed job in this process (a child of :func:`contention_benchmark`)."""
+    from scld_aug import SCLDSampler, datasets
 
     adata = datasets.baron_pancreas()
     X, y = adata.X, adata.obs["cell_type"].astype(str).to_numpy()
-    sampler = SCLDSampler(random_state=0).fit(X, y)
-    generator = sampler.generator_
-    code = generator.class_code("delta")
+    sampler = SCLDSampler(random_state=0, n_jobs=job["n_jobs"], **job["training"])
+    start = time.perf_counter()
+    if job["kind"] == "fit":
+        sampler.fit(X, y)
+    else:  # a grid search over a pipeline with the sampler: 2 candidates x 2 folds
+        from imblearn.pipeline import Pipeline
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+        from scld_aug.preprocessing import log_normalizer
+        from scld_aug.presets import rare_strategy
+
+        counts = pd.Series(y).value_counts()
+        keep = np.isin(y, counts.index[counts >= 20])  # every fold sees every type
+        X, y = X[keep], y[keep]
+        pipe = Pipeline(
+            [
+                ("aug", sampler.set_params(sampling_strategy=rare_strategy)),
+                ("norm", log_normalizer()),
+                ("clf", LogisticRegression(max_iter=300)),
+            ]
+        )
+        search = GridSearchCV(
+            pipe,
+            {"aug__guidance_scale": [1.0, 2.0]},
+            cv=StratifiedKFold(2, shuffle=True, random_state=0),
+            scoring="f1_macro",
+            n_jobs=job["search_n_jobs"],
+            error_score="raise",
+        )
+        search.fit(X, y)
+    print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+    return pd.DataFrame()
+
+
+def _timed_child(job: dict, timeout: float) -> float | None:
+    """Seconds of one job in a fresh process; None when it ran past ``timeout``."""
+    command = [sys.executable, "-m", "evaluation.perf", "--contention-fit", json.dumps(job)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=True)
+    except subprocess.TimeoutExpired:
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def contention_benchmark(out: Path, steps_fraction: float = 0.25) -> pd.DataFrame:
+    """Fit time with 0, 1 and 2 busy single-threaded neighbours, for the default
+    ``n_jobs=None`` (one torch thread) and ``n_jobs=-1`` (one thread per CPU, torch's own
+    default and the behaviour before ``n_jobs``); then ``GridSearchCV(n_jobs=1)`` against
+    ``n_jobs=2`` over a pipeline with the sampler. Each job runs in a fresh process."""
+    from scld_aug.threads import available_cpus
+
+    cpus = available_cpus()
+    training = _short_training(steps_fraction)
+    print(
+        f"machine: {platform.machine()}, {cpus} CPUs; Baron pancreas, default parameters with "
+        f"training steps x{steps_fraction} ({training})",
+        flush=True,
+    )
     rows = []
-    for steps in (10, 20, 50, 100):
-        for n in (256, 1024, 4096, 16384):
-            if steps == 100 and n == 16384:
-                continue  # ~1 min on 2 cores; the trend is clear without it
-            params = SamplingParams(n_sampling_steps=steps)
-            start = time.perf_counter()
-            latents = sampling.latents(generator, code, n, params, torch.Generator().manual_seed(0))
-            latent_s = time.perf_counter() - start
-            rng = np.random.default_rng(0)
-            start = time.perf_counter()
-            for first in range(0, n, 1024):
-                generator.decode(latents[first : first + 1024], code, "sample", rng)
-            decode_s = time.perf_counter() - start
+    alone: dict = {}
+    for n_jobs in (None, -1):
+        for busy in (0, 1, 2):
+            neighbours = [
+                subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)
+            ]
+            try:
+                # A collapse can take 10x as long: stop at 6x the time alone and say so.
+                limit = 6 * alone[n_jobs] if busy else 3600.0
+                seconds = _timed_child(
+                    {"kind": "fit", "n_jobs": n_jobs, "training": training}, limit
+                )
+            finally:
+                for p in neighbours:
+                    p.kill()
+                    p.wait()
+            if busy == 0:
+                alone[n_jobs] = seconds
+            bound = (
+                (busy + 1) / cpus * alone[n_jobs] * 1.2 if busy + 1 > cpus else alone[n_jobs] * 1.2
+            )
             rows.append(
                 {
-                    "method": "SCLD",
-                    "steps": steps,
-                    "cells": n,
-                    "latent_s": latent_s,
-                    "decode_s": decode_s,
-                    "cells_per_s": n / (latent_s + decode_s),
+                    "job": "fit",
+                    "n_jobs": str(n_jobs),
+                    "busy_neighbours": busy,
+                    "seconds": seconds,
+                    "vs_alone": None if seconds is None else seconds / alone[n_jobs],
+                    "goal_max_s": bound,
+                    "within_goal": seconds is not None and seconds <= bound,
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
-    n_delta = int((y == "delta").sum())
-    for n in (256, 1024, 4096, 16384):
-        smote = SMOTE(sampling_strategy={"delta": n_delta + n}, k_neighbors=5, random_state=0)
-        start = time.perf_counter()
-        smote.fit_resample(X, y)
-        seconds = time.perf_counter() - start
-        rows.append(
+    for search_n_jobs in (1, 2):
+        seconds = _timed_child(
             {
-                "method": "SMOTE",
-                "steps": 0,
-                "cells": n,
-                "latent_s": 0.0,
-                "decode_s": seconds,
-                "cells_per_s": n / seconds,
-            }
+                "kind": "search",
+                "n_jobs": None,
+                "training": training,
+                "search_n_jobs": search_n_jobs,
+            },
+            3600.0,
+        )
+        rows.append(
+            {"job": f"GridSearchCV(n_jobs={search_n_jobs})", "n_jobs": "None", "seconds": seconds}
         )
         print(json.dumps(rows[-1]), flush=True)
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "sampling.csv", index=False)
-    wide = table.pivot_table(index=["method", "steps"], columns="cells", values="cells_per_s")
-    print("cells per second (columns: cells requested)")
-    print(wide.round(0).to_string())
+    table.to_csv(out / "contention.csv", index=False)
+    print(table.to_string(index=False))
     return table
 
 
@@ -313,7 +487,23 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--mode", default="memory", help=argparse.SUPPRESS)
     parser.add_argument("--sampling", action="store_true", help="sampling throughput instead")
     parser.add_argument("--vs-scvi", action="store_true", help="SCLD vs scVI fit time instead")
+    parser.add_argument(
+        "--contention",
+        action="store_true",
+        help="fit time beside busy processes, and GridSearchCV n_jobs=1 vs 2, instead",
+    )
+    parser.add_argument(
+        "--steps-fraction",
+        type=float,
+        default=0.25,
+        help="--contention: training steps as a fraction of the defaults (default 0.25)",
+    )
+    parser.add_argument("--contention-fit", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.contention_fit is not None:
+        return _contention_fit(json.loads(args.contention_fit))
+    if args.contention:
+        return contention_benchmark(Path(args.out), args.steps_fraction)
     if args.vs_scvi:
         return scvi_benchmark(Path(args.out))
     if args.sampling:
@@ -336,7 +526,7 @@ def _scaling(args: argparse.Namespace, data_dir: Path) -> pd.DataFrame:
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; default SCLDSampler parameters"
+        "default SCLDSampler parameters (n_jobs=None: 1 torch thread)"
     )
     rows = []
     for n in args.cells:

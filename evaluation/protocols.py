@@ -57,6 +57,7 @@ VARIANT_KEYS = {
     "kl": "kl_weight",
     "aebalance": "autoencoder_class_balance",
     "ref": "guidance_reference",
+    "steps": "n_sampling_steps",
 }
 
 

@@ -33,7 +33,7 @@ def main(argv=None) -> pd.DataFrame:
     X, y = adata.X, adata.obs["cell_type"].astype(str).to_numpy()
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"torch {torch.__version__}, default n_jobs (1 torch thread)"
     )
     print(f"data: Baron pancreas {X.shape[0]} cells x {X.shape[1]} genes")
 

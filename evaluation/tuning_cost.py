@@ -66,7 +66,7 @@ def main(argv=None) -> pd.DataFrame:
     X, y = adata.X, adata.obs["cell_type"].astype(str).to_numpy()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; data: Baron pancreas {X.shape[0]} cells x "
+        "n_jobs=None (1 torch thread); data: Baron pancreas {X.shape[0]} cells x "
         f"{X.shape[1]} genes; {args.folds}-fold CV, macro-F1 of logistic regression"
     )
     rows = []

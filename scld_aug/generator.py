@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from scld_aug import sampling
@@ -169,8 +170,9 @@ class SCLDGenerator:
     @torch.no_grad()
     def decode(
         self, latents: np.ndarray, code: int, output: str, rng: np.random.Generator
-    ) -> np.ndarray:
-        """Cells (all genes, dense float64) from standardized latent codes of class ``code``."""
+    ) -> np.ndarray | sp.csr_matrix:
+        """Cells (all genes, float64) from standardized latent codes of class ``code``: CSR
+        for sampled counts, dense otherwise."""
         panel = self.panel
         z = torch.as_tensor(latents * self.latent_std + self.latent_mean, device=self.device)
         # float64 on the CPU side only: MPS has no float64.
@@ -182,8 +184,9 @@ class SCLDGenerator:
 
     def sample(
         self, label, n: int, params: SamplingParams, seed: int, batch_size: int = DECODE_BATCH
-    ) -> Iterator[np.ndarray]:
-        """Synthetic cells of class ``label`` as dense blocks of at most ``batch_size`` rows
+    ) -> Iterator[np.ndarray | sp.csr_matrix]:
+        """Synthetic cells of class ``label`` as blocks of at most ``batch_size`` rows (CSR
+        for sampled counts, dense otherwise)
         (the guided DDIM loop of :mod:`scld_aug.sampling`).
 
         Deterministic for a given ``seed`` on CPU; global random state is not touched.

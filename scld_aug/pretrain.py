@@ -22,6 +22,7 @@ from scld_aug import data as data_layer
 from scld_aug.distributed import device_for, launched_world, process_group
 from scld_aug.files import check_output_path
 from scld_aug.generator import SCLDGenerator
+from scld_aug.threads import torch_threads
 from scld_aug.train import train_generator
 
 TRAINING_OPTIONS = params.names("training", public=None)
@@ -53,6 +54,7 @@ def pretrain(
     include_anchors: bool = True,
     random_state: int = 0,
     device: str = "auto",
+    n_jobs: int | None = None,
     verbose: bool = False,
     torch_compile: bool = False,
     **training: Any,
@@ -88,6 +90,9 @@ def pretrain(
     device : str, default="auto"
         ``"auto"``: cuda, then mps, then cpu. Under ``torchrun`` each process takes the GPU
         of its ``LOCAL_RANK``.
+    n_jobs : int or None, default=None
+        CPU threads while training (None: 1; -1: all CPUs), as ``SCLDSampler``'s; under
+        ``torchrun``, per process.
     verbose : bool, default=False
         Progress bars (rank 0 only).
     torch_compile : bool, default=False
@@ -119,6 +124,7 @@ def pretrain(
     if unknown:
         raise TypeError(f"Unknown training option(s) {unknown}; known: {list(TRAINING_OPTIONS)}.")
     _validate_options(training)
+    _validate_options({"n_jobs": n_jobs})
     if out is not None:
         inputs = [data] if isinstance(data, (str, os.PathLike)) else []
         if getattr(data, "filename", None) is not None:  # AnnData opened from a file
@@ -135,18 +141,19 @@ def pretrain(
     if handle is None:
         matrix, labels, var_names = _in_memory(data, labels_key, layer)
     try:
-        return _pretrain(
-            matrix,
-            labels,
-            var_names,
-            out=out,
-            include_anchors=include_anchors,
-            random_state=random_state,
-            device=device,
-            verbose=verbose,
-            compile_=torch_compile,
-            training=training,
-        )
+        with torch_threads(n_jobs):
+            return _pretrain(
+                matrix,
+                labels,
+                var_names,
+                out=out,
+                include_anchors=include_anchors,
+                random_state=random_state,
+                device=device,
+                verbose=verbose,
+                compile_=torch_compile,
+                training=training,
+            )
     finally:
         if handle is not None:
             handle.close()

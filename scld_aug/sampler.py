@@ -27,6 +27,7 @@ from scld_aug._random import derive_seeds, resolve_device
 from scld_aug.data import plain_scalar
 from scld_aug.files import atomic_torch_save, load_model_file
 from scld_aug.generator import SCLDGenerator
+from scld_aug.threads import torch_threads
 
 FORMAT = "scld-aug-sampler"
 FORMAT_VERSION = 1
@@ -110,12 +111,14 @@ class SCLDSampler(BaseOverSampler):
         guidance_reference: str = "unconditional",
         post_guidance_scale: float = 0.0,
         anchor_strength: float = 1.0,
-        n_sampling_steps: int = 50,
+        n_sampling_steps: int = 20,
+        solver: str = "dpm++",
         filter_threshold: float | None = None,
         max_filter_rounds: int = 10,
         output: str = "sample",
         min_class_size: int = 3,
         device: str = "auto",
+        n_jobs: int | None = None,
         memory=None,
         generator=None,
         verbose: bool = False,
@@ -142,11 +145,13 @@ class SCLDSampler(BaseOverSampler):
         self.post_guidance_scale = post_guidance_scale
         self.anchor_strength = anchor_strength
         self.n_sampling_steps = n_sampling_steps
+        self.solver = solver
         self.filter_threshold = filter_threshold
         self.max_filter_rounds = max_filter_rounds
         self.output = output
         self.min_class_size = min_class_size
         self.device = device
+        self.n_jobs = n_jobs
         self.memory = memory
         self.generator = generator
         self.verbose = verbose
@@ -195,8 +200,9 @@ class SCLDSampler(BaseOverSampler):
         self.sampling_strategy_ = check_sampling_strategy(
             self.sampling_strategy, y, self._sampling_type
         )
-        self._ensure_generator(X, y)
-        self._choose_guidance_scales()
+        with torch_threads(self.n_jobs):
+            self._ensure_generator(X, y)
+            self._choose_guidance_scales()
         return self
 
     def _fit_resample(self, X, y):
@@ -213,13 +219,14 @@ class SCLDSampler(BaseOverSampler):
                     "type, or lower min_class_size."
                 )
         self._check_output_fits(self.sampling_strategy_, kept_bytes=_matrix_bytes(X))
-        self._ensure_generator(X, y)
-        self._choose_guidance_scales()
         items = [(label, n) for label, n in self.sampling_strategy_.items() if n > 0]
         synthetic, synthetic_y = [], []
-        for label, n in tqdm(items, desc="generate", disable=not self.verbose, leave=False):
-            synthetic += self._generate_blocks(label, n, X.format if sp.issparse(X) else None)
-            synthetic_y.append(np.full(n, label, dtype=y.dtype))
+        with torch_threads(self.n_jobs):
+            self._ensure_generator(X, y)
+            self._choose_guidance_scales()
+            for label, n in tqdm(items, desc="generate", disable=not self.verbose, leave=False):
+                synthetic += self._generate_blocks(label, n, X.format if sp.issparse(X) else None)
+                synthetic_y.append(np.full(n, label, dtype=y.dtype))
         X_res = data_layer.stack_rows(X, synthetic)
         if sp.issparse(X_res) and X_res.format != self.input_format_:
             X_res = X_res.asformat(self.input_format_)  # e.g. COO in, COO out
@@ -354,8 +361,11 @@ class SCLDSampler(BaseOverSampler):
         blocks = []
         seed = self._class_seed(label)
         for block in self.generator_.sample(label, n, params, seed):
-            block = block.astype(dtype)
-            blocks.append(sp.csr_matrix(block) if sparse_format else block)
+            if sparse_format:
+                blocks.append(sp.csr_matrix(block, dtype=dtype))
+            else:
+                blocks.append(block.toarray() if sp.issparse(block) else block)
+                blocks[-1] = blocks[-1].astype(dtype, copy=False)
         return blocks
 
     def generate(self, n_samples: int, cell_type) -> Any:
@@ -382,9 +392,10 @@ class SCLDSampler(BaseOverSampler):
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         self.generator_.class_code(cell_type)  # unknown classes fail before any work
         self._check_output_fits({cell_type: int(n_samples)})
-        self._guidance_scale(cell_type, int(n_samples))
         sparse_format = None if self.input_format_ == "dense" else self.input_format_
-        blocks = self._generate_blocks(cell_type, int(n_samples), sparse_format)
+        with torch_threads(self.n_jobs):
+            self._guidance_scale(cell_type, int(n_samples))
+            blocks = self._generate_blocks(cell_type, int(n_samples), sparse_format)
         if sparse_format:
             out = sp.vstack(blocks, format=sparse_format)
             return _as_sparse_kind(out, getattr(self, "_sparse_array", False))

@@ -1,4 +1,4 @@
-"""Sampling from a trained generator: the guided DDIM loop, anchored starts and the filter.
+"""Sampling from a trained generator: the guided denoising loop, anchored starts and the filter.
 
 The loop is short and owned here (the schedule only knows the noise levels): start from
 noise, or from noised latent codes of real cells of the class (anchored generation); at
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from scld_aug.data import plain_scalar
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 
 # Latents denoised at a time.
 SAMPLE_BATCH = 4096
-# Cells decoded at a time: a block is dense over all genes (1,024 x 20,000 genes = 160 MB).
+# Cells decoded at a time: a dense block spans all genes (1,024 x 20,000 genes = 160 MB).
 DECODE_BATCH = 1024
 
 
@@ -44,12 +46,14 @@ def denoise(
     params: SamplingParams,
     timesteps: list[int],
 ) -> torch.Tensor:
-    """Guided DDIM from noisy latents at ``timesteps[0]`` to clean standardized codes."""
+    """Guided denoising (DPM-Solver++(2M) or DDIM) from noisy latents at ``timesteps[0]``
+    to clean standardized codes."""
     schedule, denoiser = generator.schedule, generator.denoiser
     n = x.shape[0]
     labels = torch.full((n,), code, dtype=torch.long, device=x.device)
     null = torch.full_like(labels, denoiser.null_class)
     w = params.guidance_scale
+    earlier = None  # DPM-Solver++'s clean-sample prediction of the previous step
     for t, prev_t in zip(timesteps, [*timesteps[1:], -1], strict=True):
         tt = torch.full((n,), t, dtype=torch.long, device=x.device)
         if w == 1.0:
@@ -70,7 +74,11 @@ def denoise(
             eps = classifier_guidance(
                 eps, grad, schedule.noise_level(t), params.post_guidance_scale
             )
-        x = schedule.step(eps, t, x, prev_t)
+        if params.solver == "ddim":
+            x = schedule.step(eps, t, x, prev_t)
+        else:
+            x0 = schedule.predict_x0(eps, t, x)
+            x, earlier = schedule.dpm_solver_step(x0, t, x, prev_t, earlier), (x0, t)
     return x
 
 
@@ -157,15 +165,29 @@ def sample(
     params: SamplingParams,
     seed: int,
     batch_size: int = DECODE_BATCH,
-) -> Iterator[np.ndarray]:
-    """Synthetic cells of class ``label`` as dense blocks of at most ``batch_size`` rows.
+) -> Iterator[np.ndarray | sp.csr_matrix]:
+    """Synthetic cells of class ``label`` as blocks of at most ``batch_size`` rows (CSR for
+    sampled counts, dense otherwise).
 
-    Deterministic for a given ``seed`` on CPU; global random state is not touched.
+    Deterministic for a given ``seed`` on CPU; global random state is not touched. Blocks
+    are decoded on as many threads as torch uses (``n_jobs`` inside the sampler), each from
+    its own random stream, so the cells do not depend on the thread count's split of work.
     """
     code = generator.class_code(label)
     generator.panel.distribution.check_output(params.output)
     torch_rng = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
     codes = latents(generator, code, n, params, torch_rng)
-    for start in range(0, n, batch_size):
-        yield generator.decode(codes[start : start + batch_size], code, params.output, rng)
+    starts = range(0, n, batch_size)
+    streams = np.random.SeedSequence(seed).spawn(len(starts))
+
+    def block(i: int) -> np.ndarray | sp.csr_matrix:
+        rows = codes[starts[i] : starts[i] + batch_size]
+        return generator.decode(rows, code, params.output, np.random.default_rng(streams[i]))
+
+    workers = min(torch.get_num_threads(), len(starts))
+    if workers <= 1:
+        yield from map(block, range(len(starts)))
+        return
+    # numpy's samplers release the GIL, so blocks decode in parallel on threads.
+    with ThreadPoolExecutor(workers) as pool:
+        yield from pool.map(block, range(len(starts)))

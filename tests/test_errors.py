@@ -122,6 +122,8 @@ def test_invalid_parameters_are_rejected_at_fit(data):
         SCLDSampler(guidance_scale=-1).fit_resample(X, y)
     with pytest.raises(ValueError, match="likelihood"):
         SCLDSampler(likelihood="poisson").fit_resample(X, y)
+    with pytest.raises(ValueError, match="n_jobs"):
+        SCLDSampler(n_jobs=0).fit_resample(X, y)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

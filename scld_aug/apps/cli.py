@@ -311,6 +311,7 @@ def _train(args: argparse.Namespace) -> int:
     options = {**quick, **_given_params(args, "train")}
     device = options.pop("device", "auto")
     torch_compile = options.pop("torch_compile", False)
+    n_jobs = options.pop("n_jobs", None)
     start = time.perf_counter()
     try:
         generator = pretrain(
@@ -323,6 +324,7 @@ def _train(args: argparse.Namespace) -> int:
             include_anchors=not args.no_anchors,
             random_state=args.seed,
             device=device,
+            n_jobs=n_jobs,
             verbose=not args.quiet,
             torch_compile=torch_compile,
             **options,

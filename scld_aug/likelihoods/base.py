@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 if TYPE_CHECKING:
@@ -116,8 +117,9 @@ class Likelihood:
         output: str,
         rng: np.random.Generator,
         libraries: Any,
-    ) -> np.ndarray:
-        """Cells of class ``code`` (all genes, dense float64) from decoder output ``decoded``
-        (float64 numpy), drawing from ``rng`` unless ``output == "mean"``. ``libraries``
-        holds the observed library sizes of the class (counts only)."""
+    ) -> np.ndarray | sp.csr_matrix:
+        """Cells of class ``code`` (all genes, float64) from decoder output ``decoded``
+        (float64 numpy), drawing from ``rng`` unless ``output == "mean"``: a dense array, or
+        a CSR matrix where the cells are sparse (sampled counts). ``libraries`` holds the
+        observed library sizes of the class (counts only)."""
         raise NotImplementedError

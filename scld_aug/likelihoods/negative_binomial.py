@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from scld_aug.likelihoods.base import GeneStatistics, Likelihood
@@ -137,20 +138,28 @@ class NegativeBinomial(Likelihood):
 
     def decode(self, decoded, dispersion, panel, code, output, rng, libraries: Any):
         n = len(decoded)
-        cells = np.zeros((n, panel.n_genes))
         library = rng.choice(libraries, size=n, replace=True)
         mu = library[:, None] * np.exp(decoded)
         if output == "mean":
-            values = mu
-        else:
-            rate = rng.gamma(dispersion, mu / dispersion)
-            values = rng.poisson(rate).astype(np.float64)
-        cells[:, panel.genes] = values[:, : len(panel.genes)]
-        if len(panel.rest):
-            other = values[:, -1]
-            profile = panel.rest_profile[code]
-            if output == "mean" or profile.sum() == 0:
-                cells[:, panel.rest] = other[:, None] * profile
-            else:
-                cells[:, panel.rest] = rng.multinomial(other.astype(np.int64), profile)
-        return cells
+            cells = np.zeros((n, panel.n_genes))
+            cells[:, panel.genes] = mu[:, : len(panel.genes)]
+            if len(panel.rest):
+                cells[:, panel.rest] = mu[:, -1:] * panel.rest_profile[code]
+            return cells
+        # Counts are sparse, so the block is built as CSR: no dense rows over all genes.
+        values = rng.poisson(rng.gamma(dispersion, mu / dispersion))
+        genes, counts = [panel.genes], [values[:, : len(panel.genes)]]
+        profile = panel.rest_profile[code] if len(panel.rest) else np.zeros(0)
+        if profile.sum() > 0:
+            # Genes the class never expressed get no draws, so only the others are split
+            # (the same draws as over all of them: numpy skips zero probabilities).
+            expressed = np.flatnonzero(profile)
+            genes.append(panel.rest[expressed])
+            counts.append(rng.multinomial(values[:, -1], profile[expressed]))
+        columns = np.concatenate(genes)
+        order = np.argsort(columns, kind="stable")  # sorted indices in every row
+        block = sp.csr_matrix(np.concatenate(counts, axis=1)[:, order])
+        return sp.csr_matrix(
+            (block.data.astype(np.float64), columns[order][block.indices], block.indptr),
+            shape=(n, panel.n_genes),
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scld_aug.model.layers import ResidualBlock, TimestepEmbedding
+from scld_aug.model.layers import ResidualBlock, TimestepEmbedding, distinct_rows
 
 
 class LatentClassifier(nn.Module):
@@ -25,8 +25,9 @@ class LatentClassifier(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        (t,), index = distinct_rows(t)
         cond = self.time_embedding(t)
         h = self.input(x)
         for block in self.blocks:
-            h = block(h, cond)
+            h = block(h, cond, index)
         return self.output(h)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scld_aug.model.layers import ResidualBlock, TimestepEmbedding
+from scld_aug.model.layers import ResidualBlock, TimestepEmbedding, distinct_rows
 
 
 class Denoiser(nn.Module):
@@ -42,8 +42,9 @@ class Denoiser(nn.Module):
         return self.n_classes
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        (t, y), index = distinct_rows(t, y)
         cond = self.time_embedding(t) + self.class_embedding(y)
         h = self.input(x)
         for block in self.blocks:
-            h = block(h, cond)
+            h = block(h, cond, index)
         return self.output(h)

@@ -37,6 +37,32 @@ class TimestepEmbedding(nn.Module):
         return self.proj(torch.cat([angles.sin(), angles.cos()], dim=-1))
 
 
+def distinct_rows(*keys: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """The distinct combinations of integer ``keys`` (e.g. timestep and class) and each
+    row's index into them, when that saves work; else the keys unchanged and None.
+
+    A sampling batch shares one timestep and one or two classes, so the conditioning
+    networks (timestep MLP, FiLM layers: ~45% of the denoiser's multiply-adds per row) need
+    to run on those few combinations only. In training every row has its own timestep and
+    gradients flow through every row, so nothing is merged there (and shapes stay static
+    for ``torch.compile``).
+    """
+    if torch.is_grad_enabled() or len(keys[0]) < 64:
+        return list(keys), None
+    bases = [int(k.max()) + 1 for k in keys]
+    combined = torch.zeros_like(keys[0])
+    for key, base in zip(keys, bases, strict=True):
+        combined = combined * base + key
+    distinct, index = torch.unique(combined, return_inverse=True)
+    if len(distinct) * 4 > len(combined):
+        return list(keys), None
+    parts = []
+    for base in reversed(bases):
+        parts.append(distinct % base)
+        distinct = distinct // base
+    return parts[::-1], index
+
+
 class ResidualBlock(nn.Module):
     """Pre-norm residual MLP block modulated by a conditioning vector (FiLM)."""
 
@@ -51,9 +77,16 @@ class ResidualBlock(nn.Module):
         nn.init.zeros_(self.fc2.weight)
         nn.init.zeros_(self.fc2.bias)
 
-    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, cond: torch.Tensor, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``cond`` holds one row per row of ``h``, or, with ``index``, the distinct
+        conditioning rows, row ``i`` of ``h`` taking ``cond[index[i]]``."""
         scale, shift = self.film(cond).chunk(2, dim=-1)
+        scale = 1 + scale
+        if index is not None:
+            scale, shift = scale[index], shift[index]
         x = self.fc1(nn.functional.silu(self.norm1(h)))
-        x = self.norm2(x) * (1 + scale) + shift
+        x = torch.addcmul(shift, self.norm2(x), scale)
         x = self.fc2(self.dropout(nn.functional.silu(x)))
         return h + x

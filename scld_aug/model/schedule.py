@@ -1,5 +1,6 @@
-"""DDPM noise schedule with a deterministic DDIM sampler step: a small stateless object, as
-in diffusers, whose sampling loop belongs to the caller (:mod:`scld_aug.sampling`)."""
+"""DDPM noise schedule with deterministic sampler steps (DDIM, DPM-Solver++(2M)): a small
+stateless object, as in diffusers, whose sampling loop belongs to the caller
+(:mod:`scld_aug.sampling`)."""
 
 from __future__ import annotations
 
@@ -103,3 +104,47 @@ class NoiseSchedule:
         # Re-derive the noise from the clipped x0 (as diffusers does) to stay consistent.
         eps = (x_t - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)
         return math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps
+
+    def predict_x0(self, noise_pred: torch.Tensor, t: int, x_t: torch.Tensor) -> torch.Tensor:
+        """The clean sample implied by a noise prediction (clipped when the schedule clips)."""
+        ab_t = float(self.alphas_cumprod_f64[t])
+        x0 = (x_t - math.sqrt(1 - ab_t) * noise_pred) / math.sqrt(ab_t)
+        if self.clip_sample_range is not None:
+            x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
+        return x0
+
+    def _log_snr(self, t: int) -> float:
+        """``lambda_t = log(alpha_t / sigma_t)``: DPM-Solver's time variable."""
+        ab = float(self.alphas_cumprod_f64[t])
+        return 0.5 * (math.log(ab) - math.log1p(-ab))
+
+    def dpm_solver_step(
+        self,
+        x0: torch.Tensor,
+        t: int,
+        x_t: torch.Tensor,
+        prev_t: int,
+        earlier: tuple[torch.Tensor, int] | None = None,
+    ) -> torch.Tensor:
+        """DPM-Solver++(2M) update (Lu et al. 2022) from ``x_t`` at ``t`` to ``prev_t``.
+
+        ``x0`` is this step's clean-sample prediction (:meth:`predict_x0`); ``earlier`` the
+        previous step's ``(x0, t)``, which makes the update second order (without it, it is
+        exactly the DDIM step). The last step to the clean sample (``prev_t = -1``) returns
+        ``x0``, as DDIM does.
+        """
+        if prev_t < 0:
+            return x0
+        ab_t = float(self.alphas_cumprod_f64[t])
+        ab_prev = float(self.alphas_cumprod_f64[prev_t])
+        lam_t, lam_prev = self._log_snr(t), self._log_snr(prev_t)
+        h = lam_prev - lam_t
+        # x_prev = (sigma_prev / sigma_t) x_t + alpha_prev (1 - e^-h) D, in float64 scalars.
+        coef_x = math.sqrt((1 - ab_prev) / (1 - ab_t))
+        coef_d = math.sqrt(ab_prev) * -math.expm1(-h)
+        if earlier is None:
+            return coef_x * x_t + coef_d * x0
+        x0_earlier, t_earlier = earlier
+        r = (lam_t - self._log_snr(t_earlier)) / h
+        d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_earlier
+        return coef_x * x_t + coef_d * d
