@@ -69,7 +69,7 @@ def main(argv=None) -> pd.DataFrame:
     table = pd.DataFrame(rows).set_index("cell_type")
     print(
         f"sampling: {total_cells} cells in {total_s:.1f} s = {total_cells / total_s:.0f} cells/s "
-        f"({sampler.n_sampling_steps} DDIM steps, guidance {sampler.guidance_scale}, all {X.shape[1]} genes, counts)"
+        f"({sampler.n_sampling_steps} {sampler.solver} steps, guidance {sampler.guidance_scale}, all {X.shape[1]} genes, counts)"
     )
     print("conditional accuracy (LogisticRegression trained on real cells):")
     print(table.round(3).to_string())

@@ -57,6 +57,25 @@ def normalized_dispersion(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     return score
 
 
+def _sorted_csr(parts: list[np.ndarray], columns: np.ndarray, n_genes: int) -> sp.csr_matrix:
+    """Canonical CSR (float64) of dense integer blocks side by side whose columns are the
+    genes ``columns``, without copying the blocks into gene order: only the nonzero mask is
+    reordered, and the values are gathered from their block."""
+    order = np.argsort(columns, kind="stable")
+    mask = np.concatenate([part != 0 for part in parts], axis=1)[:, order]
+    rows, position = np.nonzero(mask)  # row-major: rows ascending, genes ascending within
+    source = order[position]
+    data = np.empty(len(rows))
+    start = 0
+    for part in parts:
+        mine = (source >= start) & (source < start + part.shape[1])
+        data[mine] = part[rows[mine], source[mine] - start]
+        start += part.shape[1]
+    indptr = np.zeros(mask.shape[0] + 1, dtype=np.int64)
+    np.cumsum(mask.sum(axis=1), out=indptr[1:])
+    return sp.csr_matrix((data, columns[source], indptr), shape=(mask.shape[0], n_genes))
+
+
 class NegativeBinomial(Likelihood):
     """Counts of each modelled gene are NB with mean library size x the decoder's softmax
     proportion and a gene-wise inverse dispersion. The decoder has one more output, the
@@ -147,19 +166,15 @@ class NegativeBinomial(Likelihood):
                 cells[:, panel.rest] = mu[:, -1:] * panel.rest_profile[code]
             return cells
         # Counts are sparse, so the block is built as CSR: no dense rows over all genes.
-        values = rng.poisson(rng.gamma(dispersion, mu / dispersion))
-        genes, counts = [panel.genes], [values[:, : len(panel.genes)]]
+        rate = rng.gamma(dispersion, mu / dispersion)
+        modelled = len(panel.genes)
+        genes, counts = [panel.genes], [rng.poisson(rate[:, :modelled])]
         profile = panel.rest_profile[code] if len(panel.rest) else np.zeros(0)
         if profile.sum() > 0:
-            # Genes the class never expressed get no draws, so only the others are split
-            # (the same draws as over all of them: numpy skips zero probabilities).
+            # The other genes' total is Poisson(rate) split by the class's profile, which is
+            # the same as independent Poisson counts at each gene's share of the rate: drawn
+            # that way, in one vectorized call, and only for genes the class expresses.
             expressed = np.flatnonzero(profile)
             genes.append(panel.rest[expressed])
-            counts.append(rng.multinomial(values[:, -1], profile[expressed]))
-        columns = np.concatenate(genes)
-        order = np.argsort(columns, kind="stable")  # sorted indices in every row
-        block = sp.csr_matrix(np.concatenate(counts, axis=1)[:, order])
-        return sp.csr_matrix(
-            (block.data.astype(np.float64), columns[order][block.indices], block.indptr),
-            shape=(n, panel.n_genes),
-        )
+            counts.append(rng.poisson(rate[:, modelled:] * profile[expressed]))
+        return _sorted_csr(counts, np.concatenate(genes), panel.n_genes)
