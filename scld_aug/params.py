@@ -508,7 +508,7 @@ PARAMS: tuple[Param, ...] = (
         "with ``n_jobs`` around the sampler runs its fits side by side); more threads speed "
         "up a fit alone on an idle machine. On a GPU the networks run there and ``n_jobs`` "
         "only concerns torch work left on the CPU.",
-        help="CPU threads (default 1; -1: all CPUs)",
+        help="CPU threads; -1 for all CPUs (None: one thread)",
         commands=BOTH,
         py_type="int | None",
     ),

@@ -171,7 +171,7 @@ def sample(
 
     Deterministic for a given ``seed`` on CPU; global random state is not touched. Blocks
     are decoded on as many threads as torch uses (``n_jobs`` inside the sampler), each from
-    its own random stream, so the cells do not depend on the thread count's split of work.
+    its own random stream, so the number of decoding threads does not change the cells.
     """
     code = generator.class_code(label)
     generator.panel.distribution.check_output(params.output)

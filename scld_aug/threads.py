@@ -7,6 +7,10 @@ sampler, a shared node, a notebook beside other work) those waits stretch to sch
 time slices, and torch's default of one thread per core made a fit up to 10x slower. One
 thread per fit avoids that, and makes fixed-seed results independent of the machine's core
 count; ``n_jobs`` asks for more, as in scikit-learn.
+
+torch's thread count belongs to the process: fits running at the same time in threads of one
+process (e.g. a threading joblib backend) set and restore the same number, so use processes
+(scikit-learn's default ``loky`` backend) for parallel fits.
 """
 
 from __future__ import annotations
