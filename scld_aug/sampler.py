@@ -546,6 +546,8 @@ class SCLDSampler(BaseOverSampler):
         if isinstance(strategy, dict) and "__dict_items__" in strategy:
             params["sampling_strategy"] = {k: v for k, v in strategy["__dict_items__"]}
         params["device"] = device
+        # Files written before the solver parameter sampled with DDIM: keep their cells.
+        params.setdefault("solver", "ddim")
         sampler = cls(**params)
         sampler._validate_params()
         fitted = json.loads(state["fitted"])

@@ -60,3 +60,20 @@ def test_sampled_counts_come_as_canonical_integer_csr(generator):
         assert (block.data > 0).all() and np.array_equal(block.data, np.round(block.data))
     mean = generator.sample("type2", 50, SamplingParams(output="mean"), seed=3)
     assert isinstance(next(mean), np.ndarray)
+
+
+def test_files_saved_before_the_solver_parameter_keep_sampling_with_ddim(tmp_path):
+    import json
+
+    X, y = make_counts(n_genes=60)
+    sampler = SCLDSampler(random_state=0, **TINY).fit(X, y)
+    sampler.save(tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    params = json.loads(state["params"])
+    assert params["solver"] == "dpm++"
+    del params["solver"], params["n_jobs"]  # as written before these parameters existed
+    state["params"] = json.dumps(params)
+    torch.save(state, tmp_path / "old.pt")
+    loaded = SCLDSampler.load(tmp_path / "old.pt")
+    assert loaded.solver == "ddim" and loaded.n_jobs is None
+    assert SCLDSampler.load(tmp_path / "s.pt").solver == "dpm++"
