@@ -4,7 +4,8 @@ The networks are small (batches of 128 cells through 256-unit layers, 32-dimensi
 latents), so a torch kernel lasts microseconds and its threads mostly wait at barriers. On
 a machine where other processes hold cores (a ``GridSearchCV(n_jobs=...)`` around the
 sampler, a shared node, a notebook beside other work) those waits stretch to scheduler
-time slices, and torch's default of one thread per core made a fit up to 10x slower. One
+time slices, and torch's default of one thread per core made a fit 3.7 to over 6 times
+slower beside one or two busy processes (``python -m evaluation.perf --contention``). One
 thread per fit avoids that, and makes fixed-seed results independent of the machine's core
 count; ``n_jobs`` asks for more, as in scikit-learn.
 
