@@ -186,8 +186,8 @@ class SCLDGenerator:
         self, label, n: int, params: SamplingParams, seed: int, batch_size: int = DECODE_BATCH
     ) -> Iterator[np.ndarray | sp.csr_matrix]:
         """Synthetic cells of class ``label`` as blocks of at most ``batch_size`` rows (CSR
-        for sampled counts, dense otherwise)
-        (the guided DDIM loop of :mod:`scld_aug.sampling`).
+        for sampled counts, dense otherwise), from the guided denoising loop of
+        :mod:`scld_aug.sampling`.
 
         Deterministic for a given ``seed`` on CPU; global random state is not touched.
         """

@@ -364,8 +364,8 @@ class SCLDSampler(BaseOverSampler):
             if sparse_format:
                 blocks.append(sp.csr_matrix(block, dtype=dtype))
             else:
-                blocks.append(block.toarray() if sp.issparse(block) else block)
-                blocks[-1] = blocks[-1].astype(dtype, copy=False)
+                dense = block.toarray() if sp.issparse(block) else block
+                blocks.append(dense.astype(dtype, copy=False))
         return blocks
 
     def generate(self, n_samples: int, cell_type) -> Any:

@@ -99,8 +99,7 @@ class NoiseSchedule:
             coef_x = math.sqrt(ab_prev / ab_t)
             coef_eps = math.sqrt(1 - ab_prev) - math.sqrt(ab_prev * (1 - ab_t) / ab_t)
             return coef_x * x_t + coef_eps * noise_pred
-        bound = self.clip_sample_range
-        x0 = ((x_t - math.sqrt(1 - ab_t) * noise_pred) / math.sqrt(ab_t)).clamp(-bound, bound)
+        x0 = self.predict_x0(noise_pred, t, x_t)
         # Re-derive the noise from the clipped x0 (as diffusers does) to stay consistent.
         eps = (x_t - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)
         return math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps
