@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         default=None,
         metavar="URI",
         help="log the results to MLflow (default URI: $MLFLOW_TRACKING_URI, else "
-        "sqlite:///mlflow.db in the working directory)",
+        "sqlite:///mlruns/mlflow.db in the working directory)",
     )
     parser.add_argument(
         "--report-only", action="store_true", help="rebuild report.md and plots from saved results"

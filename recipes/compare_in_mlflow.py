@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     from scld_aug import datasets
     from scld_aug.presets import rare_strategy
+    from scld_aug.tracking.transport import ensure_experiment
 
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +168,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print(f"Baron pancreas: {len(y)} cells, {n_folds}-fold CV, rare types: {', '.join(rare)}")
 
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(EXPERIMENT)
+    # Created with its files beside the database, so the output folder holds the whole store.
+    mlflow.set_experiment(
+        experiment_id=ensure_experiment(mlflow.MlflowClient(uri), uri, EXPERIMENT)
+    )
     batch = f"seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     for name in SETTINGS:
         start = time.perf_counter()

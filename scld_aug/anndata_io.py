@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from scld_aug.files import atomic_write
 
@@ -161,12 +162,40 @@ def write(adata: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, adata.write_h5ad)
 
 
-def augmented(adata: Any, X_res: Any, y_res: np.ndarray, labels_key: str, layer: str | None) -> Any:
+#: ``uns`` entries of results computed from the original cells (scanpy's embeddings, graphs
+#: and marker tests): they do not cover the synthetic cells, and tools that find them would
+#: read them as describing the augmented data, so they are left out.
+CELL_RESULTS = (
+    "pca", "neighbors", "umap", "tsne", "draw_graph", "diffmap_evals", "paga",
+    "rank_genes_groups", "dendrogram_", "spatial",
+)  # fmt: skip
+
+
+def _still_valid(key: str, x_replaced: bool) -> bool:
+    if any(key == name or (name.endswith("_") and key.startswith(name)) for name in CELL_RESULTS):
+        return False
+    # "log1p" says that X holds log-transformed values: not so once X is replaced.
+    return not (x_replaced and key == "log1p")
+
+
+def augmented(
+    adata: Any,
+    X_res: Any,
+    y_res: np.ndarray,
+    labels_key: str,
+    layer: str | None,
+    record: dict | None = None,
+    normalize_x: bool = False,
+) -> Any:
     """New AnnData: the original cells (with their obs) first, then synthetic cells.
 
     ``obs["is_synthetic"]`` marks the new cells; ``var`` is kept. The resampled matrix goes
     where it came from (``X`` or ``layers[layer]``); other layers, ``obsm`` and ``obsp``
-    cannot be defined for synthetic cells and are left out.
+    cannot be defined for synthetic cells and are left out, and so are the ``uns`` results
+    computed from the original cells (``CELL_RESULTS``). ``record`` goes to
+    ``uns["scld_aug"]``. With a layer, ``X`` is empty, or with ``normalize_x`` the
+    log-normalized layer (``log1p`` of counts scaled to 10,000 per cell, every cell
+    recomputed from the layer; ``uns["log1p"]`` says so, as scanpy writes it).
     """
     anndata = _anndata()
     n_orig = adata.n_obs
@@ -182,11 +211,24 @@ def augmented(adata: Any, X_res: Any, y_res: np.ndarray, labels_key: str, layer:
     )
     obs["is_synthetic"] = np.r_[np.zeros(n_orig, bool), np.ones(n_new, bool)]
     # Deep copies: nothing of the result may be an object the caller's AnnData still holds.
-    uns = copy.deepcopy(dict(adata.uns))
+    uns = {
+        key: copy.deepcopy(value)
+        for key, value in adata.uns.items()
+        if _still_valid(key, x_replaced=layer is not None)
+    }
+    if record is not None:
+        uns["scld_aug"] = record
     var = adata.var.copy(deep=True)
     if layer is None:
         return anndata.AnnData(X=X_res, obs=obs, var=var, uns=uns)
-    return anndata.AnnData(X=None, obs=obs, var=var, layers={layer: X_res}, uns=uns)
+    X = None
+    if normalize_x:
+        from scld_aug.preprocessing import log_normalize
+
+        X = log_normalize(X_res)
+        X = X.astype(np.float32) if sp.issparse(X) else X.astype(np.float32, copy=False)
+        uns["log1p"] = {"base": None}
+    return anndata.AnnData(X=X, obs=obs, var=var, layers={layer: X_res}, uns=uns)
 
 
 def _nullable(dtype: Any) -> Any:

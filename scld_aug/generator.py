@@ -169,17 +169,22 @@ class SCLDGenerator:
 
     @torch.no_grad()
     def decode(
-        self, latents: np.ndarray, code: int, output: str, rng: np.random.Generator
+        self, latents: np.ndarray, code: int, output: str, seed: int
     ) -> np.ndarray | sp.csr_matrix:
         """Cells (all genes, float64) from standardized latent codes of class ``code``: CSR
-        for sampled counts, dense otherwise."""
+        for sampled counts, dense otherwise. Drawn on the networks' device from a generator
+        seeded with ``seed``."""
         panel = self.panel
         z = torch.as_tensor(latents * self.latent_std + self.latent_mean, device=self.device)
-        # float64 on the CPU side only: MPS has no float64.
-        decoded = self.autoencoder.decode(z).cpu().double().numpy()
-        dispersion = self.autoencoder.log_dispersion.detach().cpu().double().exp().numpy()
+        generator = torch.Generator(device=self.device).manual_seed(int(seed))
         return panel.distribution.decode(
-            decoded, dispersion, panel, code, output, rng, self.libraries[code]
+            self.autoencoder.decode(z),
+            self.autoencoder.log_dispersion.exp(),
+            panel,
+            code,
+            output,
+            generator,
+            self.libraries[code],
         )
 
     def sample(

@@ -537,6 +537,8 @@ PARAMS: tuple[Param, ...] = (
         "checks that the data has the generator's genes (by name when both know them) and "
         "kind (counts or not) and that every class to over-sample is one the generator "
         "knows, and samples from it. Training parameters and ``memory`` are ignored.",
+        help="a pretrained generator (.pt from scld-aug train): nothing is trained",
+        commands=AUGMENT,
     ),
     Param(
         "verbose",

@@ -147,11 +147,24 @@ def real_vs_synthetic(
         labels = np.asarray(labels).astype(str)
         panels = list(axes[row])
         if overview:
+            # Each type in its colour: synthetic cells as dots, its real cells as rings drawn
+            # on top (hollow, so neither hides the other), named at the real cells' centre.
             ax = panels.pop(0)
-            ax.scatter(*real.T, s=2, c="lightgrey", label="real cells")
-            ax.scatter(*points.T, s=3, c="tab:orange", label=f"{method} cells")
-            ax.set_title("all cells", fontsize=9)
-            ax.legend(loc="best", fontsize=7, markerscale=3)
+            ax.scatter(*real.T, s=2, c="lightgrey")
+            palette = plt.get_cmap("tab10")
+            for k, cell_type in enumerate(types):
+                color = palette(k % 10)
+                ax.scatter(*points[labels == cell_type].T, s=4, color=color, alpha=0.5)
+            for k, cell_type in enumerate(types):
+                color = palette(k % 10)
+                own = real[real_labels == cell_type]
+                ax.scatter(*own.T, s=28, facecolors="none", edgecolors=color, linewidths=1.0)
+                if len(own):
+                    ax.annotate(
+                        cell_type, own.mean(axis=0), fontsize=7, fontweight="bold", color=color,
+                        xytext=(4, 4), textcoords="offset points",
+                    )  # fmt: skip
+            ax.set_title(f"all cells: {method} dots, real rings, by type", fontsize=8)
         for ax, cell_type in zip(panels, types, strict=True):
             ax.scatter(*real.T, s=3, c="lightgrey")
             mine = points[labels == cell_type]
@@ -219,6 +232,59 @@ def grouped_bars(
     ax.set_ylim(*ylim)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return _save(fig, path, dpi=120)
+
+
+def marker_dotplot(table: pd.DataFrame, path: str | os.PathLike, *, title: str) -> Path:
+    """Dot plot of each type's marker genes in its real and synthetic cells: one column per
+    marker (grouped by type), a row of real and a row of synthetic cells per type; dot area
+    is the fraction of cells expressing the gene, colour the mean expression (the table of
+    :func:`scld_aug.metrics.marker_expression`).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> table = pd.DataFrame({"cell_type": ["mast"] * 2, "gene": ["TPSAB1"] * 2,
+    ...                       "source": ["real", "synthetic"], "mean": [3.1, 3.4],
+    ...                       "fraction": [0.9, 0.95]})
+    >>> marker_dotplot(table, "markers.png", title="Markers").name
+    'markers.png'
+    """
+    plt = pyplot()
+    types = list(dict.fromkeys(table["cell_type"]))
+    columns = list(dict.fromkeys(zip(table["cell_type"], table["gene"], strict=True)))
+    rows = [(t, source) for t in types for source in ("real", "synthetic")]
+    x = {key: i for i, key in enumerate(columns)}
+    y = {key: i for i, key in enumerate(rows)}
+    fig, ax = plt.subplots(figsize=(0.45 * len(columns) + 3.5, 0.42 * len(rows) + 1.8))
+    points = ax.scatter(
+        [x[(t, g)] for t, g in zip(table["cell_type"], table["gene"], strict=True)],
+        [y[(t, s)] for t, s in zip(table["cell_type"], table["source"], strict=True)],
+        s=20 + 180 * table["fraction"].to_numpy(dtype=float),
+        c=table["mean"].to_numpy(dtype=float),
+        cmap="Reds",
+        edgecolors="0.3",
+        linewidths=0.4,
+    )
+    ax.set_xticks(range(len(columns)))
+    ax.set_xticklabels([g for _, g in columns], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{t} ({s})" for t, s in rows], fontsize=7)
+    ax.invert_yaxis()
+    # A line between types, so each type's markers and rows read as one block.
+    for boundary in np.flatnonzero(np.diff([types.index(t) for t, _ in columns])):
+        ax.axvline(boundary + 0.5, color="0.8", linewidth=0.8)
+    for i in range(2, len(rows), 2):
+        ax.axhline(i - 0.5, color="0.8", linewidth=0.8)
+    fig.colorbar(points, ax=ax, label="mean log-normalized expression", shrink=0.8)
+    for fraction in (0.25, 0.5, 1.0):
+        ax.scatter(
+            [], [], s=20 + 180 * fraction, c="white", edgecolors="0.3", label=f"{fraction:.0%}"
+        )
+    ax.legend(title="cells expressing", fontsize=6, title_fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.25, 1.0), frameon=False)  # fmt: skip
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path, dpi=120)
 

@@ -54,6 +54,11 @@ class SCLDSampler(BaseOverSampler):
     ----------
     sampling_strategy_ : dict
         Number of synthetic cells per class.
+    skipped_classes_ : dict
+        Classes that a string, float or callable ``sampling_strategy`` asked to over-sample
+        but that have fewer than ``min_class_size`` cells, with their cell counts. They are
+        left as they are (one warning names them); a dict ``sampling_strategy`` that names
+        such a class is an error instead.
     generator_ : SCLDGenerator
         The trained generator.
     generator_source_ : {"trained", "reused", "memory", "loaded", "pretrained"}
@@ -200,24 +205,47 @@ class SCLDSampler(BaseOverSampler):
         self.sampling_strategy_ = check_sampling_strategy(
             self.sampling_strategy, y, self._sampling_type
         )
+        self._leave_out_small_classes(y, stacklevel=4)  # the caller of fit
         with torch_threads(self.n_jobs):
             self._ensure_generator(X, y)
             self._choose_guidance_scales()
         return self
 
-    def _fit_resample(self, X, y):
-        # Checked before training: minutes of training must not end in these errors.
+    def _leave_out_small_classes(self, y, stacklevel: int) -> None:
+        """Drop classes with fewer than ``min_class_size`` cells from ``sampling_strategy_``
+        (with one warning) unless the user named them; checked before training, so minutes of
+        training never end in this error."""
         labels, counts = np.unique(y, return_counts=True)
         size = dict(zip(labels.tolist(), counts.tolist(), strict=True))
-        for label, n in self.sampling_strategy_.items():
-            # A pretrained generator learned its classes elsewhere: few cells here are fine.
-            if n > 0 and size[label] < self.min_class_size and self.generator is None:
-                raise ValueError(
-                    f"Class {plain_scalar(label)!r} has {size[label]} cell(s); SCLDSampler needs "
-                    f"at least min_class_size={self.min_class_size} cells of a class to generate "
-                    "it. Leave it out with a dict sampling_strategy, merge it with a related "
-                    "type, or lower min_class_size."
-                )
+        # A pretrained generator learned its classes elsewhere: few cells here are fine.
+        small = {
+            label: size[label]
+            for label, n in self.sampling_strategy_.items()
+            if n > 0 and size[label] < self.min_class_size and self.generator is None
+        }
+        self.skipped_classes_ = {plain_scalar(label): n for label, n in small.items()}
+        if not small:
+            return
+        listing = ", ".join(f"{plain_scalar(label)!r} ({n})" for label, n in small.items())
+        if isinstance(self.sampling_strategy, dict):
+            raise ValueError(
+                f"Class(es) with fewer than min_class_size={self.min_class_size} cells cannot "
+                f"be generated: {listing}. Leave them out of the dict sampling_strategy, merge "
+                "them with a related type, or lower min_class_size."
+            )
+        warnings.warn(
+            f"Not over-sampling {len(small)} class(es) with fewer than "
+            f"min_class_size={self.min_class_size} cells (cells in brackets): {listing}. They "
+            "are kept as they are; see skipped_classes_. Lower min_class_size to generate "
+            "them anyway.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+        for label in small:
+            self.sampling_strategy_[label] = 0
+
+    def _fit_resample(self, X, y):
+        self._leave_out_small_classes(y, stacklevel=6)  # the caller of fit_resample
         self._check_output_fits(self.sampling_strategy_, kept_bytes=_matrix_bytes(X))
         items = [(label, n) for label, n in self.sampling_strategy_.items() if n > 0]
         synthetic, synthetic_y = [], []
@@ -408,7 +436,13 @@ class SCLDSampler(BaseOverSampler):
 
     # ------------------------------------------------------------------ AnnData
 
-    def fit_resample_anndata(self, adata, labels_key: str = "cell_type", layer: str | None = None):
+    def fit_resample_anndata(
+        self,
+        adata,
+        labels_key: str = "cell_type",
+        layer: str | None = None,
+        normalize_x: bool = False,
+    ):
         """Augment an AnnData object by cell type.
 
         Parameters
@@ -419,14 +453,30 @@ class SCLDSampler(BaseOverSampler):
             Column of ``adata.obs`` with the class labels.
         layer : str or None, default=None
             Layer holding the expression to model (e.g. ``"counts"``); ``None`` uses ``X``.
+        normalize_x : bool, default=False
+            With ``layer``: fill ``X`` with the log-normalized augmented layer
+            (``log1p`` of counts scaled to 10,000 per cell, recomputed for every cell), so
+            that ``sc.pp.pca`` and ``sc.tl.umap`` run on the result directly. Otherwise
+            ``X`` is empty.
 
         Returns
         -------
         adata_res : anndata.AnnData
             Original cells first, then synthetic cells, with ``obs["is_synthetic"]``,
             ``obs[labels_key]`` and the original ``var``. The augmented matrix is in the
-            same place as the input (``X`` or ``layers[layer]``).
+            same place as the input (``X`` or ``layers[layer]``). ``obsm``, ``obsp``, other
+            layers and the ``uns`` results of the original cells (PCA, neighbours, UMAP,
+            ...) do not cover the synthetic cells and are left out: recompute them.
+            ``uns["scld_aug"]`` records what was done: the package version, where the
+            matrix is, cells generated and classes skipped per type, guidance scales, the
+            sampler's parameters (JSON) and the generator's identity.
         """
+        if normalize_x and layer is None:
+            raise ValueError(
+                "normalize_x=True fills X from the augmented layer; pass layer= (e.g. "
+                "layer='counts'), or leave normalize_x off: without a layer X itself is "
+                "augmented."
+            )
         X, y = anndata_io.arrays(adata, labels_key, layer)
         if self.generator is not None:
             # Genes are checked by name before anything is generated.
@@ -434,7 +484,44 @@ class SCLDSampler(BaseOverSampler):
         X_res, y_res = self.fit_resample(X, y)
         if self.generator is None:
             self.generator_.gene_names = _gene_names(adata.var_names)
-        return anndata_io.augmented(adata, X_res, np.asarray(y_res), labels_key, layer)
+        y_res = np.asarray(y_res)
+        record = self._augmentation_record(labels_key, layer, y_res[len(y) :])
+        return anndata_io.augmented(
+            adata, X_res, y_res, labels_key, layer, record=record, normalize_x=normalize_x
+        )
+
+    def _augmentation_record(self, labels_key: str, layer: str | None, new_labels) -> dict:
+        """What ``uns["scld_aug"]`` holds (strings, numbers and dicts of them only: what
+        ``.h5ad`` files store)."""
+        from scld_aug import __version__
+
+        labels, counts = np.unique(new_labels, return_counts=True)
+        return {
+            "version": __version__,
+            "labels_key": labels_key,
+            "matrix": "X" if layer is None else f"layers/{layer}",
+            "n_synthetic": {
+                str(plain_scalar(k)): int(n) for k, n in zip(labels, counts, strict=True)
+            },
+            "skipped_classes": {str(k): int(n) for k, n in self.skipped_classes_.items()},
+            "guidance_scales": {str(k): float(v) for k, v in self.guidance_scales_.items()},
+            "generator_source": self.generator_source_,
+            "generator_id": self._generator_id(),
+            "params": json.dumps(self.get_params(), sort_keys=True, default=str),
+        }
+
+    def _generator_id(self) -> str:
+        """A trained generator's training key (data, labels, config and seed), or the
+        SHA-256 of a pretrained generator's file."""
+        if isinstance(self.generator, (str, os.PathLike)):
+            import hashlib
+
+            digest = hashlib.sha256()
+            with open(self.generator, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+            return "sha256:" + digest.hexdigest()
+        return str(self.generator_key_)
 
     # ------------------------------------------------------------------ persistence
 

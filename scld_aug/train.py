@@ -6,7 +6,9 @@ Each network is trained for a fixed number of optimizer steps on weighted miniba
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -34,6 +36,8 @@ from scld_aug.generator import SCLDGenerator, build_modules
 from scld_aug.genes import GenePanel
 from scld_aug.model import Autoencoder, NoiseSchedule
 from scld_aug.params import TrainingConfig
+
+logger = logging.getLogger(__name__)
 
 Callback = Callable[[str, int, float], None]
 LOSS_READ_EVERY = 50
@@ -250,7 +254,13 @@ def fit_generator(
 
     history: dict[str, list[float]] = {}
 
+    logger.info(
+        f"Training SCLD on {rows_in.shape[0]} cells x {panel.n_genes} genes "
+        f"({len(panel.genes)} modelled), {n_classes} classes, on {device}"
+    )
+
     def run(name: str, module: nn.Module, steps: int, loss_fn) -> None:
+        start = time.perf_counter()
         history[name] = _loop(
             name,
             module,
@@ -260,6 +270,10 @@ def fit_generator(
             verbose,
             callback,
             mixed_precision,
+        )
+        logger.info(
+            f"  {name}: {steps} steps in {time.perf_counter() - start:.1f} s "
+            f"(final loss {history[name][-1]:.4g})"
         )
 
     run("autoencoder", autoencoder, config.autoencoder_steps, autoencoder_loss)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 import traceback
@@ -51,6 +52,8 @@ from tqdm.auto import tqdm
 from scld_aug import params, plotting
 from scld_aug.sampler import SCLDSampler
 from scld_aug.tracking.studies import StudyTracker
+
+logger = logging.getLogger(__name__)
 
 # Parameters a study may search: changing them never retrains the generator.
 SAMPLING_PARAMS = params.SAMPLING_PARAMS
@@ -335,7 +338,15 @@ class _FoldCache:
     def sampler(self, i: int) -> SCLDSampler:
         if i not in self.samplers:
             X_train, y_train, _, _ = self.data(i)
-            sampler = clone(self.template).fit(X_train, y_train)
+            sampler = clone(self.template)
+            if self.verbose:  # the training's own progress bars inside the folds' bar
+                sampler.set_params(verbose=True)
+            start = time.perf_counter()
+            sampler.fit(X_train, y_train)
+            logger.info(
+                f"fold {i + 1}/{len(self.splits)}: generator {sampler.generator_source_} "
+                f"({len(y_train)} cells) in {time.perf_counter() - start:.1f} s"
+            )
             self.n_trained += sampler.generator_source_ == "trained"
             self.samplers[i] = sampler
         return self.samplers[i]

@@ -276,3 +276,76 @@ def test_a_target_that_cannot_fit_in_memory_is_refused_before_training(tmp_path,
     assert "Generating 999,999,994 synthetic cells needs about" in err and "fewer" in err
     assert len(err.strip().splitlines()) == 1
     assert not output.exists()
+
+
+def test_version_and_overview_help_answer_without_loading_torch():
+    import subprocess
+    import sys
+
+    from scld_aug import __version__
+
+    code = (
+        "import sys; from scld_aug.apps.cli import main\n"
+        "try: main(sys.argv[1:])\n"
+        "except SystemExit: pass\n"
+        "heavy = [m for m in ('torch', 'sklearn', 'anndata') if m in sys.modules]\n"
+        "print('loaded:', heavy)"
+    )
+    for flag in ("--version", "--help"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, flag], capture_output=True, text=True, check=True
+        ).stdout
+        assert "loaded: []" in out, out
+    version = subprocess.run(
+        [sys.executable, "-m", "scld_aug", "--version"], capture_output=True, text=True
+    )
+    assert version.stdout.strip() == f"scld-aug {__version__}"
+
+
+def test_augment_with_a_pretrained_generator_trains_nothing(tmp_path, capsys, monkeypatch):
+    import scld_aug.train
+
+    source, generator = tmp_path / "in.h5ad", tmp_path / "g.pt"
+    original = _write_input(source)
+    training = [a for a in FAST if a not in ("--sampling-steps", "3")]  # train: no sampling
+    assert main(["train", str(source), str(generator), *training, "--quiet"]) == 0
+    monkeypatch.setattr(
+        scld_aug.train, "fit_generator", lambda *a, **k: pytest.fail("trained again")
+    )
+    output = tmp_path / "out.h5ad"
+    argv = ["augment", str(source), str(output), "--generator", str(generator), "--quiet"]
+    assert main([*argv, "--n-sampling-steps", "3", "--device", "cpu"]) == 0
+    result = anndata.read_h5ad(output)
+    assert result.n_obs > original.n_obs and result.obs["is_synthetic"].sum() > 0
+    # A generator file that is not there: an error naming it, before anything is read.
+    missing = tmp_path / "missing.pt"
+    capsys.readouterr()
+    argv = ["augment", str(source), str(tmp_path / "o2.h5ad"), "--generator", str(missing)]
+    assert main(argv) == 1
+    assert "missing.pt" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_tune_runs_a_study_tracks_it_and_saves_the_tuned_sampler(tmp_path, capsys):
+    source, saved = tmp_path / "in.h5ad", tmp_path / "tuned.scld"
+    _write_input(source)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    argv = ["tune", str(source), "--n-trials", "2", "--cv", "2", *FAST]
+    argv += ["--tracking", uri, "--save-sampler", str(saved), "--plots-dir", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Best f1_macro: " in out and "(defaults: " in out
+    assert "2 trials, 3 generator trainings" in out  # the defaults are trial 0; 2 folds + refit
+    assert "MLflow run " in out and (tmp_path / "store" / "mlflow_artifacts").is_dir()
+    import mlflow
+
+    study_run = mlflow.MlflowClient(uri).get_run(out.split("MLflow run ")[1].split()[0])
+    assert study_run.data.tags["scld_aug.model_uri"].startswith("models:/")  # the tuned one
+    assert (tmp_path / "trials.csv").exists()
+    tuned = SCLDSampler.load(saved)
+    assert tuned.sampling_strategy == {"type3": 100}  # the rare type, to the median
+    # An existing output is not replaced by mistake, and bad input is one clear line.
+    assert main(argv) == 1
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["tune", str(tmp_path / "missing.h5ad"), *FAST]) == 1
+    assert "Could not read" in capsys.readouterr().err

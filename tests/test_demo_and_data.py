@@ -1,5 +1,7 @@
 """The shipped dataset, preprocessing helpers and the main job's smoke mode."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -29,10 +31,14 @@ def test_log_normalize_dense_and_sparse_agree():
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_demo_quick_mode_runs_end_to_end(tmp_path):
+def test_demo_quick_mode_runs_end_to_end(tmp_path, capsys):
     from scld_aug.apps.cli import main
 
     assert main(["demo", "--quick", "--folds", "2", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    # Every training is reported: the demo's own and one per fold (3 with 2 folds).
+    assert len(re.findall(r"Training SCLD on \d+ cells", out)) == 3
+    assert "Marker expression, synthetic / real" in out
     counts = pd.read_csv(tmp_path / "class_counts.csv", index_col=0)
     rare = ["macrophage", "epsilon", "mast", "schwann"]
     assert (counts.loc[rare, "synthetic"] > 0).all()
@@ -40,8 +46,16 @@ def test_demo_quick_mode_runs_end_to_end(tmp_path):
     f1 = pd.read_csv(tmp_path / "f1.csv", index_col=0)
     assert list(f1.columns) == ["none", "RandomOverSampler", "SMOTE", "SCLD"]
     assert f1.loc["macro-F1, all types"].between(0, 1).all()
-    for name in ("tsne_real_vs_synthetic.png", "rare_f1.png", "baron_augmented.h5ad"):
+    for name in (
+        "tsne_real_vs_synthetic.png",
+        "marker_dotplot.png",
+        "rare_f1.png",
+        "baron_augmented.h5ad",
+    ):
         assert (tmp_path / name).stat().st_size > 0
+    markers = pd.read_csv(tmp_path / "markers.csv")
+    assert set(markers["cell_type"]) == set(rare) and (markers["fraction"].between(0, 1)).all()
+    assert len(markers) == 2 * 5 * len(rare)  # 5 markers, real and synthetic, per type
     import anndata
 
     augmented = anndata.read_h5ad(tmp_path / "baron_augmented.h5ad")

@@ -56,12 +56,22 @@ def test_class_with_too_few_cells(sampler, data, monkeypatch):
     y[-10:-8] = "tiny"  # two cells
     original = scld_aug.train.fit_generator
     monkeypatch.setattr(scld_aug.train, "fit_generator", lambda *a, **k: pytest.fail("trained"))
-    with pytest.raises(ValueError, match="Class 'tiny' has 2 cell.*min_class_size=3"):
-        sampler.fit_resample(X, y)  # fails before any training
+    # Asked for by name: an error before any training.
+    with pytest.raises(ValueError, match=r"fewer than min_class_size=3 cells.*'tiny' \(2\)"):
+        sampler.set_params(sampling_strategy={"tiny": 20, "type2": 20}).fit_resample(X, y)
     monkeypatch.setattr(scld_aug.train, "fit_generator", original)
-    # Leaving the class out of the strategy is the documented fix.
-    _, y_res = sampler.set_params(sampling_strategy={"type2": 20}).fit_resample(X, y)
+    # The default strategy leaves it as it is, says so once and records it.
+    sampler.set_params(sampling_strategy="auto")
+    with pytest.warns(UserWarning, match=r"Not over-sampling 1 class.*'tiny' \(2\)") as caught:
+        X_res, y_res = sampler.fit_resample(X, y)
+    assert len([w for w in caught if "Not over-sampling" in str(w.message)]) == 1
+    assert sampler.skipped_classes_ == {"tiny": 2}
     assert (y_res == "tiny").sum() == 2
+    majority = max((y == c).sum() for c in set(y))
+    assert all((y_res == c).sum() == majority for c in set(y) if c != "tiny")
+    # Leaving the class out of a dict strategy is the other documented fix.
+    _, y_res = sampler.set_params(sampling_strategy={"type2": 20}).fit_resample(X, y)
+    assert (y_res == "tiny").sum() == 2 and sampler.skipped_classes_ == {}
 
 
 def test_unknown_class_in_generate(sampler, data):

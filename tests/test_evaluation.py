@@ -206,3 +206,27 @@ def test_fit_time_variants_are_read_as_parameters():
     }
     with pytest.raises(SystemExit, match="key=value"):
         parse("kl_weight")
+
+
+def test_gpu_check_measures_each_goal_and_its_gpu_only_checks_run(tmp_path):
+    """The GPU-only checks (10^5 cells of 2,000 genes, torchrun) run here on the CPU with a
+    tiny model, and every goal gets its line, met or not."""
+    from evaluation import gpu_check
+    from scld_aug import datasets
+
+    adata = datasets.baron_pancreas()
+    X, y = adata.X, adata.obs["cell_type"].astype(str).to_numpy()
+    genes = gpu_check.check_2000_genes(X, y, quick=True, device="cpu")
+    assert genes["genes"] == 50 and genes["cells_per_s_100k_beta"] > 0
+    ddp = gpu_check.check_nccl(adata, quick=True, device="cpu")
+    assert ddp["torchrun_nccl_ok"], ddp["torchrun_tail"]
+    table = pd.DataFrame(
+        [
+            {"device": "cuda:0", "variant": "default", "fit_s": 12.5, "cells_per_s_100k_beta": 9e4},
+            {"device": "cpu", "variant": "default", "fit_s": 80.0, "cells_per_s_100k_beta": 2e3},
+        ]
+    ).set_index(["device", "variant"])
+    lines = gpu_check.goals(table, {**genes, "cells_per_s_100k_beta": 1.5e5, **ddp})
+    assert lines[0] == "default fit on Baron, default: 12.5 s (goal <= 10 s: not met)"
+    assert lines[1] == "10^5 cells x 50 genes on the GPU: 150,000 cells/s (goal >= 100,000: met)"
+    assert lines[-1].startswith("torchrun on the GPU (NCCL): ran in ")

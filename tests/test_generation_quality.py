@@ -202,7 +202,7 @@ def test_anchor_strength_zero_decodes_the_real_cells_codes(trained):
         sampler.set_params(anchor_strength=1.0, output="sample")
     # Library sizes are drawn per cell, so compare expression proportions (float32 networks:
     # batch composition moves the last digits).
-    decoded = generator.decode(anchors, code, "mean", np.random.default_rng(0))
+    decoded = generator.decode(anchors, code, "mean", seed=0)
     expected = decoded / decoded.sum(1, keepdims=True)
     observed = synthetic / synthetic.sum(1, keepdims=True)
     gaps = np.abs(observed[:, None, :] - expected[None, :, :]).max(-1).min(1)

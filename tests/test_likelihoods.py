@@ -45,11 +45,11 @@ def test_panel_encode_decode_round_trip_shapes(name):
     target = panel.decoder_target(modelled, other)
     assert x.dtype == target.dtype == np.float32
     assert target.shape == (len(y), panel.n_outputs)
-    decoded = model.transform(torch.zeros(len(y), panel.n_outputs)).double().numpy()
-    dispersion = np.ones(panel.n_outputs)
-    rng = np.random.default_rng(0)
+    decoded = model.transform(torch.zeros(len(y), panel.n_outputs))
+    dispersion = torch.ones(panel.n_outputs)
+    generator = torch.Generator().manual_seed(0)
     libraries = values.sum(1) if model.uses_library else None
-    cells = model.decode(decoded[:5], dispersion, panel, 1, "sample", rng, libraries)
+    cells = model.decode(decoded[:5], dispersion, panel, 1, "sample", generator, libraries)
     assert cells.shape == (5, 30)
     if name == "nb":  # sampled counts come as canonical CSR with integer values
         assert sp.isspmatrix_csr(cells) and cells.has_canonical_format
@@ -57,7 +57,7 @@ def test_panel_encode_decode_round_trip_shapes(name):
         cells = cells.toarray()
     assert np.isfinite(cells).all()
     loglik = model.log_likelihood(
-        torch.from_numpy(decoded).float(),
+        decoded,
         torch.from_numpy(target),
         torch.zeros(panel.n_outputs),
         torch.from_numpy(np.maximum(values.sum(1), 1)).float() if model.uses_library else None,
@@ -80,3 +80,48 @@ def test_output_dtypes_and_modes():
     with pytest.raises(ValueError, match="likelihood must be one of"):
         likelihoods.get("poisson")
     assert likelihoods.for_data(True) == "nb" and likelihoods.for_data(False) == "gaussian"
+
+
+def test_sampled_counts_follow_the_negative_binomial_model():
+    """Means, variances and the covariance of two 'other' genes (which share the gamma draw
+    of their total) of many sampled cells match the model's, within 5 standard errors."""
+    import scipy.sparse as sp
+
+    from scld_aug.genes import GenePanel
+
+    genes, rest = np.array([0, 2, 5]), np.array([1, 3, 4, 6])
+    profile = np.array([[0.5, 0.3, 0.0, 0.2]])  # gene 4 is not expressed by the class
+    empty = np.zeros((1, 0), dtype=np.float32)
+    panel = GenePanel(
+        n_genes=7, likelihood="nb", genes=genes, center=np.zeros(3, np.float32),
+        scale=np.ones(3, np.float32), rest=rest, rest_profile=profile, rest_spread=empty,
+        rest_zero_rate=empty, lower=np.zeros(0), upper=np.zeros(0),
+        output_prior=np.zeros(4, np.float32),
+    )  # fmt: skip
+    proportions = np.array([0.05, 0.25, 0.1, 0.6])  # 3 modelled genes, then the others' total
+    theta = np.array([0.5, 2.0, 10.0, 3.0])
+    library, n = 40.0, 40_000
+    decoded = torch.log(torch.tensor(proportions, dtype=torch.float32)).expand(n, -1)
+    cells = likelihoods.get("nb").decode(
+        decoded, torch.tensor(theta, dtype=torch.float32), panel, 0, "sample",
+        torch.Generator().manual_seed(0), np.array([library]),
+    )  # fmt: skip
+    assert sp.isspmatrix_csr(cells) and cells.has_canonical_format
+    cells = cells.toarray()
+    mu = np.zeros(7)
+    mu[genes] = library * proportions[:3]
+    mu[rest] = library * proportions[3] * profile[0]
+    shape = np.zeros(7)
+    shape[genes], shape[rest] = theta[:3], theta[3]
+    var = mu + np.divide(mu**2, shape, out=np.zeros(7), where=shape > 0)
+    assert (cells[:, 4] == 0).all()
+    seen = [g for g in range(7) if g != 4]
+    z_mean = (cells.mean(0) - mu)[seen] / np.sqrt(var[seen] / n)
+    # Var of a sample variance: (mu4 - sigma^4) / n, bounded here by a generous 10 sigma^4.
+    z_var = (cells.var(0) - var)[seen] / np.sqrt(10 * var[seen] ** 2 / n)
+    cov = np.cov(cells[:, 1], cells[:, 3])[0, 1]
+    expected_cov = mu[1] * mu[3] / theta[3]
+    z_cov = (cov - expected_cov) / np.sqrt(var[1] * var[3] * 3 / n)
+    assert np.abs(z_mean).max() < 5, z_mean
+    assert np.abs(z_var).max() < 5, z_var
+    assert abs(z_cov) < 5, z_cov

@@ -4,6 +4,7 @@ The server runs on 127.0.0.1 for the test session (SQLite backend, local artifac
 """
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -155,6 +156,7 @@ def test_fit_is_logged_with_params_losses_artifacts_and_a_loadable_model(
     assert 0 <= row["metrics.mmd_mean"] < 1
     assert 0 <= row["metrics.recognised_min"] <= 1
     assert {"metrics.coverage_type2", "metrics.recognised_type2"} <= set(row.index)
+    assert row["tags.scld_aug.cell_type.type2"] == "type2"
     for name in ("autoencoder", "diffusion", "classifier"):
         assert np.isfinite(row[f"metrics.final_loss_{name}"])
     history = client.get_metric_history(run_id, "loss_autoencoder")
@@ -162,6 +164,11 @@ def test_fit_is_logged_with_params_losses_artifacts_and_a_loadable_model(
     assert [m.step for m in history][:2] == [9, 19]
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"class_counts.csv", "plots"} <= artifacts
+    # The training data is the run's input: its digest identifies it across runs.
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    assert len(inputs) == 1 and len(inputs[0].dataset.digest) == 20
+    assert json.loads(inputs[0].dataset.profile)["n_cells"] == len(y)
+    assert {(t.key, t.value) for t in inputs[0].tags} == {("mlflow.data.context", "training")}
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert plots == {"plots/loss_curves.png", "plots/embedding.png"}
     counts = pd.read_csv(
@@ -285,15 +292,34 @@ def test_server_dying_mid_study_only_warns(data, tiny_params, tmp_path, monkeypa
     assert result.run_id is None
 
 
-def test_default_store_is_sqlite_in_the_working_directory(data, tiny_params, tmp_path, monkeypatch):
+def test_default_store_is_one_folder_in_the_working_directory(
+    data, tiny_params, tmp_path, monkeypatch
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     X, y = data
     sampler = SCLDSampler(random_state=0, **tiny_params).fit(X, y)
-    run_id = log_fit(sampler, X, y, log_model=False)
-    assert (tmp_path / "mlflow.db").exists()
-    runs = _runs("sqlite:///mlflow.db", "scld-aug")
+    run_id = log_fit(sampler, X, y)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlruns"]
+    assert (tmp_path / "mlruns" / "mlflow.db").exists()
+    runs = _runs("sqlite:///mlruns/mlflow.db", "scld-aug")
     assert list(runs["run_id"]) == [run_id]
+    files = tmp_path / "mlruns" / "mlflow_artifacts" / "scld-aug"
+    assert any(files.rglob("*.png")) and any(files.rglob("MLmodel"))
+
+
+def test_a_sqlite_store_elsewhere_keeps_its_files_beside_it(
+    data, tiny_params, tmp_path, monkeypatch
+):
+    """Nothing lands in the working directory (MLflow's own default is ./mlruns there)."""
+    work, store = tmp_path / "work", tmp_path / "store"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    X, y = data
+    sampler = SCLDSampler(random_state=0, **tiny_params).fit(X, y)
+    log_fit(sampler, X, y, tracking_uri=f"sqlite:///{store}/runs.db")
+    assert list(work.iterdir()) == []
+    assert any((store / "runs_artifacts" / "scld-aug").rglob("*.png"))
 
 
 def test_fit_run_nests_under_the_callers_active_run(data, tiny_params, tmp_path):
@@ -463,3 +489,31 @@ def test_load_sampler_refuses_tampered_models_without_running_them(
         mlflow.pyfunc.load_model(str(other_loader))
     assert marker.exists()
     sys.modules.pop("scld_evil_loader", None)
+
+
+def test_logged_model_names_its_output_columns_by_gene(data, tiny_params, tmp_path):
+    """Gene names become the model's output columns; a cell-type name with characters
+    MLflow cannot hold gets a sanitized metric name and keeps its own name as a tag."""
+    import anndata
+
+    X, y = data
+    y = np.where(y == "type2", "CD4+/CD25 T Reg", y)
+    genes = [f"GENE{j}" for j in range(X.shape[1])]
+    adata = anndata.AnnData(X=sp.csr_matrix(X.astype(np.float32)))
+    adata.var_names, adata.obs["cell_type"] = genes, y
+    sampler = SCLDSampler(random_state=0, **tiny_params)
+    sampler.fit_resample_anndata(adata)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    _, _, run_id = fit_resample_logged(sampler, adata.X, y, tracking_uri=uri)  # reuses it
+    run = mlflow.MlflowClient(uri).get_run(run_id)
+    assert "mmd_CD4__CD25_T_Reg" in run.data.metrics
+    assert run.data.tags["scld_aug.cell_type.CD4__CD25_T_Reg"] == "CD4+/CD25 T Reg"
+    model_uri = run.data.tags["scld_aug.model_uri"]
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    cells = model.predict(pd.DataFrame({"cell_type": ["CD4+/CD25 T Reg"], "n_cells": [3]}))
+    assert list(cells.columns) == ["cell_type", *genes]

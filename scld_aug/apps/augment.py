@@ -17,10 +17,11 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from scld_aug import anndata_io
 from scld_aug import data as data_layer
 from scld_aug.files import OutputPathError, check_output_path, same_file
 from scld_aug.presets import MIN_CELLS, RARE_FRACTION, rare_strategy
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["AugmentError", "augment_h5ad", "plan_augmentation"]
 
@@ -159,6 +162,21 @@ def _check_paths(
         raise AugmentError("--save-sampler and the output must be different files.")
 
 
+def checked_input(
+    input_path: str | os.PathLike, labels_key: str, layer: str | None, likelihood: str
+) -> tuple[Any, Any, np.ndarray]:
+    """``(adata, X, y)`` of an ``.h5ad`` file, checked, with messages that name the
+    command's options (:class:`AugmentError`)."""
+    try:
+        adata = anndata_io.read(input_path)
+    except Exception as err:  # h5py and anndata raise many types for unreadable files
+        raise AugmentError(
+            f"Could not read {str(input_path)!r} as an .h5ad file ({type(err).__name__}: {err})."
+        ) from err
+    X, y = _checked_arrays(adata, labels_key, layer, likelihood)
+    return adata, X, y
+
+
 def _checked_arrays(adata: Any, labels_key: str, layer: str | None, likelihood: str):
     """Expression and labels, checked, with messages that name the command's options."""
     try:
@@ -219,8 +237,8 @@ def augment_h5ad(
     overwrite: bool = False,
     save_sampler: str | os.PathLike | None = None,
     include_anchors: bool = True,
+    normalize_x: bool = False,
     verbose: bool = False,
-    log: Callable[[str], None] | None = None,
     **sampler_params: Any,
 ) -> pd.DataFrame:
     """Augment cell types of an ``.h5ad`` file with SCLD and write the result.
@@ -228,8 +246,11 @@ def augment_h5ad(
     Everything that can fail on the input is checked before training. The output holds
     the original cells (unchanged, with their ``obs``) followed by the synthetic cells,
     marked by ``obs["is_synthetic"]``; ``var`` and ``uns`` are kept, while other layers,
-    ``obsm`` and ``obsp`` are left out (they are undefined for synthetic cells). With
-    ``layer``, the augmented matrix is in that layer and ``X`` is empty.
+    ``obsm``, ``obsp`` and the ``uns`` results of the original cells (PCA, neighbours,
+    UMAP...) are left out (they do not cover the synthetic cells);
+    ``uns["scld_aug"]`` records the augmentation (see
+    :meth:`~scld_aug.SCLDSampler.fit_resample_anndata`). With ``layer``, the augmented
+    matrix is in that layer and ``X`` is empty, or log-normalized with ``normalize_x``.
 
     Parameters
     ----------
@@ -254,10 +275,12 @@ def augment_h5ad(
     include_anchors : bool, default=True
         Whether the saved sampler keeps what its generator stores per training cell
         (see :meth:`~scld_aug.SCLDGenerator.save`); ``False`` before sharing it.
+    normalize_x : bool, default=False
+        With ``layer``: ``X`` of the output is the log-normalized layer (``log1p`` of
+        counts scaled to 10,000 per cell), ready for PCA and UMAP.
     verbose : bool, default=False
-        Progress bars for training and sampling.
-    log : callable or None, default=None
-        Called with progress messages (e.g. ``print``).
+        Progress bars for training and sampling. What is read, planned and written goes
+        to the ``scld_aug`` logger at INFO level (the command line shows it).
     **sampler_params
         Other :class:`~scld_aug.SCLDSampler` parameters (``device``, ``guidance_scale``,
         ``diffusion_steps``...). Non-count data is refused unless
@@ -298,7 +321,7 @@ def augment_h5ad(
     from scld_aug import SCLDSampler
     from scld_aug._random import resolve_device
 
-    say = log or (lambda message: None)
+    say = logger.info
     input_path, output_path = Path(input_path), Path(output_path)
     save_path = None if save_sampler is None else Path(save_sampler)
     _check_paths(input_path, output_path, save_path, overwrite)
@@ -313,14 +336,8 @@ def augment_h5ad(
             "(a GPU when there is one, else the CPU) or --device cpu."
         ) from err
 
-    try:
-        adata = anndata_io.read(input_path)
-    except Exception as err:  # h5py and anndata raise many types for unreadable files
-        raise AugmentError(
-            f"Could not read {str(input_path)!r} as an .h5ad file ({type(err).__name__}: {err})."
-        ) from err
     likelihood = sampler_params.get("likelihood", "auto")
-    _, y = _checked_arrays(adata, labels_key, layer, likelihood)
+    adata, _, y = checked_input(input_path, labels_key, layer, likelihood)
     min_cells = sampler_params.get("min_class_size", MIN_CELLS)
     strategy = plan_augmentation(y, cell_types, target, min_cells)
     counts = Counter(y.tolist())
@@ -343,7 +360,9 @@ def augment_h5ad(
 
     sampler.set_params(sampling_strategy=strategy)
     start = time.perf_counter()
-    result = sampler.fit_resample_anndata(adata, labels_key=labels_key, layer=layer)
+    result = sampler.fit_resample_anndata(
+        adata, labels_key=labels_key, layer=layer, normalize_x=normalize_x
+    )
     say(f"Trained and sampled in {time.perf_counter() - start:.1f} s")
 
     try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -13,11 +14,13 @@ AUGMENT_EPILOG = """\
 examples:
   scld-aug augment pancreas.h5ad pancreas_aug.h5ad --labels-key cell_type --layer counts
   scld-aug augment in.h5ad out.h5ad --types mast schwann --target 200 --save-sampler mast.scld
+  scld-aug augment in.h5ad out.h5ad --generator atlas.pt   # pretrained: no training
 
 By default every rare type (under 2% of the cells, at least 3 cells) is raised to the
 median type size. The output holds the original cells, unchanged, then the synthetic
-ones, marked by obs["is_synthetic"]. With --layer, the augmented counts are in that
-layer and X is empty: normalize again downstream.
+ones, marked by obs["is_synthetic"]; uns["scld_aug"] records how they were made. With
+--layer, the augmented counts are in that layer and X is empty (normalize again downstream)
+or, with --normalize-x, log-normalized.
 """
 
 
@@ -155,14 +158,18 @@ def _given_params(args: argparse.Namespace, command: str) -> dict:
     }
 
 
-def _add_run_options(parser: argparse.ArgumentParser, command: str, saved: str) -> None:
+def _add_run_options(
+    parser: argparse.ArgumentParser, command: str, saved: str, with_params: bool
+) -> None:
     """Options shared by the commands that train: seed, --quick, the model and sampling
-    parameters, and how outputs are written."""
+    parameters (only when ``with_params``: they import scikit-learn), and how outputs are
+    written."""
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument(
         "--quick", action="store_true", help="tiny model with few steps, for smoke tests"
     )
-    _add_param_options(parser, command)
+    if with_params:
+        _add_param_options(parser, command)
     parser.add_argument(
         "--no-anchors",
         action="store_true",
@@ -175,12 +182,13 @@ def _add_run_options(parser: argparse.ArgumentParser, command: str, saved: str) 
     )
 
 
-def _add_augment_parser(sub) -> None:
+def _add_augment_parser(sub, with_params: bool) -> None:
     aug = sub.add_parser(
         "augment",
         help="add synthetic cells of the rare cell types to an .h5ad file",
-        description="Train SCLD on an .h5ad file and write it back with synthetic cells "
-        "of the rare (or the named) cell types.",
+        description="Train SCLD on an .h5ad file (or load a pretrained generator with "
+        "--generator) and write it back with synthetic cells of the rare (or the named) cell "
+        "types.",
         epilog=AUGMENT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -192,6 +200,12 @@ def _add_augment_parser(sub) -> None:
         help="obs column with cell types (default: %(default)s)",
     )
     aug.add_argument("--layer", help="layer with raw counts, e.g. counts (default: X)")
+    aug.add_argument(
+        "--normalize-x",
+        action="store_true",
+        help="with --layer: write X as the log-normalized augmented layer (log1p of counts "
+        "per 10,000), ready for PCA and UMAP (default: X empty)",
+    )
     aug.add_argument(
         "--types",
         nargs="+",
@@ -205,7 +219,7 @@ def _add_augment_parser(sub) -> None:
         metavar="N",
         help="cells per augmented type afterwards (default: median type size)",
     )
-    _add_run_options(aug, "augment", saved="--save-sampler's sampler")
+    _add_run_options(aug, "augment", saved="--save-sampler's sampler", with_params=with_params)
     aug.add_argument("--save-sampler", metavar="PATH", help="also save the fitted sampler there")
 
 
@@ -231,8 +245,8 @@ def _augment(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             save_sampler=args.save_sampler,
             include_anchors=not args.no_anchors,
+            normalize_x=args.normalize_x,
             verbose=not args.quiet,
-            log=log,
             **options,
         )
     except InvalidParameterError as err:
@@ -251,13 +265,137 @@ def _augment(args: argparse.Namespace) -> int:
             f"({int(summary['before'].sum())} real + {n_new} synthetic, "
             f'marked by obs["is_synthetic"]) in {time.perf_counter() - start:.0f} s'
         )
-        if args.layer:
+        if args.layer and args.normalize_x:
+            log(
+                f"The augmented counts are in layers[{args.layer!r}]; X holds them "
+                "log-normalized (log1p of counts per 10,000)."
+            )
+        elif args.layer:
             log(
                 f"The augmented matrix is in layers[{args.layer!r}] and X is empty: normalize "
-                "again downstream."
+                "again downstream, or pass --normalize-x."
             )
         if args.save_sampler:
             log(f"Saved the fitted sampler to {args.save_sampler} (SCLDSampler.load)")
+    return 0
+
+
+TUNE_EPILOG = """\
+examples:
+  scld-aug tune pancreas.h5ad --labels-key cell_type --layer counts --n-trials 20
+  scld-aug tune in.h5ad --n-trials 40 --storage sqlite:///study.db --study-name pancreas \\
+      --tracking --plots-dir tuning --save-sampler tuned.scld
+
+Each cross-validation fold trains one generator; trials only resample from it, so 20
+trials cost about as much as one. A trial over-samples the rare types (or --types, to
+--target cells) in the training folds, fits a logistic regression on log-normalized
+counts and scores it on the real held-out cells. Several processes can share a study
+through --storage and --study-name.
+"""
+
+
+def _add_tune_parser(sub, with_params: bool) -> None:
+    tune = sub.add_parser(
+        "tune",
+        help="tune guidance against a classifier on an .h5ad file (Optuna; MLflow optional)",
+        description="Search the sampling parameters (guidance scale, reference, post-guidance, "
+        "filter) for the best cross-validated score of a classifier trained on augmented "
+        "folds of an .h5ad file.",
+        epilog=TUNE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tune.add_argument("input", help="input .h5ad file")
+    tune.add_argument("--labels-key", default="cell_type", help="obs column with cell types")
+    tune.add_argument("--layer", help="layer with raw counts, e.g. counts (default: X)")
+    tune.add_argument(
+        "--types", nargs="+", metavar="TYPE", help="cell types to over-sample (default: rare)"
+    )
+    tune.add_argument("--target", type=_positive_int, metavar="N", help="cells per type afterwards")
+    tune.add_argument(
+        "--n-trials", type=_positive_int, default=20, help="trials (default: %(default)s)"
+    )
+    tune.add_argument("--cv", type=_positive_int, default=3, help="folds (default: %(default)s)")
+    tune.add_argument(
+        "--scoring", default="f1_macro", help="scikit-learn scorer (default: %(default)s)"
+    )
+    tune.add_argument("--storage", help="Optuna storage, e.g. sqlite:///study.db")
+    tune.add_argument("--study-name", help="study name (needed to share a study)")
+    tune.add_argument(
+        "--tracking",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="URI",
+        help="log the study to MLflow (default URI: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlruns/mlflow.db)",
+    )
+    tune.add_argument("--plots-dir", help="save the study's plots and trials.csv there")
+    tune.add_argument(
+        "--save-sampler", metavar="PATH", help="refit the best sampler on all cells, save it"
+    )
+    _add_run_options(tune, "augment", saved="--save-sampler's sampler", with_params=with_params)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from scld_aug import SCLDSampler
+    from scld_aug.apps.augment import AugmentError, checked_input, plan_augmentation
+    from scld_aug.presets import MIN_CELLS, QUICK
+    from scld_aug.tuning import tune_guidance
+
+    options = {**(QUICK if args.quick else {}), **_given_params(args, "augment")}
+    outputs = {args.save_sampler: _file_state(args.save_sampler)} if args.save_sampler else {}
+    try:
+        if args.save_sampler and os.path.exists(args.save_sampler) and not args.overwrite:
+            raise AugmentError(
+                f"{args.save_sampler!r} exists; pass --overwrite to replace it, or another path."
+            )
+        likelihood = options.get("likelihood", "auto")
+        adata, X, y = checked_input(args.input, args.labels_key, args.layer, likelihood)
+        min_cells = options.get("min_class_size", MIN_CELLS)
+        strategy = plan_augmentation(y, args.types, args.target, min_cells)
+        sampler = SCLDSampler(
+            random_state=args.seed,
+            sampling_strategy=strategy,
+            verbose=not args.quiet,
+            **options,
+        )
+        result = tune_guidance(
+            X,
+            y,
+            sampler=sampler,
+            cv=args.cv,
+            scoring=args.scoring,
+            n_trials=args.n_trials,
+            storage=args.storage,
+            study_name=args.study_name,
+            plots_dir=args.plots_dir,
+            tracking=args.tracking,
+            refit=bool(args.save_sampler),
+            random_state=args.seed,
+            verbose=not args.quiet,
+        )
+        if args.save_sampler:
+            result.sampler.save(args.save_sampler, include_anchors=not args.no_anchors)
+    except InvalidParameterError as err:
+        _error("tune", err)
+        return 2
+    except (ValueError, KeyError, OSError, TypeError) as err:  # AugmentError included
+        _error("tune", err)
+        return 1
+    except KeyboardInterrupt:
+        return _interrupted("tune", outputs)
+    if not args.quiet:
+        default = "" if result.default_score is None else f" (defaults: {result.default_score:.4f})"
+        print(f"Best {args.scoring}: {result.best_score:.4f}{default}")
+        print("Best parameters: " + ", ".join(f"{k}={v}" for k, v in result.best_params.items()))
+        print(
+            f"{len(result.study.trials)} trials, {result.n_trainings} generator trainings, "
+            f"{result.seconds:.0f} s" + (f"; MLflow run {result.run_id}" if result.run_id else "")
+        )
+        if args.save_sampler:
+            print(f"Saved the tuned sampler to {args.save_sampler} (SCLDSampler.load)")
     return 0
 
 
@@ -275,7 +413,7 @@ PyTorch DDP averages the gradients: NCCL with one GPU per process, gloo on CPUs.
 """
 
 
-def _add_train_parser(sub) -> None:
+def _add_train_parser(sub, with_params: bool) -> None:
     train = sub.add_parser(
         "train",
         help="pretrain a generator on an .h5ad file (single process or torchrun DDP)",
@@ -292,7 +430,7 @@ def _add_train_parser(sub) -> None:
         action="store_true",
         help="stream the matrix from disk instead of loading it (memory flat in the cells)",
     )
-    _add_run_options(train, "train", saved="generator file")
+    _add_run_options(train, "train", saved="generator file", with_params=with_params)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -351,27 +489,70 @@ def _train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``scld-aug`` command line; returns the exit status."""
+    from scld_aug import __version__
+
     parser = _Parser(prog="scld-aug", description="Single-cell latent diffusion augmentation.")
+    parser.add_argument("--version", action="version", version=f"scld-aug {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
-        "demo", help="augment the shipped Baron pancreas data and compare with SMOTE"
+        "demo",
+        help="augment the shipped Baron pancreas data and compare with SMOTE",
+        description="Augment the shipped Baron pancreas data (1,937 cells, 14 types): raise "
+        "every rare type to the median type size, print the cell counts before and after, "
+        "and compare a logistic regression's F1 with no augmentation, random duplication, "
+        "SMOTE and SCLD in cross-validation. Writes the augmented .h5ad, tables and figures.",
     )
-    demo.add_argument("--output-dir", default="scld_demo_output")
-    demo.add_argument("--folds", type=int, default=3)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--output-dir",
+        default="scld_demo_output",
+        help="folder for the outputs (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--folds", type=_positive_int, default=3, help="cross-validation folds (default: 3)"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--quick", action="store_true", help="tiny model, for a smoke test")
-    _add_augment_parser(sub)
-    _add_train_parser(sub)
+    # The parameter options import scikit-learn: only the command being run gets them, so
+    # that --version and the overview --help answer at once. The first word that is not an
+    # option is the command (the top level has no options that take a value).
+    words = sys.argv[1:] if argv is None else argv
+    command = next((word for word in words if not word.startswith("-")), None)
+    _add_augment_parser(sub, with_params=command == "augment")
+    _add_train_parser(sub, with_params=command == "train")
+    _add_tune_parser(sub, with_params=command == "tune")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        from scld_aug.apps.demo import run_demo
+    with _console(quiet=getattr(args, "quiet", False)):
+        if args.command == "demo":
+            from scld_aug.apps.demo import run_demo
 
-        run_demo(args.output_dir, n_folds=args.folds, seed=args.seed, quick=args.quick)
-    elif args.command == "augment":
-        return _augment(args)
-    elif args.command == "train":
-        return _train(args)
+            run_demo(args.output_dir, n_folds=args.folds, seed=args.seed, quick=args.quick)
+        elif args.command == "augment":
+            return _augment(args)
+        elif args.command == "train":
+            return _train(args)
+        elif args.command == "tune":
+            return _tune(args)
     return 0
+
+
+@contextlib.contextmanager
+def _console(quiet: bool):
+    """Show the ``scld_aug`` logger's INFO messages (what is read, trained, written) on
+    stdout while a command runs, unless ``quiet``; the library alone stays silent."""
+    import logging
+
+    logger = logging.getLogger("scld_aug")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    if not quiet:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Run with ``scld-aug demo`` (or ``make demo``).
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections import Counter
@@ -24,6 +25,8 @@ import numpy as np
 import pandas as pd
 
 from scld_aug.presets import QUICK, RARE_FRACTION, rare_strategy
+
+logger = logging.getLogger(__name__)
 
 
 def _samplers(seed: int, quick: bool) -> dict:
@@ -37,7 +40,10 @@ def _samplers(seed: int, quick: bool) -> dict:
         "RandomOverSampler": RandomOverSampler(sampling_strategy=rare_strategy, random_state=seed),
         # k=2 neighbours: rare types have as few as 3 training cells in a fold.
         "SMOTE": SMOTE(sampling_strategy=rare_strategy, k_neighbors=2, random_state=seed),
-        "SCLD": SCLDSampler(sampling_strategy=rare_strategy, random_state=seed, **extra),
+        # verbose: a progress bar for each fold's training, the longest part of the demo.
+        "SCLD": SCLDSampler(
+            sampling_strategy=rare_strategy, random_state=seed, verbose=True, **extra
+        ),
     }
 
 
@@ -86,7 +92,7 @@ def cross_validated_predictions(
     return predicted.astype(str)
 
 
-def cross_validated_f1(X, y, n_folds: int, seed: int, quick: bool, log=print) -> pd.DataFrame:
+def cross_validated_f1(X, y, n_folds: int, seed: int, quick: bool) -> pd.DataFrame:
     """Per-class F1 of each method from pooled out-of-fold predictions (rows: classes)."""
     from sklearn.metrics import f1_score
 
@@ -98,7 +104,7 @@ def cross_validated_f1(X, y, n_folds: int, seed: int, quick: bool, log=print) ->
             lambda sampler=sampler: _pipeline(sampler), X, y, n_folds, seed
         )
         table[name] = f1_score(y, predicted, labels=classes, average=None, zero_division=0)
-        log(f"  {name:<18} {time.perf_counter() - start:6.1f} s")
+        logger.info(f"  {name:<18} {time.perf_counter() - start:6.1f} s")
     return pd.DataFrame(table, index=classes)
 
 
@@ -129,6 +135,34 @@ def plot_real_vs_synthetic(
     )
 
 
+def marker_summary(adata_res, labels_key: str, types: list, path: Path) -> pd.DataFrame:
+    """Each rare type's 5 marker genes in its real and its synthetic cells: a dot plot, and
+    the median ratio of synthetic to real marker expression per type in the log (guidance
+    sharpens a type, so synthetic markers tend to run above the real ones)."""
+    from scld_aug import plotting
+    from scld_aug.metrics import marker_expression
+
+    synthetic = adata_res.obs["is_synthetic"].to_numpy()
+    labels = adata_res.obs[labels_key].astype(str).to_numpy()
+    table = marker_expression(
+        adata_res.X[~synthetic],
+        labels[~synthetic],
+        adata_res.X[synthetic],
+        labels[synthetic],
+        types,
+        gene_names=adata_res.var_names,
+    )
+    plotting.marker_dotplot(
+        table, path, title="Marker genes of the rare types: real vs SCLD-synthetic cells"
+    )
+    ratios = table[table["source"] == "real"].groupby("cell_type", sort=False)["ratio"].median()
+    logger.info(
+        "Marker expression, synthetic / real (median of 5 markers, log-normalized): "
+        + ", ".join(f"{t} {r:.2f}" for t, r in ratios.items())
+    )
+    return table
+
+
 def plot_f1(f1: pd.DataFrame, rare: list, path: Path) -> None:
     from scld_aug import plotting
 
@@ -145,9 +179,9 @@ def run_demo(
     n_folds: int = 3,
     seed: int = 0,
     quick: bool = False,
-    log=print,
 ) -> dict:
-    """Run the main job and return its tables (also printed and written to ``output_dir``)."""
+    """Run the main job and return its tables (also written to ``output_dir``, and reported
+    to the ``scld_aug`` logger at INFO level, which ``scld-aug demo`` prints)."""
     from scld_aug import SCLDSampler, datasets
 
     out = Path(output_dir)
@@ -155,11 +189,11 @@ def run_demo(
     t0 = time.perf_counter()
     adata = datasets.baron_pancreas()
     y = adata.obs["cell_type"].astype(str).to_numpy()
-    log(
+    logger.info(
         f"Baron human pancreas (donor 1): {adata.n_obs} cells x {adata.n_vars} genes, {len(set(y))} cell types, raw UMI counts"
     )
 
-    log("\n[1/2] Training SCLD on all cells and over-sampling the rare types")
+    logger.info("\n[1/2] Training SCLD on all cells and over-sampling the rare types")
     sampler = SCLDSampler(
         sampling_strategy=rare_strategy, random_state=seed, verbose=True, **(QUICK if quick else {})
     )
@@ -171,10 +205,10 @@ def run_demo(
     counts = pd.DataFrame({"real": before, "after": after}).fillna(0).astype(int)
     counts["synthetic"] = counts["after"] - counts["real"]
     counts = counts.sort_values("real", ascending=False)
-    log(
+    logger.info(
         f"Trained and sampled in {elapsed:.1f} s on {sampler.device_}; {counts['synthetic'].sum()} synthetic cells"
     )
-    log(counts.to_string())
+    logger.info(counts.to_string())
     augmented.write_h5ad(out / "baron_augmented.h5ad")
     rare = [c for c in counts.index if counts.loc[c, "synthetic"] > 0]
     plot_real_vs_synthetic(
@@ -184,20 +218,25 @@ def run_demo(
         rare,
         out / "tsne_real_vs_synthetic.png",
     )
+    markers = marker_summary(augmented, "cell_type", rare, out / "marker_dotplot.png")
+    markers.to_csv(out / "markers.csv", index=False)
 
-    log(f"\n[2/2] {n_folds}-fold cross-validation of LogisticRegression on log-normalized counts")
-    f1 = cross_validated_f1(adata.X, y, n_folds, seed, quick, log=log)
+    logger.info(
+        f"\n[2/2] {n_folds}-fold cross-validation of LogisticRegression on log-normalized counts"
+    )
+    f1 = cross_validated_f1(adata.X, y, n_folds, seed, quick)
     scored = [c for c in counts.index if counts.loc[c, "real"] < RARE_FRACTION * len(y)]
     summary = f1.loc[scored].copy()
     summary.loc["mean F1, rare types"] = f1.loc[scored].mean()
     summary.loc["macro-F1, all types"] = f1.mean()
-    log("F1 per rare type (types with < 2% of cells; t_cell has too few cells to augment):")
-    log(summary.round(3).to_string())
+    logger.info("F1 per rare type (types with < 2% of cells; t_cell has too few cells to augment):")
+    logger.info(summary.round(3).to_string())
     summary.to_csv(out / "f1.csv")
     counts.to_csv(out / "class_counts.csv")
     plot_f1(f1, scored, out / "rare_f1.png")
-    log(
-        f"\nWrote {out}/: baron_augmented.h5ad, class_counts.csv, f1.csv, tsne_real_vs_synthetic.png, rare_f1.png"
+    logger.info(
+        f"\nWrote {out}/: baron_augmented.h5ad, class_counts.csv, f1.csv, markers.csv, "
+        "tsne_real_vs_synthetic.png, marker_dotplot.png, rare_f1.png"
     )
-    log(f"Total time {time.perf_counter() - t0:.0f} s")
-    return {"counts": counts, "f1": summary}
+    logger.info(f"Total time {time.perf_counter() - t0:.0f} s")
+    return {"counts": counts, "f1": summary, "markers": markers}

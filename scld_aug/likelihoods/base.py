@@ -110,16 +110,17 @@ class Likelihood:
 
     def decode(
         self,
-        decoded: np.ndarray,
-        dispersion: np.ndarray,
+        decoded: torch.Tensor,
+        dispersion: torch.Tensor,
         panel: GenePanel,
         code: int,
         output: str,
-        rng: np.random.Generator,
+        generator: torch.Generator,
         libraries: Any,
     ) -> np.ndarray | sp.csr_matrix:
         """Cells of class ``code`` (all genes, float64) from decoder output ``decoded``
-        (float64 numpy), drawing from ``rng`` unless ``output == "mean"``: a dense array, or
-        a CSR matrix where the cells are sparse (sampled counts). ``libraries`` holds the
-        observed library sizes of the class (counts only)."""
+        (float32, on the networks' device), drawing on that device from ``generator`` unless
+        ``output == "mean"``: a dense array, or a CSR matrix where the cells are sparse
+        (sampled counts). ``dispersion`` is the decoder's per-output dispersion on the same
+        device; ``libraries`` holds the observed library sizes of the class (counts only)."""
         raise NotImplementedError

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
 from scld_aug.likelihoods.base import GeneStatistics, Likelihood
 from scld_aug.statistics import class_sums, column_range, weighted_moments
@@ -64,23 +65,30 @@ class Gaussian(Likelihood):
         z = (target - decoded) / log_sigma.exp()
         return (-0.5 * z**2 - log_sigma - 0.5 * math.log(2 * math.pi)).sum(-1)
 
-    def decode(self, decoded, dispersion, panel, code, output, rng, libraries: Any):
-        n = len(decoded)
-        cells = np.zeros((n, panel.n_genes))
-        mean = decoded * panel.scale + panel.center
-        if output == "mean":
-            values = mean
-        else:
-            values = mean + rng.standard_normal(mean.shape) * dispersion * panel.scale
-        cells[:, panel.genes] = values
+    def decode(self, decoded, dispersion, panel, code, output, generator, libraries: Any):
+        n, device = decoded.shape[0], decoded.device
+
+        def tensor(values: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(values, dtype=torch.float32, device=device)
+
+        def normal(shape: tuple[int, int]) -> torch.Tensor:
+            return torch.randn(shape, generator=generator, device=device)
+
+        cells = torch.zeros(n, panel.n_genes, device=device)
+        scale = tensor(panel.scale)
+        values = decoded * scale + tensor(panel.center)
+        if output != "mean":
+            values += normal(values.shape) * dispersion * scale
+        cells[:, torch.as_tensor(panel.genes, device=device)] = values
         if len(panel.rest):
-            zero_rate = panel.rest_zero_rate[code]
-            loc, spread = panel.rest_profile[code], panel.rest_spread[code]
+            rest = torch.as_tensor(panel.rest, device=device)
+            zero_rate = tensor(panel.rest_zero_rate[code])
+            loc, spread = tensor(panel.rest_profile[code]), tensor(panel.rest_spread[code])
             if output == "mean":
-                cells[:, panel.rest] = (1 - zero_rate) * loc
+                cells[:, rest] = (1 - zero_rate) * loc
             else:
-                draws = loc + spread * rng.standard_normal((n, len(panel.rest)))
-                cells[:, panel.rest] = np.where(
-                    rng.random((n, len(panel.rest))) < zero_rate, 0.0, draws
-                )
-        return np.clip(cells, panel.lower, panel.upper)
+                draws = loc + spread * normal((n, len(panel.rest)))
+                zero = torch.rand((n, len(panel.rest)), generator=generator, device=device)
+                cells[:, rest] = torch.where(zero < zero_rate, 0.0, draws)
+        cells = torch.clamp(cells, tensor(panel.lower), tensor(panel.upper))
+        return cells.cpu().double().numpy()

@@ -12,7 +12,7 @@ from scld_aug.likelihoods.base import GeneStatistics, Likelihood
 from scld_aug.statistics import TARGET_SUM, class_sums, weighted_moments
 
 if TYPE_CHECKING:
-    pass
+    from scld_aug.genes import GenePanel
 
 
 def negative_binomial_log_prob(
@@ -57,23 +57,40 @@ def normalized_dispersion(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     return score
 
 
-def _sorted_csr(parts: list[np.ndarray], columns: np.ndarray, n_genes: int) -> sp.csr_matrix:
-    """Canonical CSR (float64) of dense integer blocks side by side whose columns are the
-    genes ``columns``, without copying the blocks into gene order: only the nonzero mask is
-    reordered, and the values are gathered from their block."""
+def _count_layout(
+    panel: GenePanel, code: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each drawn column goes: the genes drawn for class ``code`` (the modelled ones
+    and the other genes the class expresses) in ascending order, the other genes' shares of
+    the "all other genes" total at their positions (zero at modelled genes), and the
+    positions of the modelled genes. Drawing in gene order lets the nonzero entries come
+    out as canonical CSR directly."""
+    profile = panel.rest_profile[code] if len(panel.rest) else np.zeros(0)
+    expressed = np.flatnonzero(profile)
+    columns = np.concatenate([panel.genes, panel.rest[expressed]])
     order = np.argsort(columns, kind="stable")
-    mask = np.concatenate([part != 0 for part in parts], axis=1)[:, order]
-    rows, position = np.nonzero(mask)  # row-major: rows ascending, genes ascending within
-    source = order[position]
-    data = np.empty(len(rows))
-    start = 0
-    for part in parts:
-        mine = (source >= start) & (source < start + part.shape[1])
-        data[mine] = part[rows[mine], source[mine] - start]
-        start += part.shape[1]
-    indptr = np.zeros(mask.shape[0] + 1, dtype=np.int64)
-    np.cumsum(mask.sum(axis=1), out=indptr[1:])
-    return sp.csr_matrix((data, columns[source], indptr), shape=(mask.shape[0], n_genes))
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    shares = np.zeros(len(columns), dtype=np.float32)
+    shares[position[len(panel.genes) :]] = profile[expressed]
+    return (
+        torch.as_tensor(columns[order], device=device),
+        torch.as_tensor(shares, device=device),
+        torch.as_tensor(position[: len(panel.genes)], device=device),
+    )
+
+
+def _csr(counts: torch.Tensor, columns: torch.Tensor, n_genes: int) -> sp.csr_matrix:
+    """Canonical CSR (float64) of ``counts``, whose columns are the ascending genes
+    ``columns``; found on the counts' device, so only the nonzero entries are copied."""
+    rows, position = torch.nonzero(counts, as_tuple=True)  # row-major: genes ascend per row
+    values = counts[rows, position].double()
+    indptr = torch.zeros(counts.shape[0] + 1, dtype=torch.long, device=counts.device)
+    torch.cumsum(torch.bincount(rows, minlength=counts.shape[0]), 0, out=indptr[1:])
+    return sp.csr_matrix(
+        (values.cpu().numpy(), columns[position].cpu().numpy(), indptr.cpu().numpy()),
+        shape=(counts.shape[0], n_genes),
+    )
 
 
 class NegativeBinomial(Likelihood):
@@ -155,26 +172,30 @@ class NegativeBinomial(Likelihood):
         log_mu = decoded + library.log()[:, None]
         return negative_binomial_log_prob(target, log_mu, log_dispersion).sum(-1)
 
-    def decode(self, decoded, dispersion, panel, code, output, rng, libraries: Any):
-        n = len(decoded)
-        library = rng.choice(libraries, size=n, replace=True)
-        mu = library[:, None] * np.exp(decoded)
+    def decode(self, decoded, dispersion, panel, code, output, generator, libraries: Any):
+        n, device = decoded.shape[0], decoded.device
+        libraries = torch.as_tensor(libraries, dtype=torch.float32, device=device)
+        picks = torch.randint(len(libraries), (n,), generator=generator, device=device)
+        mu = libraries[picks, None] * decoded.exp()
         if output == "mean":
+            mu = mu.double().cpu().numpy()
             cells = np.zeros((n, panel.n_genes))
             cells[:, panel.genes] = mu[:, : len(panel.genes)]
             if len(panel.rest):
                 cells[:, panel.rest] = mu[:, -1:] * panel.rest_profile[code]
             return cells
-        # Counts are sparse, so the block is built as CSR: no dense rows over all genes.
-        rate = rng.gamma(dispersion, mu / dispersion)
+        # NB as a gamma-Poisson mixture. torch.distributions has no generator argument, so
+        # the gamma draws come from the primitive it uses.
+        rate = torch._standard_gamma(dispersion.expand(n, -1), generator=generator)
+        rate *= mu / dispersion
+        columns, shares, modelled_at = _count_layout(panel, code, device)
         modelled = len(panel.genes)
-        genes, counts = [panel.genes], [rng.poisson(rate[:, :modelled])]
-        profile = panel.rest_profile[code] if len(panel.rest) else np.zeros(0)
-        if profile.sum() > 0:
-            # The other genes' total is Poisson(rate) split by the class's profile, which is
-            # the same as independent Poisson counts at each gene's share of the rate: drawn
-            # that way, in one vectorized call, and only for genes the class expresses.
-            expressed = np.flatnonzero(profile)
-            genes.append(panel.rest[expressed])
-            counts.append(rng.poisson(rate[:, modelled:] * profile[expressed]))
-        return _sorted_csr(counts, np.concatenate(genes), panel.n_genes)
+        # The other genes' total is Poisson(rate) split by the class's profile, which is the
+        # same as independent Poisson counts at each gene's share of the rate: drawn that
+        # way, in one call with the modelled genes, and only for genes the class expresses.
+        if rate.shape[1] > modelled:
+            full = rate[:, modelled:] * shares
+        else:
+            full = torch.zeros(n, len(columns), device=device)
+        full[:, modelled_at] = rate[:, :modelled]
+        return _csr(torch.poisson(full, generator=generator), columns, panel.n_genes)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from scld_aug import plotting
 from scld_aug.tracking import models
-from scld_aug.tracking.transport import FIT_EXPERIMENT, RunLogger
+from scld_aug.tracking.transport import FIT_EXPERIMENT, RunLogger, metric_key
 
 # Loss values per network are logged every `LOSS_LOG_EVERY` optimizer steps (as the mean
 # over those steps): per-step curves of thousands of points add nothing but storage.
@@ -275,6 +275,15 @@ def _log_fit_steps(run, step, sampler, X, y, X_res, y_res, log_model, fit_second
         modelled_genes=len(generator.panel.genes),
     )
     run.log_params(params)
+    if step("logging the training data"):
+        from scld_aug.data import fingerprint
+
+        matrix = as_csr(_as_rows(X))
+        run.log_training_data(
+            "training cells",
+            fingerprint(matrix, y)[:20],
+            {"n_cells": len(y), "n_genes": int(matrix.shape[1]), "n_classes": len(set(y))},
+        )
     final = {}
     if step("logging the loss curves"):
         for name, values in generator.history.items():
@@ -303,6 +312,9 @@ def _log_fit_steps(run, step, sampler, X, y, X_res, y_res, log_model, fit_second
             if len(y_res) > n and step("computing the real-vs-synthetic MMD"):
                 real, synthetic = as_csr(_as_rows(X)), as_csr(_rows(X_res, n))
                 final.update(_fidelity(real, y, synthetic, y_res[n:]))
+                # Per-type metric names are sanitized; the tags keep the types' own names.
+                types = np.unique(y_res[n:])
+                run.set_tags({f"scld_aug.cell_type.{metric_key(t)}": str(t) for t in types})
                 if step("plotting the embedding"):
                     path = plot_embedding(real, y, synthetic, y_res[n:], tmp / "embedding.png")
                     run.log_artifact(path, "plots")
@@ -338,8 +350,9 @@ def fit_resample_logged(
     >>> sampler = SCLDSampler(random_state=0, autoencoder_steps=20, diffusion_steps=20,
     ...                       classifier_steps=10, n_sampling_steps=5)
 
-    Logged to a SQLite store in the working directory (``mlflow ui --backend-store-uri
-    sqlite:///mlflow.db`` shows it; creating the store takes a few seconds):
+    Logged to a SQLite store in the working directory, its files beside it in
+    ``mlflow_artifacts/`` (``mlflow ui --backend-store-uri sqlite:///mlflow.db`` shows it;
+    creating the store takes a few seconds):
 
     >>> X_res, y_res, run_id = fit_resample_logged(
     ...     sampler, X, y, tracking_uri="sqlite:///mlflow.db")  # doctest: +SKIP

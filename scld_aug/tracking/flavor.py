@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 LOADER_MODULE = "scld_aug.tracking.flavor"
@@ -69,8 +70,7 @@ class SCLDGeneratorModel:
             cells = self.sampler.generate(int(n), cell_type)
             if hasattr(cells, "toarray"):
                 cells = cells.toarray()
-            frame = cells if isinstance(cells, pd.DataFrame) else pd.DataFrame(cells)
-            frame.columns = [str(c) for c in frame.columns]
+            frame = pd.DataFrame(np.asarray(cells), columns=self._gene_columns())
             frame.insert(0, "cell_type", cell_type)
             frames.append(frame)
         if not frames:
@@ -78,7 +78,11 @@ class SCLDGeneratorModel:
         return pd.concat(frames, ignore_index=True)
 
     def _gene_columns(self) -> list[str]:
+        """Gene names when training knew them (AnnData ``var_names``, DataFrame columns),
+        else the genes' positions."""
         names = getattr(self.sampler, "feature_names_in_", None)
+        if names is None:
+            names = getattr(self.sampler.generator_, "gene_names", None)
         if names is not None:
             return [str(c) for c in names]
         return [str(i) for i in range(self.sampler.n_features_in_)]

@@ -125,6 +125,11 @@ class StudyTracker:
         else:
             for path in result.plots.values():
                 self.parent.log_artifact(path, "tuning")
+        if result.sampler is not None:  # the refit tuned sampler, loadable from the run
+            from scld_aug.tracking import models
+
+            with tempfile.TemporaryDirectory() as tmp:
+                models.log_model(self.parent, result.sampler, Path(tmp))
         self.parent.end()
         return self.parent.run_id if self.parent.active else None
 

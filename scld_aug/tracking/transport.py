@@ -6,8 +6,10 @@ warning, marks the run FAILED when it can and stops logging, while the fit or st
 on and returns its result.
 
 Where runs go: the ``tracking_uri`` argument, else ``MLFLOW_TRACKING_URI``, else a SQLite
-store ``mlflow.db`` in the working directory (``mlflow ui --backend-store-uri
-sqlite:///mlflow.db`` shows it).
+store in the folder ``mlruns/`` of the working directory (``mlflow ui --backend-store-uri
+sqlite:///mlruns/mlflow.db`` shows it). With a local SQLite store, the files of the runs
+(plots, reports, models) go beside the database, into ``<database name>_artifacts/``, so
+that the store is one folder wherever the process runs.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 #: Experiment of sampler fits (tuning studies and benchmarks have their own).
 FIT_EXPERIMENT = "scld-aug"
 # How long the best-effort "mark the run FAILED" call may take against a tracking server.
@@ -45,15 +48,46 @@ def tracking_uri(uri: str | None = None) -> str:
 _resolve_uri = tracking_uri  # for functions whose own argument is named tracking_uri
 
 
+def local_database(uri: str) -> Path | None:
+    """The database file of a local SQLite tracking URI, else None.
+
+    Examples
+    --------
+    >>> local_database("sqlite:///mlruns/mlflow.db"), local_database("http://127.0.0.1:5000")
+    (PosixPath('mlruns/mlflow.db'), None)
+    """
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
+
+
+def ensure_experiment(client, uri: str, name: str) -> str:
+    """The id of experiment ``name``, created when missing. On a local SQLite store its
+    files go to ``<database name>_artifacts/<name>`` beside the database (MLflow's own
+    default is ``./mlruns`` of whatever folder the process runs in); a server keeps its
+    own artifact root."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    database = local_database(uri)
+    location = None
+    if database is not None:
+        folder = database.resolve().parent / f"{database.stem}_artifacts" / metric_key(name)
+        location = folder.as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
 def metric_key(name: Any) -> str:
-    """An MLflow-safe metric or parameter name (cell-type names may hold ``+`` or ``#``).
+    """An MLflow metric, parameter or folder name: every character but letters, digits,
+    ``_``, ``-`` and ``.`` becomes ``_`` (cell-type names hold ``+``, ``/`` and spaces,
+    which MLflow either refuses or reads as folders). Runs keep the original type names as
+    tags (``scld_aug.cell_type.<key>``).
 
     Examples
     --------
     >>> metric_key("mmd_CD4+/CD25 T Reg")
-    'mmd_CD4_/CD25 T Reg'
+    'mmd_CD4__CD25_T_Reg'
     """
-    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", str(name))[:250]
+    return re.sub(r"[^0-9A-Za-z_.-]", "_", str(name))[:250]
 
 
 def _require_mlflow():
@@ -150,6 +184,9 @@ class RunLogger:
             mlflow = _require_mlflow()
             if parent is None:
                 _check_reachable(self.uri)
+                database = local_database(self.uri)
+                if database is not None:
+                    database.parent.mkdir(parents=True, exist_ok=True)
                 self.client = mlflow.MlflowClient(tracking_uri=self.uri)
                 outer = mlflow.active_run()
                 if outer is not None and mlflow.get_tracking_uri() == self.uri:
@@ -157,12 +194,7 @@ class RunLogger:
                     parent_id, experiment_id = outer.info.run_id, outer.info.experiment_id
                 else:
                     parent_id = None
-                    found = self.client.get_experiment_by_name(experiment)
-                    experiment_id = (
-                        found.experiment_id
-                        if found is not None
-                        else self.client.create_experiment(experiment)
-                    )
+                    experiment_id = ensure_experiment(self.client, self.uri, experiment)
             else:
                 self.client = parent.client
                 experiment_id = parent.experiment_id
@@ -256,6 +288,24 @@ class RunLogger:
         ]
         for start in range(0, len(items), 1000):
             self._call("log_batch", metrics=items[start : start + 1000])
+
+    def log_training_data(self, name: str, digest: str, profile: dict) -> None:
+        """Record the data the run trained on as an MLflow dataset input (name, digest and
+        a profile of its shape; no data is uploaded), so that runs show which data each
+        used and runs on the same data share its digest."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(
+            name=name,
+            digest=digest,
+            source_type="code",
+            source=json.dumps({"kind": "in-memory matrix given to fit"}),
+            profile=json.dumps(profile),
+        )
+        context = InputTag(key="mlflow.data.context", value="training")
+        self._call("log_inputs", datasets=[DatasetInput(dataset, tags=[context])])
 
     def set_tags(self, tags: dict) -> None:
         """Set tags on the run (values as text)."""
