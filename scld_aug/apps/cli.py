@@ -381,7 +381,7 @@ def _tune(args: argparse.Namespace) -> int:
     except InvalidParameterError as err:
         _error("tune", err)
         return 2
-    except (ValueError, KeyError, OSError, TypeError) as err:  # AugmentError included
+    except (ValueError, KeyError, OSError) as err:  # AugmentError included
         _error("tune", err)
         return 1
     except KeyboardInterrupt:
