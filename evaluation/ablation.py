@@ -4,12 +4,12 @@
 "w=4 ref=confusable" --seeds 5 --output results.csv``
 
 For each seed, the downsampling protocol's split is made (types cut to ``k`` training
-cells, see :func:`evaluation.protocols.rare_downsampling`). Each training variant trains
+cells, see :func:`scld_aug.benchmark.protocols.rare_downsampling`). Each training variant trains
 one generator on that training set; each sampling variant then draws the same cells a
 Pipeline would (``fit_resample`` with the generator, no retraining) and is scored on:
 
 * downstream: rare-type F1 and macro-F1 of each classifier of the benchmark on the untouched
-  test cells (the pipeline of :func:`evaluation.methods.make_pipeline` without the sampler,
+  test cells (the pipeline of :func:`scld_aug.benchmark.methods.make_pipeline` without the sampler,
   fitted on the resampled data: the same numbers as with the sampler inside);
 * ``recognised``: per cut type, the share of its synthetic cells that a logistic regression
   trained on all real training cells of the split (before the cut) calls that type;
@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 
 from evaluation.__main__ import load
-from evaluation.methods import make_pipeline
-from evaluation.protocols import default_downsample_types, downsampled, variant_params
+from scld_aug.benchmark.methods import make_pipeline
+from scld_aug.benchmark.protocols import default_downsample_types, downsampled, variant_params
 from scld_aug.metrics import ReferenceEmbedding, downstream_scores, memorization
 
 
@@ -63,6 +63,7 @@ def score_cells(X, y, train, train_k, test, types, X_res, y_res, seed, classifie
     embedding = ReferenceEmbedding().fit(X[train_k])
     judge = LogisticRegression(max_iter=2000).fit(embedding.transform(X[train]), y[train])
     synthetic, labels = X_res[n_real:], y_res[n_real:]
+    rows += training_proxies(embedding, X[train_k], y[train_k], synthetic, labels, types, seed)
     for t in types:
         mine = labels == t
         if not mine.any():
@@ -81,6 +82,50 @@ def score_cells(X, y, train, train_k, test, types, X_res, y_res, seed, classifie
             },
             {"cell_type": t, "metric": "memorization_ratio", "value": novelty["ratio"]},
         ]
+    return rows
+
+
+def training_proxies(embedding, X_real, y_real, synthetic, labels, types, seed) -> list[dict]:
+    """Scores a sampler could compute at fit time, from its training cells alone, to choose
+    between generators: the mean F1 of the cut types on the real training cells, each
+    predicted with the synthetic cells added to the training side, by
+
+    * ``proxy_knn``: leave-one-out 5-nearest neighbours in the embedding;
+    * ``proxy_logreg``: 5-fold cross-validated logistic regression (synthetic cells in every
+      training fold).
+
+    The synthetic cells come from a generator that saw every real cell, held-out ones
+    included, so copies of training cells are rewarded: measured to see whether such a
+    cheap proxy still orders generators as the downstream test does.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.neighbors import NearestNeighbors
+    from sklearn.pipeline import make_pipeline as make_sk_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    real, fake = embedding.transform(X_real), embedding.transform(synthetic)
+    pool = np.vstack([real, fake])
+    pool_labels = np.concatenate([y_real, labels])
+    _, idx = NearestNeighbors(n_neighbors=6).fit(pool).kneighbors(real)
+    knn_pred = []
+    for i, row in enumerate(idx):
+        neighbours = [j for j in row if j != i][:5]
+        values, counts = np.unique(pool_labels[neighbours], return_counts=True)
+        knn_pred.append(values[counts.argmax()])
+    logreg_pred = np.empty(len(y_real), dtype=object)
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # types with fewer than 5 cells
+        for fit_rows, held in folds.split(real, y_real):
+            model = make_sk_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+            model.fit(np.vstack([real[fit_rows], fake]), np.concatenate([y_real[fit_rows], labels]))
+            logreg_pred[held] = model.predict(real[held])
+    rows = []
+    for name, predicted in (("proxy_knn", np.asarray(knn_pred)), ("proxy_logreg", logreg_pred)):
+        f1 = f1_score(y_real, predicted.astype(str), labels=list(types), average="macro")
+        rows.append({"metric": name, "value": float(f1)})
     return rows
 
 
@@ -173,6 +218,10 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
     for (clf, metric), part in stats.groupby(level=["classifier", "metric"]):
         name = f"{clf} {'rare' if metric == 'rare_macro_f1' else 'macro'}"
         table[name] = {m: f"{r['mean']:.3f} ± {r['std']:.3f}" for (m, _, _), r in part.iterrows()}
+    for metric in ("proxy_knn", "proxy_logreg"):
+        part = results[results.metric == metric].groupby("method").value
+        if len(part):
+            table[metric] = {m: f"{v.mean():.3f} ± {v.std():.3f}" for m, v in part}
     cells = results[results.metric.isin(["recognised", "memorization_ratio"])]
     if len(cells):
         per_type = cells.groupby(["method", "metric", "cell_type"]).value.mean()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 def parse(variant: str) -> dict:
     """``"kl_weight=1 autoencoder_class_balance=None"`` -> sampler parameters (the method
-    names of the benchmark, :func:`evaluation.protocols.variant_params`)."""
-    from evaluation.protocols import variant_params
+    names of the benchmark, :func:`scld_aug.benchmark.protocols.variant_params`)."""
+    from scld_aug.benchmark.protocols import variant_params
 
     try:
         return variant_params("SCLD " + variant)

@@ -437,8 +437,8 @@ def scvi_benchmark(out: Path, scvi_epochs: int = 50) -> pd.DataFrame:
     ``steps * batch_size / n_cells`` summed over its three networks. scVI is timed for
     ``scvi_epochs`` epochs and scaled to that many (its epochs take the same time each).
     """
-    from evaluation.scvi_baseline import SCVISampler
     from scld_aug import SCLDSampler, datasets
+    from scld_aug.benchmark.scvi_baseline import SCVISampler
 
     adata = datasets.baron_pancreas()
     X, y = adata.X, adata.obs["cell_type"].astype(str).to_numpy()

@@ -211,4 +211,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    main()
+    from scld_aug.logs import console
+
+    with console():  # the library's messages: each training and fold
+        main()

@@ -49,7 +49,7 @@ SMOKE_CELLS_PER_TYPE = 100  # smoke mode: cap on the large types; rare types are
 def make_pipeline(method: str, classifier: str, seed: int, memory: Path, quick: bool):
     """``augment -> log-normalize -> 50 SVD components -> classifier`` as an imblearn Pipeline.
 
-    The classifiers follow ``evaluation/methods.py``: scaled components for the linear
+    The classifiers follow ``scld_aug/benchmark/methods.py``: scaled components for the linear
     model; kNN and forests use the components as they are.
     """
     from imblearn.over_sampling import SMOTE
@@ -218,4 +218,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    main()
+    from scld_aug.logs import console
+
+    with console():  # the library's messages: each training and fold
+        main()

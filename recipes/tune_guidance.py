@@ -164,4 +164,7 @@ def _fmt(params: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from scld_aug.logs import console
+
+    with console():  # the library's messages: each training and fold
+        main()

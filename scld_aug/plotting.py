@@ -202,10 +202,12 @@ def grouped_bars(
     ylabel: str,
     title: str,
     errors: pd.DataFrame | None = None,
+    intervals: tuple[pd.DataFrame, pd.DataFrame] | None = None,
     ylim: tuple[float, float] = (0.0, 1.05),
 ) -> Path:
     """One group of bars per row of ``values``, one bar per column (e.g. F1 per cell type and
-    method), with ``errors`` as error bars when given.
+    method), with error bars when given: ``errors`` (e.g. sd, symmetric) or ``intervals``
+    (lower and upper bounds, e.g. a bootstrap interval), shaped like ``values``.
 
     Examples
     --------
@@ -221,9 +223,13 @@ def grouped_bars(
     colors = plt.get_cmap("tab10")
     for j, name in enumerate(series):
         x = np.arange(len(groups)) + (j - (len(series) - 1) / 2) * width
+        heights = values[name].to_numpy(dtype=float)
         err = None if errors is None else errors[name].to_numpy(dtype=float)
+        if intervals is not None:
+            low, high = (bound[name].to_numpy(dtype=float) for bound in intervals)
+            err = np.vstack([heights - low, high - heights])
         ax.bar(
-            x, values[name].to_numpy(dtype=float), width, yerr=err, capsize=2 if err is not None
+            x, heights, width, yerr=err, capsize=2 if err is not None
             else 0, label=str(name), color=colors(j % 10),
         )  # fmt: skip
     ax.set_xticks(range(len(groups)))

@@ -349,3 +349,101 @@ def test_tune_runs_a_study_tracks_it_and_saves_the_tuned_sampler(tmp_path, capsy
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert main(["tune", str(tmp_path / "missing.h5ad"), *FAST]) == 1
     assert "Could not read" in capsys.readouterr().err
+
+
+BENCH = ["--protocols", "natural", "downsample", "--classifiers", "logreg", "--k", "5"]
+BENCH += ["--methods", "none", "SMOTE", "SCLD", "--seeds", "2", "--types", "type2"]
+
+
+def test_benchmark_runs_the_protocols_on_a_users_file_and_keeps_its_results(tmp_path, capsys):
+    source, out = tmp_path / "in.h5ad", tmp_path / "bench"
+    _write_input(source, counts_layer=True)
+    argv = ["benchmark", str(source), "--layer", "counts", "--output", str(out), *BENCH, *FAST]
+    assert main(argv) == 0
+    assert f"Report: {out / 'report.md'}" in capsys.readouterr().out
+    rows = pd.read_csv(out / "results_downstream.csv")
+    assert set(rows["protocol"]) == {"natural", "downsample"}
+    assert set(rows["method"]) == {"none", "SMOTE", "SCLD"} and set(rows["seed"]) == {0, 1}
+    rare = rows[(rows["metric"] == "rare_macro_f1") & (rows["protocol"] == "downsample")]
+    assert len(rare) == 6 and rare["value"].between(0, 1).all()
+    report = (out / "report.md").read_text()
+    assert "# Benchmark: in" in report and "scld-aug benchmark" in report
+    assert (out / "rare_f1_downsample_k5.png").stat().st_size > 0
+    # A second run does not replace the results by mistake...
+    saved = (out / "results_downstream.csv").read_bytes()
+    assert main(argv) == 1
+    assert "already holds benchmark results" in capsys.readouterr().err
+    assert (out / "results_downstream.csv").read_bytes() == saved
+    # ...and the report can be rebuilt from them without running anything.
+    (out / "report.md").unlink()
+    assert main(["benchmark", str(source), "--output", str(out), "--report-only"]) == 0
+    assert (out / "report.md").read_text() == report
+
+
+@pytest.fixture
+def no_benchmark_runs(monkeypatch):
+    """Make any protocol run fail loudly: errors must come before the first method."""
+    from scld_aug.benchmark import protocols
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a protocol ran before the error was detected")
+
+    for name in ("natural_imbalance", "rare_downsampling", "fidelity"):
+        monkeypatch.setattr(protocols, name, refuse)
+
+
+@pytest.mark.usefixtures("no_benchmark_runs")
+@pytest.mark.parametrize(
+    "extra, status, expected",
+    [
+        (["--methods", "SMOTE", "CTGAN"], 1, "Unknown method(s) ['CTGAN']; choose from"),
+        (["--methods", "SCLD w=-1"], 2, "'guidance_scale' parameter of SCLDSampler must be"),
+        (["--methods", "SCLD guidance=3"], 1, "use key=value with keys"),
+        (["--types", "type9"], 1, "Type(s) ['type9'] to downsample are not among the labels"),
+        (["--layer", "raw"], 1, "Layer 'raw' not found"),
+        (
+            [],
+            1,
+            "X does not hold raw counts (e.g. value 4.40695; normalized or scaled data?). "
+            "SCLD models raw UMI counts; pass --layer counts (layers with counts: ['counts']).",
+        ),
+        (["--likelihood", "gaussian"], 1, "X does not hold raw counts"),
+    ],
+)
+def test_benchmark_input_errors_come_before_any_run(tmp_path, capsys, extra, status, expected):
+    source, out = tmp_path / "in.h5ad", tmp_path / "bench"
+    _write_input(source, counts_layer=True)
+    in_x = not extra or extra[0] in ("--layer", "--likelihood")  # X is log-normalized
+    layer = [] if in_x else ["--layer", "counts"]
+    assert main(["benchmark", str(source), "--output", str(out), *layer, *extra]) == status
+    err = capsys.readouterr().err
+    assert err.startswith("scld-aug benchmark: error: ") and expected in err, err
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("no_benchmark_runs")
+def test_benchmark_says_which_extras_to_install_before_running(tmp_path, capsys, monkeypatch):
+    from scld_aug.benchmark import run
+
+    monkeypatch.setattr(run, "_installed", lambda module: module not in {"tabulate", "scvi"})
+    source = tmp_path / "in.h5ad"
+    _write_input(source, counts_layer=True)
+    argv = ["benchmark", str(source), "--layer", "counts", "--output", str(tmp_path / "b")]
+    assert main([*argv, "--methods", "none", "scVI"]) == 1
+    err = capsys.readouterr().err
+    assert "needs tabulate, scvi-tools: pip install 'scld-aug[benchmark]' and " in err, err
+    assert "'scld-aug[scvi]', or leave scVI out of the methods." in err
+
+
+def test_interrupted_benchmark_says_nothing_was_written(tmp_path, capsys, monkeypatch):
+    from scld_aug.benchmark import protocols
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(protocols, "natural_imbalance", interrupt)
+    source = tmp_path / "in.h5ad"
+    _write_input(source, counts_layer=True)
+    argv = ["benchmark", str(source), "--layer", "counts", "--output", str(tmp_path / "b")]
+    assert main([*argv, "--protocols", "natural"]) == 130
+    assert "interrupted; no output was written" in capsys.readouterr().err

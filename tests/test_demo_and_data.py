@@ -46,6 +46,16 @@ def test_demo_quick_mode_runs_end_to_end(tmp_path, capsys):
     f1 = pd.read_csv(tmp_path / "f1.csv", index_col=0)
     assert list(f1.columns) == ["none", "RandomOverSampler", "SMOTE", "SCLD"]
     assert f1.loc["macro-F1, all types"].between(0, 1).all()
+    # Every bar has its bootstrap interval, around the F1 of the table.
+    intervals = pd.read_csv(tmp_path / "f1_intervals.csv").set_index(["method", "cell_type"])
+    assert (intervals["low"] <= intervals["f1"]).all() and (
+        intervals["f1"] <= intervals["high"]
+    ).all()
+    for method in f1.columns:
+        assert intervals.loc[(method, "mean"), "f1"] == pytest.approx(
+            f1.loc["mean F1, rare types", method]
+        )
+        assert intervals.loc[(method, "mast"), "f1"] == pytest.approx(f1.loc["mast", method])
     for name in (
         "tsne_real_vs_synthetic.png",
         "marker_dotplot.png",

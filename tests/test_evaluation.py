@@ -61,7 +61,7 @@ def _check_mlflow_runs(uri, downstream):
 
 
 def test_unreachable_tracking_server_only_warns(tmp_path, monkeypatch):
-    from evaluation.tracking import log_benchmark
+    from scld_aug.tracking.benchmarks import log_benchmark
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
@@ -88,13 +88,13 @@ def test_unreachable_tracking_server_only_warns(tmp_path, monkeypatch):
     ],
 )
 def test_method_names_encode_scld_variants(method, expected):
-    from evaluation.protocols import variant_params
+    from scld_aug.benchmark.protocols import variant_params
 
     assert variant_params(method) == expected
 
 
 def test_unknown_variant_key_is_a_clear_error():
-    from evaluation.protocols import variant_params
+    from scld_aug.benchmark.protocols import variant_params
 
     with pytest.raises(ValueError, match="key=value"):
         variant_params("SCLD guidance=3")
@@ -105,7 +105,7 @@ def test_scvi_baseline_samples_counts_of_the_requested_classes(tmp_path):
     import numpy as np
     import scipy.sparse as sp
 
-    from evaluation.scvi_baseline import SCVISampler
+    from scld_aug.benchmark.scvi_baseline import SCVISampler
 
     from .conftest import make_counts
 
@@ -168,7 +168,7 @@ def test_rerun_keeps_the_saved_rows_of_methods_it_did_not_run(tmp_path):
     keep theirs, and a saved run on other splits is refused."""
     import json
 
-    from evaluation.__main__ import _keep_other_methods
+    from scld_aug.benchmark.run import BenchmarkError, keep_saved_rows
 
     meta = {"seeds": [0, 1], "downsampled types": ["a"], "command": "old", "scVI": "100 epochs"}
     (tmp_path / "meta.json").write_text(json.dumps(meta))
@@ -176,7 +176,7 @@ def test_rerun_keeps_the_saved_rows_of_methods_it_did_not_run(tmp_path):
     old.to_csv(tmp_path / "results_downstream.csv", index=False)
     old.to_csv(tmp_path / "results_fidelity.csv", index=False)
     new = pd.DataFrame({"method": ["SCLD", "none"], "value": [0.7, 0.5]})
-    downstream, fidelity, note = _keep_other_methods(tmp_path, new, new, [0, 1], ["a"])
+    downstream, fidelity, note = keep_saved_rows(tmp_path, new, new, [0, 1], ["a"])
     for merged in (downstream, fidelity):
         assert dict(zip(merged["method"], merged["value"], strict=True)) == {
             "SCLD": 0.7,
@@ -185,11 +185,11 @@ def test_rerun_keeps_the_saved_rows_of_methods_it_did_not_run(tmp_path):
         }
     assert "['scVI']" in note["kept from the previous run"] and note["scVI"] == "100 epochs"
     # A protocol not run now keeps all its saved rows.
-    downstream, fidelity, note = _keep_other_methods(tmp_path, None, new, [0, 1], ["a"])
+    downstream, fidelity, note = keep_saved_rows(tmp_path, None, new, [0, 1], ["a"])
     pd.testing.assert_frame_equal(downstream, old)
     assert "downstream rows of ['SCLD', 'none', 'scVI']" in note["kept from the previous run"]
-    with pytest.raises(SystemExit, match="rerun every method"):
-        _keep_other_methods(tmp_path, new, new, [0, 1, 2], ["a"])
+    with pytest.raises(BenchmarkError, match="rerun every method"):
+        keep_saved_rows(tmp_path, new, new, [0, 1, 2], ["a"])
 
 
 def test_fit_time_variants_are_read_as_parameters():
@@ -230,3 +230,26 @@ def test_gpu_check_measures_each_goal_and_its_gpu_only_checks_run(tmp_path):
     assert lines[0] == "default fit on Baron, default: 12.5 s (goal <= 10 s: not met)"
     assert lines[1] == "10^5 cells x 50 genes on the GPU: 150,000 cells/s (goal >= 100,000: met)"
     assert lines[-1].startswith("torchrun on the GPU (NCCL): ran in ")
+
+
+def test_training_proxies_reward_cells_of_the_right_type_and_punish_the_wrong_one():
+    import numpy as np
+
+    from evaluation.ablation import training_proxies
+    from scld_aug.metrics import ReferenceEmbedding
+
+    from .conftest import make_counts
+
+    X, y = make_counts(sizes=(200, 150, 10), n_genes=300, seed=3)
+    embedding = ReferenceEmbedding(n_components=10, n_top_genes=300).fit(X)
+    rng = np.random.default_rng(0)
+    rare, other = np.flatnonzero(y == "type2"), np.flatnonzero(y == "type1")
+    labels = np.array(["type2"] * 60)
+    right = training_proxies(embedding, X, y, X[rng.choice(rare, 60)], labels, ["type2"], 0)
+    wrong = training_proxies(embedding, X, y, X[rng.choice(other, 60)], labels, ["type2"], 0)
+    scores = {r["metric"]: r["value"] for r in right}
+    assert scores["proxy_knn"] > 0.9 and scores["proxy_logreg"] > 0.9, scores
+    # Cells of another type labelled as the rare one make its real cells' neighbours and
+    # its decision region wrong.
+    for r, w in zip(right, wrong, strict=True):
+        assert w["value"] < r["value"] - 0.3, (right, wrong)

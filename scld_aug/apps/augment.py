@@ -163,21 +163,29 @@ def _check_paths(
 
 
 def checked_input(
-    input_path: str | os.PathLike, labels_key: str, layer: str | None, likelihood: str
+    input_path: str | os.PathLike,
+    labels_key: str,
+    layer: str | None,
+    likelihood: str,
+    counts_only: bool = False,
 ) -> tuple[Any, Any, np.ndarray]:
     """``(adata, X, y)`` of an ``.h5ad`` file, checked, with messages that name the
-    command's options (:class:`AugmentError`)."""
+    command's options (:class:`AugmentError`). Values other than raw counts are refused
+    unless ``likelihood`` is "gaussian" and not ``counts_only`` (the benchmark's pipelines
+    normalize counts themselves)."""
     try:
         adata = anndata_io.read(input_path)
     except Exception as err:  # h5py and anndata raise many types for unreadable files
         raise AugmentError(
             f"Could not read {str(input_path)!r} as an .h5ad file ({type(err).__name__}: {err})."
         ) from err
-    X, y = _checked_arrays(adata, labels_key, layer, likelihood)
+    X, y = _checked_arrays(adata, labels_key, layer, likelihood, counts_only)
     return adata, X, y
 
 
-def _checked_arrays(adata: Any, labels_key: str, layer: str | None, likelihood: str):
+def _checked_arrays(
+    adata: Any, labels_key: str, layer: str | None, likelihood: str, counts_only: bool = False
+):
     """Expression and labels, checked, with messages that name the command's options."""
     try:
         X, y = anndata_io.arrays(adata, labels_key, layer)
@@ -207,7 +215,7 @@ def _checked_arrays(adata: Any, labels_key: str, layer: str | None, likelihood: 
         ) from None
     where = "X" if layer is None else f"layer {layer!r}"
     bad = data_layer.first_non_count(X)
-    if bad is not None and likelihood != "gaussian":
+    if bad is not None and (counts_only or likelihood != "gaussian"):
         count_layers = [
             name
             for name, M in adata.layers.items()
@@ -218,10 +226,14 @@ def _checked_arrays(adata: Any, labels_key: str, layer: str | None, likelihood: 
             if count_layers
             else "pass --layer with the layer of raw counts"
         )
+        alternative = (
+            f", or pass --likelihood gaussian to model the values of {where} as they are"
+            if not counts_only
+            else ""
+        )
         raise AugmentError(
             f"{where} does not hold raw counts (e.g. value {bad:g}; normalized or scaled "
-            f"data?). SCLD models raw UMI counts; {hint}, or pass --likelihood gaussian to "
-            f"model the values of {where} as they are."
+            f"data?). SCLD models raw UMI counts; {hint}{alternative}."
         )
     return X, y
 

@@ -6,7 +6,8 @@
 2. Scores a classifier with no augmentation, random duplication, SMOTE and SCLD by
    stratified k-fold cross-validation (augmentation inside the Pipeline, on training
    folds only) and prints the F1 of every rare type, their mean and the macro-F1 over all
-   types, computed on the pooled out-of-fold predictions of real cells.
+   types, computed on the pooled out-of-fold predictions of real cells, with 95% bootstrap
+   intervals over cells (the rare types have a few test cells each).
 
 Run with ``scld-aug demo`` (or ``make demo``).
 """
@@ -92,20 +93,28 @@ def cross_validated_predictions(
     return predicted.astype(str)
 
 
-def cross_validated_f1(X, y, n_folds: int, seed: int, quick: bool) -> pd.DataFrame:
-    """Per-class F1 of each method from pooled out-of-fold predictions (rows: classes)."""
-    from sklearn.metrics import f1_score
-
-    classes = np.unique(y)
-    table = {}
+def cross_validated_by_method(X, y, n_folds: int, seed: int, quick: bool) -> dict:
+    """Pooled out-of-fold predictions of each method's pipeline, on the same folds."""
+    predictions = {}
     for name, sampler in _samplers(seed, quick).items():
         start = time.perf_counter()
-        predicted = cross_validated_predictions(
+        predictions[name] = cross_validated_predictions(
             lambda sampler=sampler: _pipeline(sampler), X, y, n_folds, seed
         )
-        table[name] = f1_score(y, predicted, labels=classes, average=None, zero_division=0)
         logger.info(f"  {name:<18} {time.perf_counter() - start:6.1f} s")
-    return pd.DataFrame(table, index=classes)
+    return predictions
+
+
+def f1_table(y, predictions: dict, labels: list, seed: int) -> pd.DataFrame:
+    """Per method and label (and their mean): F1 with its 95% bootstrap interval over cells
+    (columns method, cell_type, f1, low, high; the same resamples for every method)."""
+    from scld_aug.metrics import f1_intervals
+
+    frames = []
+    for method, predicted in predictions.items():
+        table = f1_intervals(y, predicted, labels, random_state=seed)
+        frames.append(table.rename_axis("cell_type").reset_index().assign(method=method))
+    return pd.concat(frames, ignore_index=True)[["method", "cell_type", "f1", "low", "high"]]
 
 
 def plot_real_vs_synthetic(
@@ -163,14 +172,23 @@ def marker_summary(adata_res, labels_key: str, types: list, path: Path) -> pd.Da
     return table
 
 
-def plot_f1(f1: pd.DataFrame, rare: list, path: Path) -> None:
+def plot_f1(table: pd.DataFrame, path: Path) -> None:
+    """Grouped bars of rare-type F1 by method with their 95% bootstrap intervals."""
     from scld_aug import plotting
 
+    order = list(dict.fromkeys(table["cell_type"]))
+    wide = {
+        column: table.pivot(index="cell_type", columns="method", values=column).loc[order]
+        for column in ("f1", "low", "high")
+    }
+    methods = list(dict.fromkeys(table["method"]))
     plotting.grouped_bars(
-        f1.loc[rare],
+        wide["f1"][methods].rename(index={"mean": "mean of rare types"}),
         path,
         ylabel="F1 (out-of-fold)",
-        title="Rare cell types: F1 by augmentation method",
+        title="Rare cell types: F1 by augmentation method (one seed; 95% bootstrap "
+        "intervals over the test cells)",
+        intervals=(wide["low"][methods], wide["high"][methods]),
     )
 
 
@@ -224,19 +242,37 @@ def run_demo(
     logger.info(
         f"\n[2/2] {n_folds}-fold cross-validation of LogisticRegression on log-normalized counts"
     )
-    f1 = cross_validated_f1(adata.X, y, n_folds, seed, quick)
+    from sklearn.metrics import f1_score
+
+    predictions = cross_validated_by_method(adata.X, y, n_folds, seed, quick)
+    classes = np.unique(y)
+    f1 = pd.DataFrame(
+        {
+            name: f1_score(y, predicted, labels=classes, average=None, zero_division=0)
+            for name, predicted in predictions.items()
+        },
+        index=classes,
+    )
     scored = [c for c in counts.index if counts.loc[c, "real"] < RARE_FRACTION * len(y)]
     summary = f1.loc[scored].copy()
     summary.loc["mean F1, rare types"] = f1.loc[scored].mean()
     summary.loc["macro-F1, all types"] = f1.mean()
     logger.info("F1 per rare type (types with < 2% of cells; t_cell has too few cells to augment):")
     logger.info(summary.round(3).to_string())
-    summary.to_csv(out / "f1.csv")
-    counts.to_csv(out / "class_counts.csv")
-    plot_f1(f1, scored, out / "rare_f1.png")
+    intervals = f1_table(y, predictions, scored, seed)
+    mean_rows = intervals[intervals["cell_type"] == "mean"].set_index("method")
     logger.info(
-        f"\nWrote {out}/: baron_augmented.h5ad, class_counts.csv, f1.csv, markers.csv, "
-        "tsne_real_vs_synthetic.png, marker_dotplot.png, rare_f1.png"
+        "Mean rare-type F1 with its 95% bootstrap interval over cells (one seed: the few "
+        "test cells of each rare type make it wide): "
+        + ", ".join(f"{m} {r.f1:.3f} [{r.low:.3f}, {r.high:.3f}]" for m, r in mean_rows.iterrows())
+    )
+    summary.to_csv(out / "f1.csv")
+    intervals.to_csv(out / "f1_intervals.csv", index=False)
+    counts.to_csv(out / "class_counts.csv")
+    plot_f1(intervals, out / "rare_f1.png")
+    logger.info(
+        f"\nWrote {out}/: baron_augmented.h5ad, class_counts.csv, f1.csv, f1_intervals.csv, "
+        "markers.csv, tsne_real_vs_synthetic.png, marker_dotplot.png, rare_f1.png"
     )
     logger.info(f"Total time {time.perf_counter() - t0:.0f} s")
     return {"counts": counts, "f1": summary, "markers": markers}

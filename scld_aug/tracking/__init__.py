@@ -12,7 +12,8 @@ result. The package has one module per concern:
   :func:`load_sampler`, which loads one safely (see ``scld_aug.tracking.models`` for
   what is safe to load from an untrusted store);
 * ``scld_aug.tracking.flavor``: the pyfunc loader module a logged model names;
-* ``scld_aug.tracking.studies``: the runs of a ``tune_guidance`` study.
+* ``scld_aug.tracking.studies``: the runs of a ``tune_guidance`` study;
+* ``scld_aug.tracking.benchmarks``: the runs of a finished benchmark (``scld-aug benchmark``).
 """
 
 from scld_aug.tracking.fits import fit_resample_logged, log_fit, plot_embedding

@@ -7,7 +7,7 @@ a latent code from q(z | cell), decode it with the cell's own library size and s
 counts. Synthetic cells are therefore integer counts of every input gene, like SCLD's.
 Input is raw counts in any array or sparse form; the output is a CSR matrix.
 
-scvi-tools is an optional dependency (``pip install -e ".[scvi]"``).
+scvi-tools is an optional dependency (``pip install "scld-aug[scvi]"``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _import_scvi():
         import scvi
     except ImportError as err:  # pragma: no cover - exercised only without the extra
         raise ImportError(
-            'The scVI baseline needs scvi-tools: pip install -e ".[scvi]" (or pip install '
+            'The scVI baseline needs scvi-tools: pip install "scld-aug[scvi]" (or pip install '
             '"scvi-tools>=1.4"), or leave "scVI" out of --methods.'
         ) from err
     return scvi

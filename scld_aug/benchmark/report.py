@@ -219,7 +219,7 @@ def write_report(
     fidelity: pd.DataFrame | None,
     meta: dict,
 ) -> Path:
-    from evaluation.methods import METHOD_SPACE
+    from scld_aug.benchmark.methods import METHOD_SPACE
 
     lines = [f"# Benchmark: {dataset}", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]

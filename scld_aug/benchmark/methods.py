@@ -30,6 +30,8 @@ METHOD_SPACE = {
     "SCLD": "sampled integer counts (NB decoder)",
     "scVI": "posterior predictive integer counts of random real cells (ZINB decoder)",
 }
+#: Every method the benchmark can run ("none" is the classifier on the real cells alone).
+METHODS = tuple(METHOD_SPACE)
 
 
 def make_sampler(
@@ -51,7 +53,7 @@ def make_sampler(
     if name == "ADASYN":
         return ADASYN(sampling_strategy=targets, n_neighbors=2, random_state=seed)
     if name == "scVI":
-        from evaluation.scvi_baseline import SCVISampler
+        from scld_aug.benchmark.scvi_baseline import SCVISampler
 
         return SCVISampler(
             sampling_strategy=targets, random_state=seed, max_epochs=scvi_epochs, memory=memory

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import logging
 import time
 import warnings
 from collections import Counter
@@ -15,10 +16,12 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.model_selection import train_test_split
 
-from evaluation.methods import make_pipeline, make_sampler
+from scld_aug.benchmark.methods import make_pipeline, make_sampler
 from scld_aug.metrics import downstream_scores
 from scld_aug.params import SAMPLER_PARAMS
 from scld_aug.presets import MIN_CELLS, rare_strategy
+
+logger = logging.getLogger(__name__)
 
 
 def split(y: np.ndarray, seed: int, test_size: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +45,7 @@ class Runs:
     classifiers: list
     memory: str | None
     scld_params: dict
-    log: Callable = print
+    log: Callable = logger.info
     scvi_epochs: int | None = None
 
 
@@ -234,17 +237,20 @@ def fidelity(
     seeds,
     memory,
     scld_params,
-    log=print,
+    log=logger.info,
     plot_path=None,
-    variants=SCLD_VARIANTS,
+    variants: dict | None = None,
     with_scvi: bool = False,
     scvi_epochs: int | None = None,
 ) -> pd.DataFrame:
     """Synthetic vs held-out real cells per type, in an embedding fitted on real training cells.
 
     "real (train)" compares held-out cells with real training cells of the same type: the
-    best any generator can do, given the sampling noise of small types.
+    best any generator can do, given the sampling noise of small types. ``variants``: SCLD
+    sampling settings by name, all drawn from one generator per seed (default:
+    ``SCLD_VARIANTS``, the guidance ablation).
     """
+    variants = SCLD_VARIANTS if variants is None else variants
     from imblearn.over_sampling import SMOTE, RandomOverSampler
     from sklearn.linear_model import LogisticRegression
 
@@ -282,7 +288,7 @@ def fidelity(
         new = np.arange(len(y_r)) >= len(y_train)
         synthetic["RandomOverSampler"] = {t: X_r[new & (y_r == t)] for t in types}
         if with_scvi:
-            from evaluation.scvi_baseline import SCVISampler
+            from scld_aug.benchmark.scvi_baseline import SCVISampler
 
             start = time.perf_counter()
             scvi = SCVISampler(
@@ -335,7 +341,7 @@ def fidelity(
                     )
         log(f"  seed {seed}: fidelity of {len(synthetic)} methods x {len(types)} types done")
         if plot_path is not None and seed == seeds[0]:
-            from evaluation.report import plot_embedding
+            from scld_aug.benchmark.report import plot_embedding
 
             rarest = sorted(types, key=lambda t: train_counts[t])[:4]
             shown = {
