@@ -253,3 +253,15 @@ def test_training_proxies_reward_cells_of_the_right_type_and_punish_the_wrong_on
     # its decision region wrong.
     for r, w in zip(right, wrong, strict=True):
         assert w["value"] < r["value"] - 0.3, (right, wrong)
+
+
+def test_inner_choice_scores_each_variant_on_cells_its_generator_never_saw():
+    from evaluation.__main__ import load
+    from evaluation.inner_choice import inner_rows
+    from scld_aug.benchmark.protocols import default_downsample_types
+
+    X, y = load("pbmc")
+    tiny = "autoencoder_steps=20 diffusion_steps=20 classifier_steps=5 hidden_dim=32"
+    rows = inner_rows(X, y, 0, 10, default_downsample_types(y), [tiny], ["logreg"], 1)
+    assert [(r["variant"], r["classifier"]) for r in rows] == [(tiny, "logreg")]
+    assert 0 <= rows[0]["value"] <= 1
