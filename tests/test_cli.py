@@ -433,6 +433,11 @@ def test_benchmark_says_which_extras_to_install_before_running(tmp_path, capsys,
     err = capsys.readouterr().err
     assert "needs tabulate, scvi-tools: pip install 'scld-aug[benchmark]' and " in err, err
     assert "'scld-aug[scvi]', or leave scVI out of the methods." in err
+    # Only what is missing is named.
+    monkeypatch.setattr(run, "_installed", lambda module: module != "scvi")
+    assert main([*argv, "--methods", "none", "scVI"]) == 1
+    err = capsys.readouterr().err
+    assert "needs scvi-tools: pip install 'scld-aug[scvi]', or leave scVI out" in err, err
 
 
 def test_interrupted_benchmark_says_nothing_was_written(tmp_path, capsys, monkeypatch):

@@ -84,9 +84,16 @@ def _check(
         needed["scvi"] = "scvi-tools"
     absent = [package for module, package in needed.items() if not _installed(module)]
     if absent:
+        extras = [
+            f"'scld-aug[{extra}]'"
+            for extra, packages in (
+                ("benchmark", {"tabulate", "matplotlib"}),
+                ("scvi", {"scvi-tools"}),
+            )
+            if packages & set(absent)
+        ]
         raise BenchmarkError(
-            f"The benchmark needs {', '.join(absent)}: pip install 'scld-aug[benchmark]'"
-            + (" and 'scld-aug[scvi]'" if "scvi-tools" in absent else "")
+            f"The benchmark needs {', '.join(absent)}: pip install {' and '.join(extras)}"
             + (", or leave scVI out of the methods." if "scvi-tools" in absent else ".")
         )
     existing = [name for name in RESULT_FILES if (out / name).exists()]
