@@ -245,19 +245,25 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table).fillna("")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m evaluation.ablation", description=__doc__.splitlines()[0]
-    )
+def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    """The downsampling setting shared by the experiment scripts: data, seeds, k, cut
+    types, classifiers and threads."""
     parser.add_argument("--dataset", default="pbmc")
     parser.add_argument("--labels-key", default="cell_type")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--types", nargs="+", default=None)
-    parser.add_argument("--training", nargs="+", default=["default"])
-    parser.add_argument("--sampling", nargs="+", default=["default"])
     parser.add_argument("--classifiers", nargs="+", default=["logreg", "knn"])
     parser.add_argument("--threads", type=int, default=1, help="the samplers' n_jobs")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation.ablation", description=__doc__.splitlines()[0]
+    )
+    add_protocol_arguments(parser)
+    parser.add_argument("--training", nargs="+", default=["default"])
+    parser.add_argument("--sampling", nargs="+", default=["default"])
     parser.add_argument(
         "--generators",
         default=None,

@@ -23,7 +23,7 @@ from collections import Counter
 import pandas as pd
 
 from evaluation.__main__ import load
-from evaluation.ablation import parse
+from evaluation.ablation import add_protocol_arguments, parse
 from scld_aug.benchmark.methods import make_pipeline
 from scld_aug.benchmark.protocols import default_downsample_types, downsampled, split
 from scld_aug.metrics import downstream_scores
@@ -65,17 +65,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m evaluation.inner_choice", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--dataset", default="pbmc")
-    parser.add_argument("--labels-key", default="cell_type")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--k", type=int, default=10)
+    add_protocol_arguments(parser)
     parser.add_argument("--variants", nargs="+", default=["default", "kl=1"])
-    parser.add_argument("--classifiers", nargs="+", default=["logreg", "knn"])
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     X, y = load(args.dataset, args.labels_key)
-    types = default_downsample_types(y)
+    types = args.types or default_downsample_types(y)
     rows = []
     for seed in args.seeds:
         rows += inner_rows(X, y, seed, args.k, types, args.variants, args.classifiers, args.threads)

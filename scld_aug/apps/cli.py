@@ -181,6 +181,29 @@ def _add_run_options(
     )
 
 
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    """Where the cell types and the counts are in the input file."""
+    parser.add_argument(
+        "--labels-key",
+        default="cell_type",
+        help="obs column with cell types (default: %(default)s)",
+    )
+    parser.add_argument("--layer", help="layer with raw counts, e.g. counts (default: X)")
+
+
+def _add_tracking_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--tracking [URI]``: True for the default store, or the URI given."""
+    parser.add_argument(
+        "--tracking",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="URI",
+        help=f"log {what} to MLflow (default URI: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlruns/mlflow.db)",
+    )
+
+
 def _add_augment_parser(sub, with_params: bool) -> None:
     aug = sub.add_parser(
         "augment",
@@ -193,12 +216,7 @@ def _add_augment_parser(sub, with_params: bool) -> None:
     )
     aug.add_argument("input", help="input .h5ad file")
     aug.add_argument("output", help="output .h5ad file (must not exist, unless --overwrite)")
-    aug.add_argument(
-        "--labels-key",
-        default="cell_type",
-        help="obs column with cell types (default: %(default)s)",
-    )
-    aug.add_argument("--layer", help="layer with raw counts, e.g. counts (default: X)")
+    _add_data_options(aug)
     aug.add_argument(
         "--normalize-x",
         action="store_true",
@@ -304,8 +322,7 @@ def _add_tune_parser(sub, with_params: bool) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tune.add_argument("input", help="input .h5ad file")
-    tune.add_argument("--labels-key", default="cell_type", help="obs column with cell types")
-    tune.add_argument("--layer", help="layer with raw counts, e.g. counts (default: X)")
+    _add_data_options(tune)
     tune.add_argument(
         "--types", nargs="+", metavar="TYPE", help="cell types to over-sample (default: rare)"
     )
@@ -319,15 +336,7 @@ def _add_tune_parser(sub, with_params: bool) -> None:
     )
     tune.add_argument("--storage", help="Optuna storage, e.g. sqlite:///study.db")
     tune.add_argument("--study-name", help="study name (needed to share a study)")
-    tune.add_argument(
-        "--tracking",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="URI",
-        help="log the study to MLflow (default URI: $MLFLOW_TRACKING_URI, else "
-        "sqlite:///mlruns/mlflow.db)",
-    )
+    _add_tracking_option(tune, "the study")
     tune.add_argument("--plots-dir", help="save the study's plots and trials.csv there")
     tune.add_argument(
         "--save-sampler", metavar="PATH", help="refit the best sampler on all cells, save it"
@@ -432,8 +441,7 @@ def _add_benchmark_parser(sub, with_params: bool) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("input", help="input .h5ad file with raw counts (in X or --layer)")
-    bench.add_argument("--labels-key", default="cell_type", help="obs column with cell types")
-    bench.add_argument("--layer", help="layer with raw counts, e.g. counts (default: X)")
+    _add_data_options(bench)
     bench.add_argument("--output", help="results folder (default: <input name>_benchmark)")
     bench.add_argument("--name", help="dataset name in the report (default: input file name)")
     bench.add_argument(
@@ -476,15 +484,7 @@ def _add_benchmark_parser(sub, with_params: bool) -> None:
     bench.add_argument(
         "--scvi-epochs", type=_positive_int, help="scVI epochs (default: scvi-tools' heuristic)"
     )
-    bench.add_argument(
-        "--tracking",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="URI",
-        help="log the results to MLflow (default URI: $MLFLOW_TRACKING_URI, else "
-        "sqlite:///mlruns/mlflow.db)",
-    )
+    _add_tracking_option(bench, "the results")
     bench.add_argument(
         "--keep-other-methods",
         action="store_true",
@@ -584,8 +584,7 @@ def _add_train_parser(sub, with_params: bool) -> None:
     )
     train.add_argument("input", help="input .h5ad file")
     train.add_argument("output", help="where to save the generator (.pt)")
-    train.add_argument("--labels-key", default="cell_type", help="obs column with cell types")
-    train.add_argument("--layer", help="layer with raw counts, e.g. counts (default: X)")
+    _add_data_options(train)
     train.add_argument(
         "--backed",
         action="store_true",
