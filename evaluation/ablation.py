@@ -16,6 +16,7 @@ Pipeline would (``fit_resample`` with the generator, no retraining) and is score
 * ``memorization_ratio``: per cut type, distance of synthetic cells to their nearest of the
   ``k`` real training cells, over the same for the type's held-out test cells
   (:func:`scld_aug.metrics.memorization`; 1 = as novel as new real cells, 0 = copies);
+* ``precision`` and ``recall`` of each cut type on the test cells, per classifier;
 * ``guidance_scale`` per cut type (the scale ``guidance_scale="auto"`` chose, or the number
   given) and ``sampling_seconds`` (choice, sampling and decoding, no training).
 
@@ -52,11 +53,13 @@ def score_cells(X, y, train, train_k, test, types, X_res, y_res, seed, classifie
     rows = []
     for clf in classifiers:
         pipe = make_pipeline(None, clf, seed).fit(X_res, y_res)
-        scores = downstream_scores(y[test], pipe.predict(X[test]), rare_classes=types)
+        predicted = pipe.predict(X[test])
+        scores = downstream_scores(y[test], predicted, rare_classes=types)
         rows += [
             {"classifier": clf, "metric": m, "value": scores[m]}
             for m in ("rare_macro_f1", "macro_f1")
         ]
+        rows += per_type_errors(y[test], predicted, types, clf)
     n_real = len(train_k)
     if len(y_res) == n_real:  # no synthetic cells
         return rows
@@ -83,6 +86,22 @@ def score_cells(X, y, train, train_k, test, types, X_res, y_res, seed, classifie
             {"cell_type": t, "metric": "memorization_ratio", "value": novelty["ratio"]},
         ]
     return rows
+
+
+def per_type_errors(y_true, y_pred, types, classifier) -> list[dict]:
+    """Precision and recall of each cut type on the test cells, to tell a generator whose
+    cells pull other types' cells in (precision) from one that misses the type's own
+    (recall)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    precision, recall, _, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=list(types), zero_division=0
+    )
+    return [
+        {"classifier": classifier, "cell_type": t, "metric": metric, "value": float(v)}
+        for t, p, r in zip(types, precision, recall, strict=True)
+        for metric, v in (("precision", p), ("recall", r))
+    ]
 
 
 def training_proxies(embedding, X_real, y_real, synthetic, labels, types, seed) -> list[dict]:
@@ -245,6 +264,16 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table).fillna("")
 
 
+def per_type_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Precision and recall of each cut type on the test cells, mean over seeds, one row per
+    method and classifier (empty for results recorded before they were)."""
+    part = results[results.metric.isin(["precision", "recall"])]
+    if part.empty:
+        return pd.DataFrame()
+    means = part.groupby(["method", "classifier", "cell_type", "metric"]).value.mean()
+    return means.unstack(["cell_type", "metric"]).round(3)
+
+
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
     """The downsampling setting shared by the experiment scripts: data, seeds, k, cut
     types, classifiers and threads."""
@@ -275,6 +304,10 @@ def main(argv=None) -> int:
     results = pd.read_csv(args.output) if args.summary_only else run(args)
     with pd.option_context("display.width", 250, "display.max_columns", 40):
         print(summary(results).to_string())
+        errors = per_type_summary(results)
+        if not errors.empty:
+            print("\nPer cut type on the test cells (mean over seeds):")
+            print(errors.to_string())
     return 0
 
 

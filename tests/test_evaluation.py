@@ -1,5 +1,8 @@
 """Smoke test of the benchmark harness (tiny SCLD model, PBMC subset, two seeds)."""
 
+from unittest import mock
+
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -265,3 +268,41 @@ def test_inner_choice_scores_each_variant_on_cells_its_generator_never_saw():
     rows = inner_rows(X, y, 0, 10, default_downsample_types(y), [tiny], ["logreg"], 1)
     assert [(r["variant"], r["classifier"]) for r in rows] == [(tiny, "logreg")]
     assert 0 <= rows[0]["value"] <= 1
+
+
+def test_per_type_errors_tell_precision_from_recall():
+    from evaluation.ablation import per_type_errors, per_type_summary
+
+    y_true = np.array(["a", "a", "a", "a", "b", "b", "c", "c"])
+    # Half of a's cells are missed (recall 0.5); b's prediction pulls in one c (precision 2/3).
+    y_pred = np.array(["a", "a", "c", "c", "b", "b", "b", "c"])
+    rows = per_type_errors(y_true, y_pred, ["a", "b"], "knn")
+    got = {(r["cell_type"], r["metric"]): r["value"] for r in rows}
+    assert got == {
+        ("a", "precision"): 1.0,
+        ("a", "recall"): 0.5,
+        ("b", "precision"): pytest.approx(2 / 3),
+        ("b", "recall"): 1.0,
+    }
+    table = per_type_summary(pd.DataFrame([{"seed": 0, "method": "SCLD", **r} for r in rows]))
+    assert table.loc[("SCLD", "knn"), ("a", "recall")] == 0.5
+    assert per_type_summary(pd.DataFrame({"metric": ["recognised"], "value": [1.0]})).empty
+
+
+def test_latent_spread_changes_only_what_the_diffusion_model_learns():
+    from evaluation import latent_spread
+    from scld_aug import train
+
+    codes = np.arange(12, dtype=np.float32).reshape(6, 2)
+    scales = np.full_like(codes, 0.5)
+    with mock.patch.object(train, "encode_cells", lambda *a, **k: (codes, scales)):
+        latents, spread = latent_spread.codes_patch("means")()
+        assert latents is codes and spread is None
+        with pytest.raises(ValueError, match="deterministic encoder"):
+            latent_spread.codes_patch("jitter=0.5")()
+    with mock.patch.object(train, "encode_cells", lambda *a, **k: (codes, None)):
+        latents, spread = latent_spread.codes_patch("jitter=0.5")()
+        assert latents is codes
+        np.testing.assert_allclose(spread, np.broadcast_to(0.5 * codes.std(0), codes.shape))
+    with pytest.raises(ValueError, match="'means' or 'jitter=S'"):
+        latent_spread.codes_patch("wide")
