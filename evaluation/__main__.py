@@ -10,6 +10,7 @@ in the default methods.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,11 @@ def load(dataset: str, labels_key: str = "cell_type"):
     return sp.csr_matrix(adata.X), adata.obs[labels_key].astype(str).to_numpy()
 
 
+def _shown(path: Path) -> str:
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
+
+
 def main(argv: list[str] | None = None) -> int:
     from scld_aug.apps import cli
 
@@ -59,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     name = args.dataset if args.dataset in DATASETS else Path(args.dataset).stem
-    forwarded = ["benchmark", str(dataset_path(args.dataset)), "--name", name]
+    # Paths relative to the working directory where they lie under it: the command recorded
+    # in meta.json then reads the same on every checkout.
+    forwarded = ["benchmark", _shown(dataset_path(args.dataset)), "--name", name]
     if "--output" not in rest:
-        forwarded += ["--output", str(Path(__file__).parent / "results" / name)]
+        forwarded += ["--output", _shown(Path(__file__).parent / "results" / name)]
     if args.protocol != "all":
         forwarded += ["--protocols", args.protocol]
     if "--methods" not in rest:

@@ -343,6 +343,11 @@ def _from_state(cls, state: dict, device) -> SCLDGenerator:
     latent_dim = int(config["latent_dim"])
     if panel.rest_profile.shape != (n_classes, len(panel.rest)):
         raise ValueError("the per-class profile of the other genes does not match the panel")
+    spread = panel.rest_overdispersion
+    if spread.shape not in ((0,), (len(panel.rest),)) or not np.all(
+        np.isfinite(spread) & (spread >= 0)
+    ):
+        raise ValueError("the overdispersion of the other genes does not match the panel")
     if state["latent_mean"].shape != (latent_dim,) or state["latent_std"].shape != (latent_dim,):
         raise ValueError("the latent standardization does not match the latent dimension")
     libraries = [lib.numpy() for lib in state["libraries"]]

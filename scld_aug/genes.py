@@ -5,8 +5,10 @@ dispersion for counts, variance for normalized data). Gene moments are weighted 
 the training minibatches, so markers of rare cell types are not drowned by large types.
 Every other gene is still generated, from class-level statistics:
 
-* counts: the decoder has one extra output, the total of all other genes, whose counts are
-  split over those genes by the target class's observed composition (multinomial);
+* counts: the decoder has one extra output, the total of all other genes, which is split
+  over those genes by the target class's observed composition, each gene's share drawn
+  with the gene's observed overdispersion around it (gamma-Poisson: real cells vary more
+  than Poisson counts would, median 1/theta 0.5 on the Baron data);
 * normalized data: each other gene is zero with the class's observed zero rate and
   otherwise normal with the class's mean and spread of non-zero values.
 
@@ -16,7 +18,7 @@ statistics describe them well, and the output keeps every input gene.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import scipy.sparse as sp
@@ -51,6 +53,10 @@ class GenePanel:
         Average decoder output (log proportions for counts, zeros for standardized
         values); the decoder's output bias starts there so training does not spend its
         first steps learning average expression.
+    rest_overdispersion : ndarray of shape (n_rest,) or (0,)
+        Counts only: each other gene's ``1/theta`` around its class's share of the
+        other genes' total (0: Poisson). Empty in generators saved before it existed,
+        which draw every other gene as Poisson.
     """
 
     n_genes: int
@@ -65,6 +71,7 @@ class GenePanel:
     lower: np.ndarray
     upper: np.ndarray
     output_prior: np.ndarray
+    rest_overdispersion: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def distribution(self) -> likelihoods.Likelihood:
@@ -114,6 +121,7 @@ class GenePanel:
             lower=other["lower"].astype(np.float32),
             upper=other["upper"].astype(np.float32),
             output_prior=distribution.output_prior(stats.mean[genes], len(rest)).astype(np.float32),
+            rest_overdispersion=other["rest_overdispersion"].astype(np.float64),
         )
 
     def modelled(self, X: sp.csr_matrix | CellRows) -> CellRows:

@@ -324,6 +324,11 @@ def _tampered(path: Path, edit) -> Path:
         (lambda m, g: m.update(n_genes=10**12), "gene panel"),
         (lambda m, g: m.update(classes=m["classes"] + ["extra"]), "match"),
         (lambda m, g: g["libraries"].pop(), "classes"),
+        (lambda m, g: g["panel"].update(rest_overdispersion=torch.ones(3)), "overdispersion"),
+        (
+            lambda m, g: g["panel"].update(rest_overdispersion=-g["panel"]["rest"].double()),
+            "overdispersion",
+        ),
     ],
 )
 def test_crafted_metadata_is_refused_before_allocating(fitted, tmp_path, edit, message):
@@ -333,6 +338,26 @@ def test_crafted_metadata_is_refused_before_allocating(fitted, tmp_path, edit, m
     with pytest.raises(ValueError, match=message):
         SCLDGenerator.load(_tampered(path, edit))
     assert time.perf_counter() - start < 5
+
+
+def test_overdispersion_of_the_other_genes_is_saved_and_older_files_draw_poisson(
+    fitted, data, tmp_path
+):
+    """The panel's overdispersion of the genes outside it survives save and load; a file
+    written before it existed (no such entry) loads, and draws those genes as Poisson."""
+    generator = fitted.generator_
+    spread = generator.panel.rest_overdispersion
+    assert len(generator.panel.rest) and spread.shape == generator.panel.rest.shape
+    assert (spread > 0).any()
+    path = tmp_path / "generator.pt"
+    generator.save(path)
+    np.testing.assert_array_equal(SCLDGenerator.load(path).panel.rest_overdispersion, spread)
+    older = _tampered(path, lambda m, g: g["panel"].pop("rest_overdispersion"))
+    loaded = SCLDGenerator.load(older)
+    assert loaded.panel.rest_overdispersion.shape == (0,)
+    sampler = SCLDSampler(generator=loaded, random_state=0).fit(*data)
+    cells = sampler.generate(20, loaded.classes[0])
+    assert cells.shape == (20, generator.n_genes) and np.isfinite(cells.data).all()
 
 
 # --------------------------------------------------------------------------- sharing

@@ -125,3 +125,70 @@ def test_sampled_counts_follow_the_negative_binomial_model():
     assert np.abs(z_mean).max() < 5, z_mean
     assert np.abs(z_var).max() < 5, z_var
     assert abs(z_cov) < 5, z_cov
+
+
+def test_other_genes_are_drawn_with_their_overdispersion():
+    """With ``rest_overdispersion`` phi, another gene's variance grows to
+    mu + mu^2 ((1 + 1/theta_total)(1 + phi) - 1); the mean and the covariance of two other
+    genes (their shared total) stay as before, and phi = 0 is Poisson around the share."""
+    from scld_aug.genes import GenePanel
+
+    genes, rest = np.array([0, 2]), np.array([1, 3, 4])
+    profile = np.array([[0.5, 0.3, 0.2]])
+    phi = np.array([2.0, 0.0, 0.5])
+    empty = np.zeros((1, 0), dtype=np.float32)
+    panel = GenePanel(
+        n_genes=5, likelihood="nb", genes=genes, center=np.zeros(2, np.float32),
+        scale=np.ones(2, np.float32), rest=rest, rest_profile=profile, rest_spread=empty,
+        rest_zero_rate=empty, lower=np.zeros(0), upper=np.zeros(0),
+        output_prior=np.zeros(3, np.float32), rest_overdispersion=phi,
+    )  # fmt: skip
+    proportions = np.array([0.2, 0.2, 0.6])
+    theta = np.array([2.0, 2.0, 4.0])
+    library, n = 30.0, 60_000
+    decoded = torch.log(torch.tensor(proportions, dtype=torch.float32)).expand(n, -1)
+    cells = likelihoods.get("nb").decode(
+        decoded, torch.tensor(theta, dtype=torch.float32), panel, 0, "sample",
+        torch.Generator().manual_seed(1), np.array([library]),
+    ).toarray()  # fmt: skip
+    mu = library * proportions[2] * profile[0]
+    var = mu + mu**2 * ((1 + 1 / theta[2]) * (1 + phi) - 1)
+    x = cells[:, rest]
+    z_mean = (x.mean(0) - mu) / np.sqrt(var / n)
+    z_var = (x.var(0) - var) / np.sqrt(10 * var**2 / n)
+    cov = np.cov(x[:, 0], x[:, 2])[0, 1]
+    z_cov = (cov - mu[0] * mu[2] / theta[2]) / np.sqrt(var[0] * var[2] * 3 / n)
+    assert np.abs(z_mean).max() < 5, z_mean
+    assert np.abs(z_var).max() < 5, z_var
+    assert abs(z_cov) < 5, z_cov
+    # The overdispersed gene is visibly wider than a Poisson share would make it.
+    assert x[:, 0].var() > 1.5 * (mu[0] + mu[0] ** 2 / theta[2])
+
+
+def test_overdispersion_of_the_other_genes_is_estimated_within_types():
+    """Gamma-Poisson counts around each type's composition of many genes: the estimate
+    recovers each gene's 1/theta, and differences between the types' compositions add
+    nothing to it."""
+    import scipy.sparse as sp
+
+    from scld_aug.statistics import MAX_OVERDISPERSION, class_overdispersion
+
+    rng = np.random.default_rng(0)
+    n, g = 4000, 200
+    codes = rng.integers(0, 2, n)
+    share = np.vstack([rng.dirichlet(np.ones(g)), rng.dirichlet(np.ones(g))])
+    phi = np.resize([0.0, 0.25, 0.5, 1.0, 2.0], g)
+    shape = 1 / np.maximum(phi, 1e-12)
+    draws = np.where(phi > 0, rng.gamma(shape, 1 / shape, size=(n, g)), 1.0)
+    totals = rng.integers(2000, 8000, n)
+    X = sp.csr_matrix(rng.poisson(totals[:, None] * share[codes] * draws).astype(np.float32))
+    estimate = class_overdispersion(X, codes, 2, np.arange(g))
+    for value in np.unique(phi):
+        got = estimate[phi == value]
+        assert abs(np.median(got) - value) <= 0.03 + 0.1 * value, (value, np.median(got))
+    # A gene seen in one cell of 400 (a burst): an unbounded estimate, clipped; a gene
+    # with the same count in every cell is less variable than Poisson: 0.
+    burst = np.zeros((400, 2))
+    burst[0, 0], burst[:, 1] = 3.0, 50.0
+    out = class_overdispersion(sp.csr_matrix(burst), np.zeros(400, dtype=int), 1, np.arange(2))
+    assert out.tolist() == [MAX_OVERDISPERSION, 0.0]

@@ -6,16 +6,24 @@ sampling, post-guidance with the filter, anchored generation, expected values, a
 trained weights. The hashes are compared with ``tests/data/pinned_outputs.json``.
 
 The subprocess runs one thread with MKL's reproducible mode, so the figures do not depend
-on the number of cores. Another torch build (a CUDA wheel, another version) runs other
-kernels, so the test skips there and says so; another numpy version runs the test and, if
-the cells differ, the failure says so. After a change that is meant to alter outputs,
-re-pin with ``python -m tests.test_pinned_output --update`` and say why in the commit.
+on the number of cores. They do depend on the CPU: the documentation promises identical
+cells on the same CPU model, torch and numpy versions, and torch's kernels differ between
+instruction sets (measured: the same commit gives other weights on an AVX-512 machine than
+on the machine the first pins came from). So each pin records the torch version and the CPU
+(model, torch's CPU capability and a digest of the CPU flags); the test compares with the
+pin of this torch and CPU and skips, saying so, where there is none. Another numpy version
+runs the test and, if the cells differ, the failure says so. After a change that is meant
+to alter outputs, re-pin with ``python -m tests.test_pinned_output --update`` (it replaces
+every pin: older ones describe the old outputs) and say why in the commit; ``--add`` pins
+unchanged outputs for one more torch and CPU.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -83,6 +91,26 @@ RUN = textwrap.dedent(
 )
 
 
+def cpu_signature() -> str:
+    """The CPU as far as kernel choice goes: model name, torch's CPU capability and a short
+    digest of the CPU flags (a virtual machine may show a generic model name)."""
+    import torch
+
+    model, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = " ".join(sorted(value.split()))
+                break
+    except OSError:  # not Linux: the model name and capability alone
+        pass
+    digest = hashlib.sha256(flags.encode()).hexdigest()[:8]
+    return f"{model} | {torch.backends.cpu.get_cpu_capability()} | flags {digest}"
+
+
 def compute() -> dict:
     done = subprocess.run(
         [sys.executable, "-c", RUN],
@@ -100,11 +128,17 @@ def test_fixed_seed_outputs_are_byte_identical_to_the_pinned_ones():
     import numpy as np
     import torch
 
-    pinned = json.loads(PINNED.read_text())
-    here = {"torch": torch.__version__, "numpy": np.__version__}
-    if here["torch"] != pinned["env"]["torch"]:
-        # Another torch build (e.g. CUDA) runs other kernels: byte equality is not promised.
-        pytest.skip(f"outputs were pinned with torch {pinned['env']['torch']}, not {here['torch']}")
+    pins = json.loads(PINNED.read_text())["pins"]
+    here = {"torch": torch.__version__, "numpy": np.__version__, "cpu": cpu_signature()}
+    same = [p for p in pins if (p["env"]["torch"], p["env"]["cpu"]) == (here["torch"], here["cpu"])]
+    if not same:
+        # Another torch build (e.g. CUDA) or CPU runs other kernels: byte equality is not
+        # promised there (docs/howto/reproducibility.md).
+        pytest.skip(
+            f"outputs were pinned with {[p['env'] for p in pins]}, not with torch "
+            f"{here['torch']} on {here['cpu']!r}"
+        )
+    pinned = same[0]
     result = compute()
     changed = {
         k: (pinned["hashes"].get(k), v)
@@ -119,7 +153,19 @@ def test_fixed_seed_outputs_are_byte_identical_to_the_pinned_ones():
 
 
 if __name__ == "__main__":
-    if "--update" in sys.argv:
+    # --update: outputs were meant to change, so every earlier pin is stale and is replaced.
+    # --add: outputs did not change; pin them for this torch and CPU too, keeping the others.
+    if "--update" in sys.argv or "--add" in sys.argv:
+        import numpy as np
+        import torch
+
+        result = compute()
+        env = {"torch": torch.__version__, "numpy": np.__version__, "cpu": cpu_signature()}
+        result["env"] = env
+        pins = json.loads(PINNED.read_text())["pins"] if "--add" in sys.argv else []
+        pins = [
+            p for p in pins if (p["env"]["torch"], p["env"]["cpu"]) != (env["torch"], env["cpu"])
+        ]
         PINNED.parent.mkdir(exist_ok=True)
-        PINNED.write_text(json.dumps(compute(), indent=2) + "\n")
+        PINNED.write_text(json.dumps({"pins": [*pins, result]}, indent=2) + "\n")
         print(f"wrote {PINNED}")

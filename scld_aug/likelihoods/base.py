@@ -63,7 +63,8 @@ class Likelihood:
 
     def other_genes(self, X, codes: np.ndarray, n_classes: int, rest: np.ndarray) -> dict:
         """Per-class statistics that generate the genes outside the panel (``rest``):
-        ``rest_profile``, ``rest_spread``, ``rest_zero_rate``, ``lower``, ``upper``."""
+        ``rest_profile``, ``rest_spread``, ``rest_zero_rate``, ``lower``, ``upper``,
+        ``rest_overdispersion``."""
         raise NotImplementedError
 
     def n_outputs(self, n_genes: int, n_rest: int) -> int:

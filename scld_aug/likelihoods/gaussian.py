@@ -49,6 +49,7 @@ class Gaussian(Likelihood):
             rest_zero_rate=1.0 - n_nz / np.maximum(n_c, 1.0),
             lower=lower,
             upper=upper,
+            rest_overdispersion=np.zeros(0),
         )
 
     def output_prior(self, mean, n_rest):

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 
 from scld_aug.likelihoods.base import GeneStatistics, Likelihood
-from scld_aug.statistics import TARGET_SUM, class_sums, weighted_moments
+from scld_aug.statistics import TARGET_SUM, class_overdispersion, class_sums, weighted_moments
 
 if TYPE_CHECKING:
     from scld_aug.genes import GenePanel
@@ -59,24 +59,29 @@ def normalized_dispersion(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
 
 def _count_layout(
     panel: GenePanel, code: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where each drawn column goes: the genes drawn for class ``code`` (the modelled ones
     and the other genes the class expresses) in ascending order, the other genes' shares of
-    the "all other genes" total at their positions (zero at modelled genes), and the
-    positions of the modelled genes. Drawing in gene order lets the nonzero entries come
-    out as canonical CSR directly."""
+    the "all other genes" total and their overdispersions at their positions (zero at
+    modelled genes), and the positions of the modelled genes. Drawing in gene order lets
+    the nonzero entries come out as canonical CSR directly."""
     profile = panel.rest_profile[code] if len(panel.rest) else np.zeros(0)
     expressed = np.flatnonzero(profile)
     columns = np.concatenate([panel.genes, panel.rest[expressed]])
     order = np.argsort(columns, kind="stable")
     position = np.empty_like(order)
     position[order] = np.arange(len(order))
+    rest_at = position[len(panel.genes) :]
     shares = np.zeros(len(columns), dtype=np.float32)
-    shares[position[len(panel.genes) :]] = profile[expressed]
+    shares[rest_at] = profile[expressed]
+    overdispersion = np.zeros(len(columns), dtype=np.float32)
+    if len(panel.rest_overdispersion):
+        overdispersion[rest_at] = panel.rest_overdispersion[expressed]
     return (
         torch.as_tensor(columns[order], device=device),
         torch.as_tensor(shares, device=device),
         torch.as_tensor(position[: len(panel.genes)], device=device),
+        torch.as_tensor(overdispersion, device=device),
     )
 
 
@@ -93,12 +98,45 @@ def _csr(counts: torch.Tensor, columns: torch.Tensor, n_genes: int) -> sp.csr_ma
     )
 
 
+def _add_logarithmic_sums(
+    counts: torch.Tensor, mean_phi: torch.Tensor, columns: torch.Tensor, generator: torch.Generator
+) -> None:
+    """In the ``columns`` (a mask), replace each count ``k`` by the sum of ``k`` draws of the
+    logarithmic distribution with parameter ``q = m / (1 + m)``, ``m = mean_phi``: with
+    ``k`` Poisson of mean ``log1p(m) / phi``, the sum is negative binomial with mean
+    ``m / phi`` and overdispersion ``phi`` (Quenouille). Each draw is Kemp's
+    ``floor(1 + log V / log(1 - (1 - q)^U))``; ``log(1 - q) = -log1p(m)`` has no
+    cancellation however large ``m`` is."""
+    rows, cols = torch.nonzero(counts * columns, as_tuple=True)
+    if not len(rows):
+        return
+    device = counts.device
+    remaining = counts[rows, cols]
+    log_keep = -torch.log1p(mean_phi[rows, cols])
+
+    def draws(log_keep: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(len(log_keep), generator=generator, device=device)
+        v = 1.0 - torch.rand(len(log_keep), generator=generator, device=device)
+        return torch.floor(1.0 + v.log() / torch.log1p(-(u * log_keep).exp()))
+
+    # Every entry has at least one draw; few have more, so later rounds index a short list.
+    total = draws(log_keep)
+    more = torch.nonzero(remaining > 1).squeeze(1)
+    remaining, log_keep = remaining[more] - 1, log_keep[more]
+    while len(more):
+        total.index_add_(0, more, draws(log_keep))
+        left = remaining > 1
+        more, remaining, log_keep = more[left], remaining[left] - 1, log_keep[left]
+    counts[rows, cols] = total
+
+
 class NegativeBinomial(Likelihood):
     """Counts of each modelled gene are NB with mean library size x the decoder's softmax
     proportion and a gene-wise inverse dispersion. The decoder has one more output, the
     total of all other genes, which decoding splits over them by the class's observed
-    composition (multinomial). Genes are chosen by dispersion normalized within bins of
-    mean expression; the encoder reads log-normalized counts."""
+    composition, each gene with its observed overdispersion (gamma-Poisson). Genes are
+    chosen by dispersion normalized within bins of mean expression; the encoder reads
+    log-normalized counts."""
 
     name = "nb"
     counts = True
@@ -138,6 +176,7 @@ class NegativeBinomial(Likelihood):
         empty = np.zeros((n_classes, 0))
         return dict(
             rest_profile=profile,
+            rest_overdispersion=class_overdispersion(X, codes, n_classes, rest),
             rest_spread=empty,
             rest_zero_rate=empty,
             lower=np.zeros(0),
@@ -188,14 +227,27 @@ class NegativeBinomial(Likelihood):
         # the gamma draws come from the primitive it uses.
         rate = torch._standard_gamma(dispersion.expand(n, -1), generator=generator)
         rate *= mu / dispersion
-        columns, shares, modelled_at = _count_layout(panel, code, device)
+        columns, shares, modelled_at, overdispersion = _count_layout(panel, code, device)
         modelled = len(panel.genes)
         # The other genes' total is Poisson(rate) split by the class's profile, which is the
         # same as independent Poisson counts at each gene's share of the rate: drawn that
         # way, in one call with the modelled genes, and only for genes the class expresses.
+        # Genes with an overdispersion phi are negative binomial around their share instead
+        # (real cells vary around their type's composition more than Poisson counts do).
+        mean_phi = None
         if rate.shape[1] > modelled:
             full = rate[:, modelled:] * shares
+            if bool((overdispersion > 0).any()):
+                # NB as a Poisson number of logarithmic-series draws: the Poisson mean,
+                # log1p(mean x phi) / phi, is at most the NB mean, so only the nonzero
+                # entries need more draws (a gamma draw per entry costs 4x a Poisson one).
+                # Where phi = 0 the division gives nan, which `where` discards.
+                mean_phi = full * overdispersion
+                full = torch.where(overdispersion > 0, torch.log1p(mean_phi) / overdispersion, full)
         else:
             full = torch.zeros(n, len(columns), device=device)
         full[:, modelled_at] = rate[:, :modelled]
-        return _csr(torch.poisson(full, generator=generator), columns, panel.n_genes)
+        counts = torch.poisson(full, generator=generator)
+        if mean_phi is not None:
+            _add_logarithmic_sums(counts, mean_phi, overdispersion > 0, generator)
+        return _csr(counts, columns, panel.n_genes)
