@@ -99,15 +99,18 @@ def _csr(counts: torch.Tensor, columns: torch.Tensor, n_genes: int) -> sp.csr_ma
 
 
 def _add_logarithmic_sums(
-    counts: torch.Tensor, mean_phi: torch.Tensor, columns: torch.Tensor, generator: torch.Generator
+    counts: torch.Tensor,
+    mean_phi: torch.Tensor,
+    overdispersed: torch.Tensor,
+    generator: torch.Generator,
 ) -> None:
-    """In the ``columns`` (a mask), replace each count ``k`` by the sum of ``k`` draws of the
+    """In the columns marked ``overdispersed``, replace each count ``k`` by the sum of ``k`` draws of the
     logarithmic distribution with parameter ``q = m / (1 + m)``, ``m = mean_phi``: with
     ``k`` Poisson of mean ``log1p(m) / phi``, the sum is negative binomial with mean
     ``m / phi`` and overdispersion ``phi`` (Quenouille). Each draw is Kemp's
     ``floor(1 + log V / log(1 - (1 - q)^U))``; ``log(1 - q) = -log1p(m)`` has no
     cancellation however large ``m`` is."""
-    rows, cols = torch.nonzero(counts * columns, as_tuple=True)
+    rows, cols = torch.nonzero(counts * overdispersed, as_tuple=True)
     if not len(rows):
         return
     device = counts.device
