@@ -77,10 +77,13 @@ def class_sums(X, codes: np.ndarray, n_classes: int, with_spread: bool):
 MAX_OVERDISPERSION = 100.0
 
 
-def class_overdispersion(X, codes: np.ndarray, n_classes: int, columns: np.ndarray) -> np.ndarray:
-    """Per column of ``columns``, the overdispersion ``1/theta`` of a gamma-Poisson
-    (negative binomial) for counts around ``mu = T_i p_cg``: the cell's total over
-    ``columns`` times its class's share of that total for the gene.
+def class_composition(
+    X, codes: np.ndarray, n_classes: int, columns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's composition of the genes ``columns`` (shares of their total, rows sum to
+    1; zero for a class without counts there) and each gene's overdispersion ``1/theta``
+    around it: gamma-Poisson (negative binomial) counts around ``mu = T_i p_cg``, the cell's
+    total over ``columns`` times its class's share.
 
     Method of moments pooled over cells and classes, ``sum((x - mu)^2 - mu) / sum(mu^2)``
     (0 for Poisson counts), streamed by rows in one pass and clipped to
@@ -91,7 +94,6 @@ def class_overdispersion(X, codes: np.ndarray, n_classes: int, columns: np.ndarr
     counts = np.zeros((n_classes, n))  # sum of x
     squares = np.zeros((n_classes, n))  # sum of x^2
     cross = np.zeros((n_classes, n))  # sum of T_i x
-    totals = np.zeros(n_classes)  # sum of T_i
     total_squares = np.zeros(n_classes)  # sum of T_i^2
     for start, chunk in iter_row_chunks(X):
         part = sp.csr_matrix(chunk[:, columns], dtype=np.float64)
@@ -101,13 +103,13 @@ def class_overdispersion(X, codes: np.ndarray, n_classes: int, columns: np.ndarr
         counts += (onehot @ part).toarray()
         squares += (onehot @ part.multiply(part)).toarray()
         cross += (onehot @ sp.diags(t) @ part).toarray()
-        totals += np.bincount(c, weights=t, minlength=n_classes)
         total_squares += np.bincount(c, weights=t * t, minlength=n_classes)
-    share = np.divide(counts, totals[:, None], out=np.zeros_like(counts), where=totals[:, None] > 0)
+    totals = counts.sum(1, keepdims=True)
+    share = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     mu_squares = share**2 * total_squares[:, None]
     excess = (squares - 2.0 * share * cross + mu_squares - counts).sum(0)
     spread = np.divide(excess, mu_squares.sum(0), out=np.zeros(n), where=mu_squares.sum(0) > 0)
-    return np.clip(spread, 0.0, MAX_OVERDISPERSION)
+    return share, np.clip(spread, 0.0, MAX_OVERDISPERSION)
 
 
 def column_range(X) -> tuple[np.ndarray, np.ndarray]:

@@ -171,7 +171,7 @@ def test_overdispersion_of_the_other_genes_is_estimated_within_types():
     nothing to it."""
     import scipy.sparse as sp
 
-    from scld_aug.statistics import MAX_OVERDISPERSION, class_overdispersion
+    from scld_aug.statistics import MAX_OVERDISPERSION, class_composition
 
     rng = np.random.default_rng(0)
     n, g = 4000, 200
@@ -182,7 +182,9 @@ def test_overdispersion_of_the_other_genes_is_estimated_within_types():
     draws = np.where(phi > 0, rng.gamma(shape, 1 / shape, size=(n, g)), 1.0)
     totals = rng.integers(2000, 8000, n)
     X = sp.csr_matrix(rng.poisson(totals[:, None] * share[codes] * draws).astype(np.float32))
-    estimate = class_overdispersion(X, codes, 2, np.arange(g))
+    composition, estimate = class_composition(X, codes, 2, np.arange(g))
+    observed = np.vstack([np.asarray(X[codes == c].sum(0)).ravel() for c in (0, 1)])
+    np.testing.assert_allclose(composition, observed / observed.sum(1, keepdims=True))
     for value in np.unique(phi):
         got = estimate[phi == value]
         assert abs(np.median(got) - value) <= 0.03 + 0.1 * value, (value, np.median(got))
@@ -190,5 +192,5 @@ def test_overdispersion_of_the_other_genes_is_estimated_within_types():
     # with the same count in every cell is less variable than Poisson: 0.
     burst = np.zeros((400, 2))
     burst[0, 0], burst[:, 1] = 3.0, 50.0
-    out = class_overdispersion(sp.csr_matrix(burst), np.zeros(400, dtype=int), 1, np.arange(2))
+    _, out = class_composition(sp.csr_matrix(burst), np.zeros(400, dtype=int), 1, np.arange(2))
     assert out.tolist() == [MAX_OVERDISPERSION, 0.0]

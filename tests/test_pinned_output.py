@@ -11,7 +11,8 @@ cells on the same CPU model, torch and numpy versions, and torch's kernels diffe
 instruction sets (measured: the same commit gives other weights on an AVX-512 machine than
 on the machine the first pins came from). So each pin records the torch version and the CPU
 (model, torch's CPU capability and a digest of the CPU flags); the test compares with the
-pin of this torch and CPU and skips, saying so, where there is none. Another numpy version
+pin of this torch and CPU; where there is none it checks that two processes give the same
+bytes, and warns that the pins were not compared. Another numpy version
 runs the test and, if the cells differ, the failure says so. After a change that is meant
 to alter outputs, re-pin with ``python -m tests.test_pinned_output --update`` (it replaces
 every pin: older ones describe the old outputs) and say why in the commit; ``--add`` pins
@@ -27,9 +28,8 @@ import platform
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = ROOT / "tests" / "data" / "pinned_outputs.json"
@@ -131,15 +131,23 @@ def test_fixed_seed_outputs_are_byte_identical_to_the_pinned_ones():
     pins = json.loads(PINNED.read_text())["pins"]
     here = {"torch": torch.__version__, "numpy": np.__version__, "cpu": cpu_signature()}
     same = [p for p in pins if (p["env"]["torch"], p["env"]["cpu"]) == (here["torch"], here["cpu"])]
-    if not same:
-        # Another torch build (e.g. CUDA) or CPU runs other kernels: byte equality is not
-        # promised there (docs/howto/reproducibility.md).
-        pytest.skip(
-            f"outputs were pinned with {[p['env'] for p in pins]}, not with torch "
-            f"{here['torch']} on {here['cpu']!r}"
-        )
-    pinned = same[0]
     result = compute()
+    if not same:
+        # Another torch build (e.g. CUDA) or CPU runs other kernels, so the pins do not
+        # apply (docs/howto/reproducibility.md); what is promised there is that two
+        # processes on this machine give the same bytes.
+        again = compute()
+        assert again["hashes"] == result["hashes"], (
+            f"two processes with the same seed gave different outputs: {result['hashes']} "
+            f"then {again['hashes']}"
+        )
+        warnings.warn(
+            f"outputs were pinned with {[p['env'] for p in pins]}, not with torch "
+            f"{here['torch']} on {here['cpu']!r}: checked that they repeat, not the pins",
+            stacklevel=1,
+        )
+        return
+    pinned = same[0]
     changed = {
         k: (pinned["hashes"].get(k), v)
         for k, v in result["hashes"].items()

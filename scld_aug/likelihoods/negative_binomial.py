@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 
 from scld_aug.likelihoods.base import GeneStatistics, Likelihood
-from scld_aug.statistics import TARGET_SUM, class_overdispersion, class_sums, weighted_moments
+from scld_aug.statistics import TARGET_SUM, class_composition, weighted_moments
 
 if TYPE_CHECKING:
     from scld_aug.genes import GenePanel
@@ -172,14 +172,11 @@ class NegativeBinomial(Likelihood):
         return GeneStatistics(mean, var, log_mean, log_var, score, np.flatnonzero(mean > 0))
 
     def other_genes(self, X, codes, n_classes, rest):
-        sums, _, _ = class_sums(X, codes, n_classes, with_spread=False)
-        rest_sums = sums[:, rest]
-        totals = rest_sums.sum(1, keepdims=True)
-        profile = np.divide(rest_sums, totals, out=np.zeros_like(rest_sums), where=totals > 0)
+        profile, overdispersion = class_composition(X, codes, n_classes, rest)
         empty = np.zeros((n_classes, 0))
         return dict(
             rest_profile=profile,
-            rest_overdispersion=class_overdispersion(X, codes, n_classes, rest),
+            rest_overdispersion=overdispersion,
             rest_spread=empty,
             rest_zero_rate=empty,
             lower=np.zeros(0),
