@@ -14,14 +14,12 @@ per type). This script runs ``evaluation.ablation`` with the second one changed:
 * ``--codes jitter=S``: they learn each cell's code plus Gaussian noise of ``S`` times the
   code's standard deviation in each latent dimension (the spread without a variational
   autoencoder; with ``kl_weight=0``);
-* ``--codes sample-jitter=S``: training as usual; each sampled code gets Gaussian noise of
-  ``S`` times the codes' standard deviation just before decoding (the spread added at
-  sampling time, which needs no retraining).
 
 Methods are written ``SCLD <codes> [<training>] [<sampling>]``; compare them with the
-plain variants of ``evaluation.ablation`` on the same seeds. With ``means`` and ``jitter``
-generators are not saved (the change is in training, and a saved file would not record it);
-with ``sample-jitter``, ``--generators DIR`` reuses the ablation's saved generators.
+plain variants of ``evaluation.ablation`` on the same seeds. Generators are not saved (the
+change is in training, and a saved file would not record it). The spread added at sampling
+time instead is the sampler's ``latent_noise`` (``evaluation.ablation --sampling
+"latent_noise=0.6"``).
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ import pandas as pd
 
 from evaluation import ablation
 from scld_aug import train
-from scld_aug.generator import SCLDGenerator
 
 
 def codes_patch(codes: str):
@@ -61,37 +58,19 @@ def codes_patch(codes: str):
     raise ValueError(f"--codes must be 'means' or 'jitter=S', got {codes!r}")
 
 
-def decode_patch(scale: float):
-    """A replacement of :meth:`SCLDGenerator.decode` that adds Gaussian noise of ``scale``
-    to the standardized codes (unit spread per dimension), seeded by the block's seed."""
-    decode = SCLDGenerator.decode
-
-    def decode_jittered(self, latents, code, output, seed):
-        noise = np.random.default_rng([int(seed), 15]).standard_normal(latents.shape)
-        return decode(self, latents + scale * noise.astype(latents.dtype), code, output, seed)
-
-    return decode_jittered
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m evaluation.latent_spread", description=__doc__.splitlines()[0]
     )
     ablation.add_protocol_arguments(parser)
-    parser.add_argument("--codes", required=True, help="'means', 'jitter=S' or 'sample-jitter=S'")
+    parser.add_argument("--codes", required=True, help="'means' or 'jitter=S'")
     parser.add_argument("--training", nargs="+", default=["default"])
     parser.add_argument("--sampling", nargs="+", default=["default"])
-    parser.add_argument("--generators", default=None, help="saved generators (sample-jitter)")
     parser.add_argument("--output", required=True, help="CSV of every number")
     args = parser.parse_args(argv)
-    if args.codes.startswith("sample-jitter="):
-        scale = float(args.codes.split("=", 1)[1])
-        patched = mock.patch.object(SCLDGenerator, "decode", decode_patch(scale))
-    else:
-        args.generators = None
-        patched = mock.patch.object(train, "encode_cells", codes_patch(args.codes))
+    args.generators = None
     # Only the SCLD rows are relabelled; the baselines are the ablation's own.
-    with patched:
+    with mock.patch.object(train, "encode_cells", codes_patch(args.codes)):
         results = ablation.run(args)
     results["method"] = results.method.str.replace("SCLD [", f"SCLD {args.codes} [", regex=False)
     results.to_csv(args.output, index=False)

@@ -192,7 +192,8 @@ class SCLDGenerator:
     ) -> Iterator[np.ndarray | sp.csr_matrix]:
         """Synthetic cells of class ``label`` as blocks of at most ``batch_size`` rows (CSR
         for sampled counts, dense otherwise), from the guided denoising loop of
-        :mod:`scld_aug.sampling`.
+        :mod:`scld_aug.sampling`. ``params.latent_noise`` must be a number: ``"auto"`` is
+        chosen by :class:`~scld_aug.SCLDSampler` from the training cells.
 
         Deterministic for a given ``seed`` on CPU; global random state is not touched.
         """

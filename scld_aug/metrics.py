@@ -43,6 +43,7 @@ __all__ = [
     "gene_fidelity",
     "memorization",
     "mmd_rbf",
+    "nearest_distances",
     "sliced_wasserstein",
     "two_sample_auc",
 ]
@@ -389,9 +390,20 @@ def two_sample_auc(
     return float(roc_auc_score(y, proba[:, 1]))
 
 
-def _nearest(query: np.ndarray, reference: np.ndarray, k: int = 1) -> np.ndarray:
+def nearest_distances(query: np.ndarray, reference: np.ndarray, k: int = 1) -> np.ndarray:
     """Euclidean distances from each row of ``query`` to its ``k`` nearest rows of
-    ``reference`` (ascending, shape ``(n_query, k)``)."""
+    ``reference`` (ascending, shape ``(n_query, k)``).
+
+    Exact duplicates are at distance 0. With ``query`` as its own reference, column 0 is
+    each row itself and column 1 its nearest other row (leave-one-out).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> points = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]])
+    >>> nearest_distances(points, points, k=2)[:, 1]
+    array([1.        , 4.24264069, 1.        ])
+    """
     from sklearn.neighbors import NearestNeighbors
 
     index = NearestNeighbors(n_neighbors=k).fit(reference)
@@ -435,8 +447,8 @@ def memorization(train: np.ndarray, synthetic: np.ndarray, held_out: np.ndarray)
     """
     train, synthetic = _check_pair(train, synthetic, min_rows=1)
     train, held_out = _check_pair(train, held_out, min_rows=1)
-    d_syn = _nearest(synthetic, train)[:, 0]
-    d_held = _nearest(held_out, train)[:, 0]
+    d_syn = nearest_distances(synthetic, train)[:, 0]
+    d_held = nearest_distances(held_out, train)[:, 0]
     held_median = float(np.median(d_held))
     syn_median = float(np.median(d_syn))
     return {
@@ -485,8 +497,8 @@ def density_coverage(real: np.ndarray, synthetic: np.ndarray, k: int = 5) -> dic
     k_real = min(k, real.shape[0] - 1)
     k_syn = min(k, synthetic.shape[0] - 1)
     # k + 1 neighbours: each cell is its own nearest neighbour.
-    real_radius = _nearest(real, real, k_real + 1)[:, -1]
-    syn_radius = _nearest(synthetic, synthetic, k_syn + 1)[:, -1]
+    real_radius = nearest_distances(real, real, k_real + 1)[:, -1]
+    syn_radius = nearest_distances(synthetic, synthetic, k_syn + 1)[:, -1]
     d = np.sqrt(
         np.maximum(
             (synthetic**2).sum(1)[:, None] + (real**2).sum(1)[None, :] - 2 * synthetic @ real.T,

@@ -409,6 +409,25 @@ PARAMS: tuple[Param, ...] = (
         py_type="float",
     ),
     Param(
+        "latent_noise",
+        "auto",
+        "sampling",
+        [NON_NEGATIVE, StrOptions({"auto"})],
+        'float or "auto"',
+        "Gaussian noise added to every sampled latent code before decoding, in standard "
+        "deviations of the training codes per latent dimension: it widens the synthetic "
+        "cells around the few real cells a rare type was learned from. 0 adds none. "
+        '``"auto"`` chooses per class at fit time from 0, 0.2, 0.4 and 0.6, measured on '
+        "the training cells: the smallest level at which the synthetic cells are at least "
+        "0.6 times as far from the class's real cells as those are from each other, among "
+        "the levels that keep the synthetic cells as recognisable as the class's type as "
+        "without noise (:mod:`scld_aug.noise_choice`); the choice is in "
+        "``latent_noises_``.",
+        help='noise added to sampled latent codes (in code standard deviations), or "auto"',
+        commands=AUGMENT,
+        py_type="float | str",
+    ),
+    Param(
         "n_sampling_steps",
         20,
         "sampling",

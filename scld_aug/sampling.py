@@ -5,7 +5,8 @@ noise, or from noised latent codes of real cells of the class (anchored generati
 every step combine the conditional and unconditional noise predictions (classifier-free
 guidance, pre-guidance) and optionally push along the latent classifier's gradient
 (post-guidance); optionally reject latents the classifier does not assign to the class and
-draw again (the filter); finally decode the latents to cells.
+draw again (the filter); optionally widen them with Gaussian noise (``latent_noise``); finally
+decode the latents to cells.
 """
 
 from __future__ import annotations
@@ -176,8 +177,19 @@ def sample(
     """
     code = generator.class_code(label)
     generator.panel.distribution.check_output(params.output)
+    if isinstance(params.latent_noise, str):
+        raise ValueError(
+            f"latent_noise={params.latent_noise!r}: a generator samples with a number. "
+            "'auto' is chosen per class by SCLDSampler from the training cells (its "
+            "latent_noises_ holds the choices); pass e.g. SamplingParams(latent_noise=0.0) "
+            "for no noise."
+        )
     torch_rng = torch.Generator().manual_seed(seed)
     codes = latents(generator, code, n, params, torch_rng)
+    if params.latent_noise:
+        # Drawn after the codes from the same stream: the codes themselves do not change.
+        noise = torch.randn(codes.shape, generator=torch_rng).numpy()
+        codes = codes + np.float32(params.latent_noise) * noise
     starts = range(0, n, batch_size)
     # One seed per block, so that blocks can decode in any order on any number of threads.
     seeds = np.random.SeedSequence(seed).generate_state(len(starts), np.uint64) >> np.uint64(1)

@@ -43,7 +43,7 @@ def test_conditioning_on_distinct_rows_matches_every_row():
 def test_decoded_blocks_do_not_depend_on_the_number_of_decoding_threads(generator, monkeypatch):
     codes = np.random.default_rng(1).standard_normal((700, generator.latent_mean.shape[0]))
     monkeypatch.setattr(sampling, "latents", lambda *args: codes.astype(np.float32))
-    params = SamplingParams()
+    params = SamplingParams(latent_noise=0.0)
     runs = []
     for n_jobs in (1, 2):
         with torch_threads(n_jobs):
@@ -52,13 +52,20 @@ def test_decoded_blocks_do_not_depend_on_the_number_of_decoding_threads(generato
     assert (runs[0] != runs[1]).nnz == 0
 
 
+def test_a_generator_needs_a_number_as_latent_noise(generator):
+    # "auto" (the sampler's default) is chosen from training cells the generator lacks.
+    with pytest.raises(ValueError, match="SCLDSampler from the training cells"):
+        next(generator.sample("type2", 10, SamplingParams(), seed=3))
+
+
 def test_sampled_counts_come_as_canonical_integer_csr(generator):
-    blocks = list(generator.sample("type2", 300, SamplingParams(), seed=3, batch_size=128))
+    params = SamplingParams(latent_noise=0.0)
+    blocks = list(generator.sample("type2", 300, params, seed=3, batch_size=128))
     assert [b.shape[0] for b in blocks] == [128, 128, 44]
     for block in blocks:
         assert sp.isspmatrix_csr(block) and block.has_canonical_format
         assert (block.data > 0).all() and np.array_equal(block.data, np.round(block.data))
-    mean = generator.sample("type2", 50, SamplingParams(output="mean"), seed=3)
+    mean = generator.sample("type2", 50, SamplingParams(output="mean", latent_noise=0.0), seed=3)
     assert isinstance(next(mean), np.ndarray)
 
 
