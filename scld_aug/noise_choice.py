@@ -71,31 +71,42 @@ class Reference:
     embedded real cells (at most :data:`MAX_CLASS_CELLS`)."""
 
     embedding: ReferenceEmbedding
-    judge: LogisticRegression
+    judge: LogisticRegression | None  # None with a single type: nothing to confuse it with
     cells: dict
 
 
 def fit_reference(X, y, counts: bool, seed: int) -> Reference:
     """The :class:`Reference` of the training cells ``X`` (validated matrix) with labels
-    ``y``; the embedding and the classifier see at most :data:`MAX_EMBEDDING_CELLS`."""
+    ``y``. The embedding and the classifier see at most :data:`MAX_EMBEDDING_CELLS`; in
+    larger data every type keeps an equal share of them (all its cells if fewer), so that
+    a rare type is never left out of the classifier."""
     rng = np.random.default_rng(seed)
+    labels = np.unique(y)
     rows = np.arange(X.shape[0])
     if len(rows) > MAX_EMBEDDING_CELLS:
-        rows = np.sort(rng.choice(rows, MAX_EMBEDDING_CELLS, replace=False))
+        share = max(MAX_EMBEDDING_CELLS // len(labels), 1)
+        rows = np.sort(
+            np.concatenate([_at_most(np.flatnonzero(y == t), share, rng) for t in labels])
+        )
     subset = X[rows]
     # PCA takes 32-bit seeds.
     embedding = ReferenceEmbedding(counts=counts, random_state=seed % 2**32).fit(subset)
-    with warnings.catch_warnings():
-        # A rough judge serves the guard; its convergence is not the user's concern.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        judge = LogisticRegression(max_iter=1000).fit(embedding.transform(subset), y[rows])
-    cells = {}
-    for label in np.unique(y):
-        mine = np.flatnonzero(y == label)
-        if len(mine) > MAX_CLASS_CELLS:
-            mine = np.sort(rng.choice(mine, MAX_CLASS_CELLS, replace=False))
-        cells[label] = embedding.transform(X[mine])
+    judge = None
+    if len(labels) > 1:
+        with warnings.catch_warnings():
+            # A rough judge serves the guard; its convergence is not the user's concern.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            judge = LogisticRegression(max_iter=1000).fit(embedding.transform(subset), y[rows])
+    cells = {
+        t: embedding.transform(X[_at_most(np.flatnonzero(y == t), MAX_CLASS_CELLS, rng)])
+        for t in labels
+    }
     return Reference(embedding, judge, cells)
+
+
+def _at_most(rows: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``rows``, or a random sorted subset of ``n`` of them."""
+    return rows if len(rows) <= n else np.sort(rng.choice(rows, n, replace=False))
 
 
 def novelty(real: np.ndarray, synthetic: np.ndarray) -> float:
@@ -163,7 +174,9 @@ def choose_noise(
         embedded = reference.embedding.transform(cells)
         scores[float(level)] = {
             "novelty": novelty(real, embedded),
-            "recognised": float(np.mean(reference.judge.predict(embedded) == label)),
+            "recognised": 1.0
+            if reference.judge is None
+            else float(np.mean(reference.judge.predict(embedded) == label)),
         }
     # No noise (GRID[0]) is always allowed.
     drop = np.inf if MAX_RECOGNITION_DROP is None else MAX_RECOGNITION_DROP

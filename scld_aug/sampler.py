@@ -402,9 +402,9 @@ class SCLDSampler(BaseOverSampler):
     def _latent_noise(self, label, n: int) -> float:
         """The latent noise of class ``label``, recorded in ``latent_noises_``.
 
-        Under "auto" it is chosen for ``n`` new cells from the training cells of the last
-        fit, and a choice is reused only while the other sampling parameters are those it
-        was made under (like ``guidance_scale="auto"``).
+        Under "auto" it is chosen from the training cells of the last fit (``n`` matters
+        only to an automatic guidance scale), and a choice is reused only while the other
+        sampling parameters are those it was made under (like ``guidance_scale="auto"``).
         """
         key = plain_scalar(label)
         if self.latent_noise != "auto":
@@ -707,6 +707,8 @@ class SCLDSampler(BaseOverSampler):
         params["device"] = device
         # Files written before the solver parameter sampled with DDIM: keep their cells.
         params.setdefault("solver", "ddim")
+        # Files written before latent noise existed sampled without it: keep their cells.
+        params.setdefault("latent_noise", 0.0)
         sampler = cls(**params)
         sampler._validate_params()
         fitted = json.loads(state["fitted"])
@@ -730,7 +732,6 @@ class SCLDSampler(BaseOverSampler):
         # Files written before per-class scales have none: the parameter is the scale.
         sampler.guidance_scales_ = dict(fitted.get("guidance_scales_", []))
         sampler._auto_guidance = {k: (m, v) for k, m, v in fitted.get("auto_guidance", [])}
-        # Files written before latent noise existed sampled without it.
         sampler.latent_noises_ = dict(fitted.get("latent_noises_", []))
         sampler._auto_noise = {k: (m, v) for k, m, v in fitted.get("auto_noise", [])}
         return sampler

@@ -11,6 +11,7 @@ from scld_aug import SCLDSampler, noise_choice
 from scld_aug.metrics import ReferenceEmbedding
 from scld_aug.noise_choice import GRID, TARGET, Reference, choose_noise, novelty
 from scld_aug.params import SamplingParams
+from tests.conftest import make_counts
 
 N_GENES = 12
 
@@ -208,3 +209,38 @@ def test_a_number_is_used_as_given_for_every_class(counts_data, tiny_params):
     X, y = counts_data
     sampler = SCLDSampler(random_state=0, latent_noise=0.2, **tiny_params).fit(X, y)
     assert sampler.latent_noises_ == {"type1": 0.2, "type2": 0.2}
+
+
+def test_files_saved_before_latent_noise_keep_sampling_without_it(
+    counts_data, tiny_params, tmp_path
+):
+    import json
+
+    import torch
+
+    X, y = counts_data
+    sampler = SCLDSampler(random_state=0, latent_noise=0.0, **tiny_params).fit(X, y)
+    sampler.save(tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    params, fitted = json.loads(state["params"]), json.loads(state["fitted"])
+    del params["latent_noise"], fitted["latent_noises_"], fitted["auto_noise"]
+    state["params"], state["fitted"] = json.dumps(params), json.dumps(fitted)
+    torch.save(state, tmp_path / "old.pt")  # as written before the parameter existed
+    old = SCLDSampler.load(tmp_path / "old.pt", device="cpu")
+    assert old.latent_noise == 0.0
+    np.testing.assert_array_equal(old.generate(9, "type2"), sampler.generate(9, "type2"))
+
+
+def test_reference_keeps_every_type_in_large_data_and_needs_two_types_for_a_judge(monkeypatch):
+    X, y = make_counts(sizes=(400, 200, 5), n_genes=40)
+    monkeypatch.setattr(noise_choice, "MAX_EMBEDDING_CELLS", 60)
+    reference = noise_choice.fit_reference(X, y, counts=True, seed=0)
+    # 60 cells in 3 equal shares: the 5-cell type is kept whole and known to the judge.
+    assert set(reference.judge.classes_) == {"type0", "type1", "type2"}
+    assert {t: len(c) for t, c in reference.cells.items()} == {
+        "type0": 400,
+        "type1": 200,
+        "type2": 5,
+    }
+    single = noise_choice.fit_reference(X[:400], y[:400], counts=True, seed=0)
+    assert single.judge is None  # one type: nothing to confuse it with
