@@ -31,11 +31,13 @@ import argparse
 import time
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
 
 from evaluation.__main__ import load
+from scld_aug import noise_choice
 from scld_aug.benchmark.methods import make_pipeline
 from scld_aug.benchmark.protocols import default_downsample_types, downsampled, variant_params
 from scld_aug.metrics import ReferenceEmbedding, downstream_scores, memorization
@@ -305,8 +307,21 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--output", required=True, help="CSV of every number")
     parser.add_argument("--summary-only", action="store_true", help="summarise an existing CSV")
+    parser.add_argument(
+        "--noise-guard",
+        default=None,
+        help="the fidelity guard of latent_noise='auto' (noise_choice.MAX_RECOGNITION_DROP) "
+        "for this run: a number, or 'none' to measure the rule without it",
+    )
     args = parser.parse_args(argv)
-    results = pd.read_csv(args.output) if args.summary_only else run(args)
+    if args.summary_only:
+        results = pd.read_csv(args.output)
+    else:
+        guard = noise_choice.MAX_RECOGNITION_DROP
+        if args.noise_guard is not None:
+            guard = None if args.noise_guard == "none" else float(args.noise_guard)
+        with mock.patch.object(noise_choice, "MAX_RECOGNITION_DROP", guard):
+            results = run(args)
     with pd.option_context("display.width", 250, "display.max_columns", 40):
         print(summary(results).to_string())
         errors = per_type_summary(results)

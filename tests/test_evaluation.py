@@ -306,3 +306,24 @@ def test_latent_spread_changes_only_what_the_diffusion_model_learns():
         np.testing.assert_allclose(spread, np.broadcast_to(0.5 * codes.std(0), codes.shape))
     with pytest.raises(ValueError, match="'means' or 'jitter=S'"):
         latent_spread.codes_patch("wide")
+
+
+def test_ablation_noise_guard_is_set_for_the_run_only(monkeypatch, tmp_path):
+    from evaluation import ablation
+    from scld_aug import noise_choice
+
+    seen = []
+
+    def run(args):
+        seen.append(noise_choice.MAX_RECOGNITION_DROP)
+        return pd.DataFrame()
+
+    monkeypatch.setattr(ablation, "run", run)
+    monkeypatch.setattr(ablation, "summary", lambda results: pd.DataFrame())
+    monkeypatch.setattr(ablation, "per_type_summary", lambda results: pd.DataFrame())
+    default = noise_choice.MAX_RECOGNITION_DROP
+    out = str(tmp_path / "x.csv")
+    for flag in (["--noise-guard", "none"], ["--noise-guard", "0.1"], []):
+        assert ablation.main(["--output", out, *flag]) == 0
+    assert seen == [None, 0.1, default]
+    assert noise_choice.MAX_RECOGNITION_DROP == default
