@@ -153,8 +153,9 @@ def choose_noise(
     -------
     noise : float
     scores : dict
-        For every level tried, the probe cells' ``"novelty"`` and the share of them the
-        training cells' classifier calls ``label`` (``"recognised"``). Empty when the
+        For every level tried (in increasing order, up to the chosen one when it reaches
+        the target), the probe cells' ``"novelty"`` and the share of them the training
+        cells' classifier calls ``label`` (``"recognised"``). Empty when the
         training data hold fewer than :data:`MIN_CLASS_CELLS` cells of the class (a
         pretrained generator may know classes the data lack): no noise is added then.
     """
@@ -168,22 +169,24 @@ def choose_noise(
     # whether its cells are asked for by fit_resample, generate or a loaded file.
     z = sampling.latents(generator, code, PROBE_CELLS, probe, torch_rng)
     direction = torch.randn(z.shape, generator=torch_rng).numpy()
-    scores = {}
+    drop = np.inf if MAX_RECOGNITION_DROP is None else MAX_RECOGNITION_DROP
+    scores: dict[float, dict[str, float]] = {}
+    # Levels in increasing order, stopping at the first allowed one that reaches the
+    # target: that is the answer, and larger levels need not be decoded.
     for level in GRID:
         cells = generator.decode(z + np.float32(level) * direction, code, params.output, seed)
         embedded = reference.embedding.transform(cells)
-        scores[float(level)] = {
+        score = scores[float(level)] = {
             "novelty": novelty(real, embedded),
             "recognised": 1.0
             if reference.judge is None
             else float(np.mean(reference.judge.predict(embedded) == label)),
         }
-    # No noise (GRID[0]) is always allowed.
-    drop = np.inf if MAX_RECOGNITION_DROP is None else MAX_RECOGNITION_DROP
+        # No noise (GRID[0]) is always allowed.
+        allowed = score["recognised"] >= scores[GRID[0]]["recognised"] - drop
+        if allowed and score["novelty"] >= TARGET:
+            return float(level), scores
     floor = scores[GRID[0]]["recognised"] - drop
-    allowed = [level for level, score in scores.items() if score["recognised"] >= floor]
-    reached = [level for level in allowed if scores[level]["novelty"] >= TARGET]
-    if reached:
-        return reached[0], scores
-    best = max(scores[level]["novelty"] for level in allowed)
-    return next(level for level in allowed if scores[level]["novelty"] == best), scores
+    allowed_levels = [level for level, score in scores.items() if score["recognised"] >= floor]
+    best = max(scores[level]["novelty"] for level in allowed_levels)
+    return next(level for level in allowed_levels if scores[level]["novelty"] == best), scores
