@@ -25,8 +25,8 @@ measuring, on the training cells of the fit, how novel the synthetic cells are:
 Noise that moves cells without making them more novel (the decoder maps it onto the same
 cells) is never chosen over less noise unless it reaches the target, and noise that carries
 cells toward another type is refused by the guard. Costs one probe of latent sampling and
-four small decodes per class (about 0.8 s per class on Baron's 20,125 genes, one thread;
-``evaluation/results/experiments.md``, section 16).
+at most four small decodes per class (about 0.5 s per class on Baron's 20,125 genes, one
+thread; ``evaluation/results/experiments.md``, section 16).
 """
 
 from __future__ import annotations
