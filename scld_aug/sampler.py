@@ -374,7 +374,7 @@ class SCLDSampler(BaseOverSampler):
             scale = float(self.guidance_scale)
         else:
             probe = self._sampling_params(1.0)  # every scale of the grid is tried
-            made_under = json.dumps(asdict(probe), sort_keys=True, default=str)
+            made_under = _made_under(probe)
             chosen = self._auto_guidance.get(key)
             if chosen is not None and chosen[0] == made_under:
                 scale = chosen[1]
@@ -411,7 +411,7 @@ class SCLDSampler(BaseOverSampler):
             self.latent_noises_[key] = float(self.latent_noise)
             return self.latent_noises_[key]
         probe = self._sampling_params(self._guidance_scale(label, n))
-        made_under = json.dumps(asdict(probe), sort_keys=True, default=str)
+        made_under = _made_under(probe)
         chosen = self._auto_noise.get(key)
         if chosen is None or chosen[0] != made_under:
             reference = getattr(self, "_noise_reference", None)
@@ -735,6 +735,11 @@ class SCLDSampler(BaseOverSampler):
         sampler.latent_noises_ = dict(fitted.get("latent_noises_", []))
         sampler._auto_noise = {k: (m, v) for k, m, v in fitted.get("auto_noise", [])}
         return sampler
+
+
+def _made_under(probe: params.SamplingParams) -> str:
+    """The sampling parameters an automatic choice was made under, as a comparable key."""
+    return json.dumps(asdict(probe), sort_keys=True, default=str)
 
 
 def _is_number(value: Any) -> bool:
