@@ -11,6 +11,11 @@ records, per type, in the embedding of the training cells:
   test cells (what the reports show; not available at fit time);
 * ``novelty``: :func:`scld_aug.noise_choice.novelty` against the type's training cells
   alone (their leave-one-out spread in place of held-out cells: what ``"auto"`` uses).
+
+With ``--encoder-choice`` it records instead what ``kl_weight="auto"`` measures on each
+seed's generator: :func:`scld_aug.encoder_choice.median_novelty` (every type, default
+sampling, no latent noise; the seed training derives), and the weight it would choose
+(``--variant`` names the saved generators to read, e.g. ``kl=0``).
 """
 
 from __future__ import annotations
@@ -37,9 +42,17 @@ def main(argv=None) -> int:
     parser.add_argument("--levels", type=float, nargs="+", default=[0.0, 0.3, 0.6])
     parser.add_argument("--generators", required=True, help="the ablation's saved generators")
     parser.add_argument("--output", required=True, help="CSV of every number")
+    parser.add_argument(
+        "--encoder-choice",
+        action="store_true",
+        help="record kl_weight='auto''s measurement on each seed's generator instead",
+    )
+    parser.add_argument("--variant", default="default", help="saved generators' variant")
     args = parser.parse_args(argv)
     X, y = load(args.dataset, args.labels_key)
     types = args.types or default_downsample_types(y)
+    if args.encoder_choice:
+        return _encoder_choice(args, X, y, types)
     rows = []
     for seed in args.seeds:
         train, train_k, test, targets = downsampled(y, seed, args.k, types)
@@ -81,6 +94,29 @@ def main(argv=None) -> int:
     )
     with pd.option_context("display.width", 200):
         print(table.round(2).to_string())
+    return 0
+
+
+def _encoder_choice(args, X, y, types) -> int:
+    import scipy.sparse as sp
+
+    from scld_aug import encoder_choice
+    from scld_aug._random import derive_seeds
+
+    rows = []
+    for seed in args.seeds:
+        _, train_k, _, _ = downsampled(y, seed, args.k, types)
+        name = f"{args.dataset}_k{args.k}_seed{seed}_{args.variant}.pt"
+        generator = SCLDGenerator.load(Path(args.generators) / name)
+        # The seed train_generator measures with.
+        training_seed = derive_seeds(seed, 2)[0]
+        value = encoder_choice.median_novelty(
+            generator, sp.csr_matrix(X[train_k]), y[train_k], training_seed
+        )
+        chosen = encoder_choice.VARIATIONAL if encoder_choice.needs_variational(value) else 0.0
+        rows.append({"seed": seed, "median_novelty": value, "kl_weight_chosen": chosen})
+        print(f"seed {seed}: median novelty {value:.3f} -> kl_weight {chosen}", flush=True)
+    pd.DataFrame(rows).to_csv(args.output, index=False)
     return 0
 
 

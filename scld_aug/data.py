@@ -185,6 +185,12 @@ class CellRows:
             return block.toarray()[inverse]
         return self._select(self.matrix[rows]).toarray()
 
+    def csr_rows(self, rows: np.ndarray) -> sp.csr_matrix:
+        """CSR rows (sorted, distinct indices) of the selected genes: a sample of cells
+        that stays sparse."""
+        block = self.matrix[rows]
+        return self._select(_canonical_block(block) if self.backed else block)
+
     def columns(self, genes: np.ndarray) -> CellRows:
         """The same cells restricted to ``genes``.
 

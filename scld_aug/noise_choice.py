@@ -32,6 +32,7 @@ thread; ``evaluation/results/experiments.md``, section 16).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from scld_aug import sampling
+from scld_aug.data import CellRows
 from scld_aug.metrics import ReferenceEmbedding, nearest_distances
 from scld_aug.params import SamplingParams
 
@@ -76,7 +78,8 @@ class Reference:
 
 
 def fit_reference(X, y, counts: bool, seed: int) -> Reference:
-    """The :class:`Reference` of the training cells ``X`` (validated matrix) with labels
+    """The :class:`Reference` of the training cells ``X`` (validated matrix, or the
+    :class:`~scld_aug.data.CellRows` of training) with labels
     ``y``. The embedding and the classifier see at most :data:`MAX_EMBEDDING_CELLS`; in
     larger data every type keeps an equal share of them (all its cells if fewer), so that
     a rare type is never left out of the classifier."""
@@ -88,7 +91,7 @@ def fit_reference(X, y, counts: bool, seed: int) -> Reference:
         rows = np.sort(
             np.concatenate([_at_most(np.flatnonzero(y == t), share, rng) for t in labels])
         )
-    subset = X[rows]
+    subset = _take(X, rows)
     # PCA takes 32-bit seeds.
     embedding = ReferenceEmbedding(counts=counts, random_state=seed % 2**32).fit(subset)
     judge = None
@@ -98,10 +101,16 @@ def fit_reference(X, y, counts: bool, seed: int) -> Reference:
             warnings.simplefilter("ignore", ConvergenceWarning)
             judge = LogisticRegression(max_iter=1000).fit(embedding.transform(subset), y[rows])
     cells = {
-        t: embedding.transform(X[_at_most(np.flatnonzero(y == t), MAX_CLASS_CELLS, rng)])
+        t: embedding.transform(_take(X, _at_most(np.flatnonzero(y == t), MAX_CLASS_CELLS, rng)))
         for t in labels
     }
     return Reference(embedding, judge, cells)
+
+
+def _take(X, rows: np.ndarray):
+    """Sorted rows of a matrix, or of :class:`~scld_aug.data.CellRows` (read from a backed
+    file), kept sparse."""
+    return X.csr_rows(rows) if isinstance(X, CellRows) else X[rows]
 
 
 def _at_most(rows: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -126,6 +135,48 @@ def novelty(real: np.ndarray, synthetic: np.ndarray) -> float:
     own = float(np.median(nearest_distances(real, real, k=2)[:, 1]))
     new = float(np.median(nearest_distances(synthetic, real)[:, 0]))
     return new / own if own > 0 else float("inf")
+
+
+def probe_scores(
+    generator: SCLDGenerator,
+    label,
+    params: SamplingParams,
+    seed: int,
+    reference: Reference,
+    levels=GRID,
+) -> Iterator[tuple[float, dict[str, float]]]:
+    """``(level, scores)`` of class ``label``'s probe cells at each noise level, in the
+    order given and decoded lazily (a caller that stops early decodes no more).
+
+    The probe is :data:`PROBE_CELLS` codes drawn with ``params`` (its ``latent_noise``
+    ignored) and one noise direction, scaled by each level. ``scores`` holds the probe
+    cells' ``"novelty"`` (:func:`novelty` against the class's real cells) and the share
+    of them the training cells' classifier calls ``label`` (``"recognised"``). Nothing is
+    yielded when the training data hold fewer than :data:`MIN_CLASS_CELLS` cells of the
+    class (a pretrained generator may know classes the data lack).
+    """
+    real = reference.cells.get(label)
+    if real is None or len(real) < MIN_CLASS_CELLS:
+        return
+    code = generator.class_code(label)
+    torch_rng = torch.Generator().manual_seed(seed)
+    probe = replace(params, latent_noise=0.0)
+    # The probe's size does not depend on the request: a class gets the same level
+    # whether its cells are asked for by fit_resample, generate or a loaded file.
+    z = sampling.latents(generator, code, PROBE_CELLS, probe, torch_rng)
+    direction = torch.randn(z.shape, generator=torch_rng).numpy()
+    for level in levels:
+        cells = generator.decode(z + np.float32(level) * direction, code, params.output, seed)
+        embedded = reference.embedding.transform(cells)
+        yield (
+            float(level),
+            {
+                "novelty": novelty(real, embedded),
+                "recognised": 1.0
+                if reference.judge is None
+                else float(np.mean(reference.judge.predict(embedded) == label)),
+            },
+        )
 
 
 def choose_noise(
@@ -159,33 +210,18 @@ def choose_noise(
         training data hold fewer than :data:`MIN_CLASS_CELLS` cells of the class (a
         pretrained generator may know classes the data lack): no noise is added then.
     """
-    real = reference.cells.get(label)
-    if real is None or len(real) < MIN_CLASS_CELLS:
-        return 0.0, {}
-    code = generator.class_code(label)
-    torch_rng = torch.Generator().manual_seed(seed)
-    probe = replace(params, latent_noise=0.0)
-    # The probe's size does not depend on the request: a class gets the same level
-    # whether its cells are asked for by fit_resample, generate or a loaded file.
-    z = sampling.latents(generator, code, PROBE_CELLS, probe, torch_rng)
-    direction = torch.randn(z.shape, generator=torch_rng).numpy()
     drop = np.inf if MAX_RECOGNITION_DROP is None else MAX_RECOGNITION_DROP
     scores: dict[float, dict[str, float]] = {}
     # Levels in increasing order, stopping at the first allowed one that reaches the
     # target: that is the answer, and larger levels need not be decoded.
-    for level in GRID:
-        cells = generator.decode(z + np.float32(level) * direction, code, params.output, seed)
-        embedded = reference.embedding.transform(cells)
-        score = scores[float(level)] = {
-            "novelty": novelty(real, embedded),
-            "recognised": 1.0
-            if reference.judge is None
-            else float(np.mean(reference.judge.predict(embedded) == label)),
-        }
+    for level, score in probe_scores(generator, label, params, seed, reference, GRID):
+        scores[level] = score
         # No noise (GRID[0]) is always allowed.
         allowed = score["recognised"] >= scores[GRID[0]]["recognised"] - drop
         if allowed and score["novelty"] >= TARGET:
-            return float(level), scores
+            return level, scores
+    if not scores:
+        return 0.0, {}
     floor = scores[GRID[0]]["recognised"] - drop
     allowed_levels = [level for level, score in scores.items() if score["recognised"] >= floor]
     best = max(scores[level]["novelty"] for level in allowed_levels)

@@ -60,7 +60,9 @@ class SCLDSampler(BaseOverSampler):
         left as they are (one warning names them); a dict ``sampling_strategy`` that names
         such a class is an error instead.
     generator_ : SCLDGenerator
-        The trained generator.
+        The trained generator. ``generator_.config["kl_weight"]`` is the KL weight it was
+        trained with (with ``kl_weight="auto"``, the one chosen; the measured novelty is in
+        ``generator_.config["kl_weight_auto_novelty"]``).
     generator_source_ : {"trained", "reused", "memory", "loaded", "pretrained"}
         Where ``generator_`` came from on the last fit.
     likelihood_ : str
@@ -106,7 +108,7 @@ class SCLDSampler(BaseOverSampler):
         hidden_dim: int = 256,
         class_balance: float = 1.0,
         autoencoder_class_balance: float | None = 0.0,
-        kl_weight: float = 0.0,
+        kl_weight: float | str = "auto",
         label_dropout: float = 0.15,
         autoencoder_steps: int = 1500,
         diffusion_steps: int = 4000,

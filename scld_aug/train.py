@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from scld_aug import likelihoods
+from scld_aug import encoder_choice, likelihoods
 from scld_aug._random import derive_seeds, seeded
 from scld_aug.data import (
     CellRows,
@@ -151,25 +151,53 @@ def train_generator(
     state is left as it was. Under ``torchrun`` (``world`` of several processes) every
     process calls this with the same data and seed. ``gene_names`` are recorded in the
     generator, so that data given to it later can be checked by name.
+
+    With ``config.kl_weight == "auto"`` the deterministic generator is trained first and,
+    when :mod:`~scld_aug.encoder_choice` finds its cells near-copies of the training cells,
+    the whole generator is trained again with ``kl_weight=1``; ``callback`` then sees both
+    trainings. The generator's ``config`` holds the weight used and the measured
+    ``"kl_weight_auto_novelty"``.
     """
     world = world or World()
-    classes, codes = np.unique(np.asarray(labels), return_inverse=True)
+    labels = np.asarray(labels)
+    classes, codes = np.unique(labels, return_inverse=True)
     seed = derive_seeds(random_state, 2)[0]
     # Rank r > 0 draws its dropout from its own stream; DDP gives it rank 0's weights.
     torch_seed = seed if world.rank == 0 else seed + world.rank
-    with seeded(torch_seed, device):
-        generator = fit_generator(
-            X,
-            codes.astype(np.int64),
-            classes,
-            config,
-            seed,
-            device,
-            verbose=verbose and world.is_main,
-            callback=callback,
-            world=world,
-            compile_networks=compile_networks,
+
+    def fit(kl_weight: float) -> SCLDGenerator:
+        # Each training starts from the same seeds: kl_weight="auto" ends with exactly the
+        # generator that the chosen number would have trained.
+        with seeded(torch_seed, device):
+            return fit_generator(
+                X,
+                codes.astype(np.int64),
+                classes,
+                replace(config, kl_weight=kl_weight),
+                seed,
+                device,
+                verbose=verbose and world.is_main,
+                callback=callback,
+                world=world,
+                compile_networks=compile_networks,
+            )
+
+    if config.kl_weight != "auto":
+        generator = fit(config.kl_weight)
+    else:
+        generator = fit(encoder_choice.DETERMINISTIC)
+        novelty = encoder_choice.median_novelty(generator, X, labels, seed)
+        if world.distributed:  # every process must train the same networks: rank 0 decides
+            novelty = float(world.broadcast(torch.tensor([novelty], device=device)).item())
+        variational = encoder_choice.needs_variational(novelty)
+        logger.info(
+            f"kl_weight='auto': median novelty of the deterministic encoder's cells "
+            f"{novelty:.2f} (target {encoder_choice.TARGET}): "
+            + ("training a variational encoder" if variational else "kept")
         )
+        if variational:
+            generator = fit(encoder_choice.VARIATIONAL)
+        generator.config["kl_weight_auto_novelty"] = novelty
     generator.gene_names = None if gene_names is None else np.asarray(gene_names, dtype=str)
     return generator
 
@@ -195,6 +223,8 @@ def fit_generator(
     same data and seed; each draws its own minibatches and DDP averages the gradients.
     ``compile_networks`` runs the training forward passes through ``torch.compile``.
     """
+    if config.kl_weight == "auto":
+        raise ValueError("fit_generator trains one encoder: train_generator resolves 'auto'")
     world = world or World()
     mixed_precision = config.mixed_precision and device.type != "mps"
     if config.mixed_precision and not mixed_precision:

@@ -40,6 +40,7 @@ MICRO = dict(
     latent_dim=4,
     batch_size=8,
     n_top_genes=4,
+    kl_weight=0.0,
 )
 # Examples per input kind: 12 in CI (the "ci" profile of conftest), more with
 # HYPOTHESIS_PROFILE=explore.

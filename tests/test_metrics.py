@@ -364,6 +364,9 @@ def test_memorization_tells_copies_from_new_cells():
     fresh = memorization(train, rng.normal(size=(150, 8)), held_out)
     assert 0.8 < fresh["ratio"] < 1.25
     assert fresh["held_out_median"] == copies["held_out_median"] > 0
+    # Duplicates embedded in another batch of rows differ by rounding, not by a cell.
+    rounded = train[:150] * (1 + 1e-12 * rng.standard_normal((150, 8)))
+    assert memorization(train, rounded, held_out)["copies"] == 1.0
 
 
 def test_density_coverage_separate_fidelity_from_diversity():

@@ -273,6 +273,7 @@ def _log_fit_steps(run, step, sampler, X, y, X_res, y_res, log_model, fit_second
         device_used=str(sampler.device_),
         generator_source=getattr(sampler, "generator_source_", "unknown"),
         modelled_genes=len(generator.panel.genes),
+        kl_weight_used=generator.config.get("kl_weight", 0.0),
     )
     run.log_params(params)
     if step("logging the training data"):
