@@ -93,7 +93,7 @@ def test_variational_encoder_learns_every_class_with_spread_codes(counts_data):
     X, y = counts_data
     reference = LogisticRegression(max_iter=3000).fit(log_normalize(X), y)
     sampler = SCLDSampler(
-        random_state=0, kl_weight=1.0, autoencoder_class_balance=None, **QUALITY
+        random_state=0, autoencoder_class_balance=None, **{**QUALITY, "kl_weight": 1.0}
     ).fit(X, y)
     generator = sampler.generator_
     assert generator.autoencoder.variational

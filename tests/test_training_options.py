@@ -71,7 +71,8 @@ def test_anchored_starts_are_the_codes_or_draws_of_the_posteriors(
     from scld_aug.params import SamplingParams
 
     X, y = counts_data
-    generator = SCLDSampler(random_state=0, kl_weight=kl_weight, **tiny_params).fit(X, y).generator_
+    params = {**tiny_params, "kl_weight": kl_weight}
+    generator = SCLDSampler(random_state=0, **params).fit(X, y).generator_
     code = generator.class_code("type2")
     anchors = generator.anchors[code]
     z = sampling.latents(
