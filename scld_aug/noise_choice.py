@@ -79,7 +79,7 @@ class Reference:
 
 def fit_reference(X, y, counts: bool, seed: int) -> Reference:
     """The :class:`Reference` of the training cells ``X`` (validated matrix, or the
-    :class:`~scld_aug.data.CellRows` of training) with labels
+    ``scld_aug.data.CellRows`` of training) with labels
     ``y``. The embedding and the classifier see at most :data:`MAX_EMBEDDING_CELLS`; in
     larger data every type keeps an equal share of them (all its cells if fewer), so that
     a rare type is never left out of the classifier."""
