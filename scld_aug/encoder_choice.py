@@ -8,7 +8,7 @@ posterior and the diffusion model learns draws of them, which fills the space be
 cells; that is the largest gain measured on such data, and a loss where the deterministic
 codes already give novel cells (``evaluation/results/experiments.md``, sections 8, 13
 and 17). ``"auto"`` tells the two cases apart after training the deterministic
-autoencoder:
+generator (autoencoder, diffusion model and latent classifier):
 
 1. for every class with at least :data:`~scld_aug.noise_choice.MIN_CLASS_CELLS` training
    cells, draw a probe of latent codes with the default sampling settings and no latent
