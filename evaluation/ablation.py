@@ -48,6 +48,22 @@ def parse(variant: str) -> dict:
     return {} if variant == "default" else variant_params("SCLD " + variant)
 
 
+def resample(generator, targets: dict, seed: int, threads: int, X, y, **params):
+    """``fit_resample`` of the split's training cells with a trained ``generator`` (no
+    retraining), as a Pipeline would draw them: ``(sampler, X_res, y_res)``, the sampler
+    holding its choices. The warning about too-small classes is expected in these
+    protocols and silenced."""
+    from scld_aug import SCLDSampler
+
+    sampler = SCLDSampler(
+        sampling_strategy=targets, random_state=seed, generator=generator, n_jobs=threads, **params
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        X_res, y_res = sampler.fit_resample(X, y)
+    return sampler, X_res, y_res
+
+
 def score_cells(X, y, train, train_k, test, types, X_res, y_res, seed, classifiers) -> list[dict]:
     """Downstream, recognition and memorization rows for one resampled training set."""
     from sklearn.linear_model import LogisticRegression
@@ -202,16 +218,9 @@ def run(args) -> pd.DataFrame:
             fit_seconds = time.perf_counter() - start
             for sampling in args.sampling:
                 start = time.perf_counter()
-                sampler = SCLDSampler(
-                    sampling_strategy=targets,
-                    random_state=seed,
-                    generator=generator,
-                    n_jobs=args.threads,
-                    **parse(sampling),
+                sampler, X_res, y_res = resample(
+                    generator, targets, seed, args.threads, Xk, yk, **parse(sampling)
                 )
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    X_res, y_res = sampler.fit_resample(Xk, yk)
                 sampling_seconds = time.perf_counter() - start
                 method = f"SCLD [{training}] [{sampling}]"
                 record(method, X_res, y_res, fit_seconds + sampling_seconds)

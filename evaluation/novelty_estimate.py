@@ -21,14 +21,13 @@ sampling, no latent noise; the seed training derives), and the weight it would c
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from evaluation import ablation
 from evaluation.__main__ import load
-from scld_aug import SCLDGenerator, SCLDSampler
+from scld_aug import SCLDGenerator
 from scld_aug.benchmark.protocols import default_downsample_types, downsampled
 from scld_aug.metrics import ReferenceEmbedding, memorization
 from scld_aug.noise_choice import novelty
@@ -61,16 +60,9 @@ def main(argv=None) -> int:
         generator = SCLDGenerator.load(path)
         embedding = ReferenceEmbedding().fit(Xk)
         for level in args.levels:
-            sampler = SCLDSampler(
-                sampling_strategy=targets,
-                random_state=seed,
-                generator=generator,
-                latent_noise=level,
-                n_jobs=args.threads,
+            _, X_res, y_res = ablation.resample(
+                generator, targets, seed, args.threads, Xk, yk, latent_noise=level
             )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                X_res, y_res = sampler.fit_resample(Xk, yk)
             synthetic, labels = X_res[len(yk) :], y_res[len(yk) :]
             for t in types:
                 real = embedding.transform(Xk[yk == t])

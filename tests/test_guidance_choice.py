@@ -8,6 +8,7 @@ import pytest
 
 from scld_aug import SCLDSampler, guidance_choice
 from scld_aug.guidance_choice import GRID, _leave_one_out_f1, choose_scale
+from scld_aug.noise_choice import GRID as NOISE_GRID
 from scld_aug.params import SamplingParams
 
 
@@ -64,14 +65,21 @@ def test_choose_scale_needs_the_training_codes():
         choose_scale(generator, "rare", 10, SamplingParams(), seed=0)
 
 
-def test_auto_scales_are_recorded_reused_by_generate_and_saved(counts_data, tiny_params, tmp_path):
+@pytest.mark.parametrize(
+    "param, chosen, grid",
+    [("guidance_scale", "guidance_scales_", GRID), ("latent_noise", "latent_noises_", NOISE_GRID)],
+)
+def test_auto_choices_are_recorded_reused_by_generate_and_saved(
+    counts_data, tiny_params, tmp_path, param, chosen, grid
+):
+    """Both per-class choices made at fit time ("auto" guidance scale and latent noise)."""
     X, y = counts_data
     df = pd.DataFrame(X, columns=[f"g{i}" for i in range(X.shape[1])])
-    sampler = SCLDSampler(random_state=3, guidance_scale="auto", **tiny_params)
+    sampler = SCLDSampler(random_state=3, **{param: "auto"}, **tiny_params)
     X_res, y_res = sampler.fit_resample(df, y)
-    assert set(sampler.guidance_scales_) == {"type1", "type2"}
-    assert set(sampler.guidance_scales_.values()) <= set(GRID)
-    # generate draws the cells of fit_resample: same class seed, same chosen scale.
+    assert set(getattr(sampler, chosen)) == {"type1", "type2"}
+    assert set(getattr(sampler, chosen).values()) <= set(grid)
+    # generate draws the cells of fit_resample: same class seed, same choice.
     n_new = sampler.sampling_strategy_["type2"]
     pd.testing.assert_frame_equal(
         sampler.generate(n_new, "type2"),
@@ -80,7 +88,7 @@ def test_auto_scales_are_recorded_reused_by_generate_and_saved(counts_data, tiny
     path = tmp_path / "auto.scld"
     sampler.save(path)
     loaded = SCLDSampler.load(path, device="cpu")
-    assert loaded.guidance_scales_ == sampler.guidance_scales_
+    assert getattr(loaded, chosen) == getattr(sampler, chosen)
     pd.testing.assert_frame_equal(loaded.generate(25, "type2"), sampler.generate(25, "type2"))
 
 

@@ -3,7 +3,6 @@
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
@@ -136,25 +135,6 @@ def test_noise_widens_the_same_codes_and_is_reproducible(counts_data, tiny_param
     # The same sampled codes plus standard normal noise times 0.6 (in code units).
     added = (decoded[1] - decoded[0]).ravel()
     assert abs(added.mean()) < 0.05 and 0.55 < added.std() < 0.65
-
-
-def test_auto_levels_are_recorded_reused_by_generate_and_saved(counts_data, tiny_params, tmp_path):
-    X, y = counts_data
-    df = pd.DataFrame(X, columns=[f"g{i}" for i in range(X.shape[1])])
-    sampler = SCLDSampler(random_state=3, latent_noise="auto", **tiny_params)
-    X_res, y_res = sampler.fit_resample(df, y)
-    assert set(sampler.latent_noises_) == {"type1", "type2"}
-    assert set(sampler.latent_noises_.values()) <= set(GRID)
-    n_new = sampler.sampling_strategy_["type2"]
-    pd.testing.assert_frame_equal(
-        sampler.generate(n_new, "type2"),
-        X_res[y_res == "type2"].iloc[10:].reset_index(drop=True),
-    )
-    path = tmp_path / "auto.scld"
-    sampler.save(path)
-    loaded = SCLDSampler.load(path, device="cpu")
-    assert loaded.latent_noises_ == sampler.latent_noises_
-    pd.testing.assert_frame_equal(loaded.generate(25, "type2"), sampler.generate(25, "type2"))
 
 
 def test_auto_is_chosen_afresh_on_every_fit_and_never_served_stale(
