@@ -39,7 +39,12 @@ import pandas as pd
 from evaluation.__main__ import load
 from scld_aug import noise_choice
 from scld_aug.benchmark.methods import make_pipeline
-from scld_aug.benchmark.protocols import default_downsample_types, downsampled, variant_params
+from scld_aug.benchmark.protocols import (
+    REAL_HELD_OUT,
+    default_downsample_types,
+    downsampled,
+    variant_params,
+)
 from scld_aug.metrics import ReferenceEmbedding, downstream_scores, memorization
 
 
@@ -66,8 +71,6 @@ def resample(generator, targets: dict, seed: int, threads: int, X, y, **params):
 
 def score_cells(X, y, train, train_k, test, types, X_res, y_res, seed, classifiers) -> list[dict]:
     """Downstream, recognition and memorization rows for one resampled training set."""
-    from sklearn.linear_model import LogisticRegression
-
     rows = []
     for clf in classifiers:
         pipe = make_pipeline(None, clf, seed).fit(X_res, y_res)
@@ -81,8 +84,7 @@ def score_cells(X, y, train, train_k, test, types, X_res, y_res, seed, classifie
     n_real = len(train_k)
     if len(y_res) == n_real:  # no synthetic cells
         return rows
-    embedding = ReferenceEmbedding().fit(X[train_k])
-    judge = LogisticRegression(max_iter=2000).fit(embedding.transform(X[train]), y[train])
+    embedding, judge = recognition_judge(X, y, train, train_k)
     synthetic, labels = X_res[n_real:], y_res[n_real:]
     rows += training_proxies(embedding, X[train_k], y[train_k], synthetic, labels, types, seed)
     for t in types:
@@ -103,6 +105,28 @@ def score_cells(X, y, train, train_k, test, types, X_res, y_res, seed, classifie
             },
             {"cell_type": t, "metric": "memorization_ratio", "value": novelty["ratio"]},
         ]
+    return rows
+
+
+def recognition_judge(X, y, train, train_k):
+    """The embedding (fitted on the cut training cells) and the logistic regression of all
+    real training cells of the split (before the cut) that judge recognition."""
+    from sklearn.linear_model import LogisticRegression
+
+    embedding = ReferenceEmbedding().fit(X[train_k])
+    return embedding, LogisticRegression(max_iter=2000).fit(embedding.transform(X[train]), y[train])
+
+
+def held_out_recognition(X, y, train, train_k, test, types) -> list[dict]:
+    """The judge's recognition of each cut type's held-out real cells: the level of a
+    generator that reproduces the type faithfully (look-alike types' real cells are
+    confused too)."""
+    embedding, judge = recognition_judge(X, y, train, train_k)
+    rows = []
+    for t in types:
+        cells = embedding.transform(X[test[y[test] == t]])
+        value = float(np.mean(judge.predict(cells) == t))
+        rows.append({"cell_type": t, "metric": "recognised", "value": value})
     return rows
 
 
@@ -188,6 +212,10 @@ def run(args) -> pd.DataFrame:
                 rows.append({"seed": seed, "method": method, "seconds": seconds, **row})
 
         record("none", Xk, yk, 0.0)
+        rows.extend(
+            {"seed": seed, "method": REAL_HELD_OUT, "seconds": 0.0, **row}
+            for row in held_out_recognition(X, y, train, train_k, test, types)
+        )
         for name, baseline in (
             ("RandomOverSampler", RandomOverSampler(sampling_strategy=targets, random_state=seed)),
             ("SMOTE", SMOTE(sampling_strategy=targets, k_neighbors=2, random_state=seed)),

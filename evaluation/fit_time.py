@@ -6,6 +6,10 @@ Each variant is timed right after the defaults on the same machine, so the ratio
 holds even when the machine is slower or faster than on another day. Values are read as
 Python literals (``None``, ``0.5``), anything else as text (``confusable``); the short names
 of the benchmark's method names (``kl=1``, ``aebalance=None``) work too.
+
+``--baseline DIR`` also times the defaults of another version of the project, e.g. the code
+before an issue (``git worktree add /tmp/before <commit>``), in a fresh process that imports
+``scld_aug`` from ``DIR``, just before this version's defaults.
 """
 
 from __future__ import annotations
@@ -27,10 +31,44 @@ def parse(variant: str) -> dict:
         raise SystemExit(str(err)) from None
 
 
+BASELINE_FIT = """
+import sys, time, warnings, pathlib, scipy.sparse as sp, scld_aug
+if not pathlib.Path(scld_aug.__file__).resolve().is_relative_to(sys.argv[1]):
+    sys.exit(f"scld_aug was imported from {scld_aug.__file__}, not from {sys.argv[1]}")
+from scld_aug import SCLDSampler, datasets
+warnings.simplefilter("ignore")
+adata = datasets.baron_pancreas()
+X, y = sp.csr_matrix(adata.X), adata.obs["cell_type"].astype(str).to_numpy()
+start = time.perf_counter()
+SCLDSampler(random_state=0).fit(X, y)
+print(time.perf_counter() - start)
+"""
+
+
+def time_checkout(checkout: str) -> float:
+    """Seconds of the default fit of the ``scld_aug`` found in ``checkout``, in a fresh
+    process (which refuses to time any other ``scld_aug``)."""
+    import os
+    import subprocess
+    import sys
+
+    root = str(Path(checkout).resolve())
+    env = {**os.environ, "PYTHONPATH": root}
+    result = subprocess.run(
+        [sys.executable, "-c", BASELINE_FIT, root], env=env, capture_output=True, text=True
+    )
+    if result.returncode:
+        raise SystemExit(f"--baseline {checkout}: {result.stderr.strip().splitlines()[-1]}")
+    return float(result.stdout.split()[-1])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evaluation.fit_time", description=__doc__)
     parser.add_argument("--variants", nargs="*", default=[])
     parser.add_argument("--output", default="evaluation/results/perf/fit_time.txt")
+    parser.add_argument(
+        "--baseline", help="a checkout of another version whose defaults are timed too"
+    )
     args = parser.parse_args(argv)
 
     import scipy.sparse as sp
@@ -48,12 +86,21 @@ def main(argv=None) -> int:
     ]
     print(*lines, sep="\n", flush=True)
     seconds = {}
+    if args.baseline:
+        baseline = time_checkout(args.baseline)
+        line = f"baseline ({args.baseline}) defaults: fit {baseline:.1f} s"
+        print(line, flush=True)
+        lines.append(line)
     for name in ["defaults", *args.variants]:
         params = {} if name == "defaults" else parse(name)
         start = time.perf_counter()
         SCLDSampler(random_state=0, **params).fit(X, y)
         seconds[name] = time.perf_counter() - start
         line = f"{name}: fit {seconds[name]:.1f} s = {seconds[name] / seconds['defaults']:.2f}x defaults"
+        print(line, flush=True)
+        lines.append(line)
+    if args.baseline:
+        line = f"defaults / baseline defaults: {seconds['defaults'] / baseline:.2f}x"
         print(line, flush=True)
         lines.append(line)
     out = Path(args.output)

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from evaluation.__main__ import main
+from scld_aug.benchmark.protocols import REAL_HELD_OUT, split
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -27,8 +28,10 @@ def test_benchmark_harness_writes_every_output(tmp_path):
     assert {"real (train)", "SMOTE", "SCLD pre (w=2, default)"} <= set(fidelity["method"])
     auc = fidelity[fidelity["metric"] == "two_sample_auc"]["value"]
     assert auc.between(0, 1).all()
+    _check_held_out_recognition(fidelity)
     report = (tmp_path / "report.md").read_text()
     assert "Downstream classification" in report and "Fidelity of synthetic cells" in report
+    assert f"| type (training cells)             | {REAL_HELD_OUT}" in report
     for name in (
         "guidance_sweep.png",
         "embedding.png",
@@ -38,6 +41,30 @@ def test_benchmark_harness_writes_every_output(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
 
     _check_mlflow_runs(uri, downstream)
+
+
+def _check_held_out_recognition(fidelity):
+    """The reference rows are the classifier of real training cells applied to held-out
+    real cells, recomputed here independently of the protocol."""
+    from sklearn.linear_model import LogisticRegression
+
+    from evaluation.__main__ import load
+    from scld_aug.metrics import ReferenceEmbedding
+
+    held = fidelity[fidelity["method"] == REAL_HELD_OUT]
+    assert set(held["metric"]) == {"recognised", "confusion"}
+    X, y = load("pbmc")
+    train, test = split(y, 0)
+    embedding = ReferenceEmbedding().fit(X[train])
+    classifier = LogisticRegression(max_iter=2000).fit(embedding.transform(X[train]), y[train])
+    predicted = classifier.predict(embedding.transform(X[test]))
+    recognised = held[held["metric"] == "recognised"].set_index("cell_type")["value"]
+    assert len(recognised) >= 5
+    for cell_type, value in recognised.items():
+        mine = y[test] == cell_type
+        assert value == pytest.approx(np.mean(predicted[mine] == cell_type))
+    # PBMC's look-alike T-cell subsets are confused among real cells too.
+    assert recognised.min() < 0.9
 
 
 def _check_mlflow_runs(uri, downstream):
@@ -211,6 +238,15 @@ def test_fit_time_variants_are_read_as_parameters():
         parse("kl_weight")
 
 
+def test_fit_time_baseline_times_only_the_checkout_it_is_given(tmp_path):
+    """A folder without the project would time the installed ``scld_aug`` instead: refused
+    before any fit."""
+    from evaluation.fit_time import time_checkout
+
+    with pytest.raises(SystemExit, match="not from"):
+        time_checkout(str(tmp_path))
+
+
 def test_gpu_check_measures_each_goal_and_its_gpu_only_checks_run(tmp_path):
     """The GPU-only checks (10^5 cells of 2,000 genes, torchrun) run here on the CPU with a
     tiny model, and every goal gets its line, met or not."""
@@ -327,3 +363,43 @@ def test_ablation_noise_guard_is_set_for_the_run_only(monkeypatch, tmp_path):
         assert ablation.main(["--output", out, *flag]) == 0
     assert seen == [None, 0.1, default]
     assert noise_choice.MAX_RECOGNITION_DROP == default
+
+
+def test_fidelity_table_puts_held_out_real_cells_after_the_training_cells():
+    """The held-out real cells carry recognition only: their row follows the training
+    cells', the other metrics keep their order and are left empty for them."""
+    from scld_aug.benchmark.report import fidelity_table
+
+    rows = [
+        ("real (train)", "mmd", 0.1),
+        ("real (train)", "recognised", 1.0),
+        ("SMOTE", "mmd", 0.3),
+        ("SMOTE", "recognised", 0.9),
+        (REAL_HELD_OUT, "recognised", 0.6),
+    ]
+    df = pd.DataFrame(rows, columns=["method", "metric", "value"])
+    table = fidelity_table(df)
+    assert list(table.index) == ["real (train)", REAL_HELD_OUT, "SMOTE"]
+    assert list(table.columns) == ["mmd", "recognised"]
+    assert table.loc[REAL_HELD_OUT, "recognised"] == 0.6
+    assert np.isnan(table.loc[REAL_HELD_OUT, "mmd"])
+
+
+def test_ablation_held_out_recognition_is_the_judge_on_real_test_cells():
+    from evaluation.__main__ import load
+    from evaluation.ablation import held_out_recognition, recognition_judge
+    from scld_aug.benchmark.protocols import default_downsample_types, downsampled
+
+    X, y = load("pbmc")
+    types = default_downsample_types(y)
+    train, train_k, test, _ = downsampled(y, 0, 10, types)
+    rows = held_out_recognition(X, y, train, train_k, test, types)
+    embedding, judge = recognition_judge(X, y, train, train_k)
+    assert [row["cell_type"] for row in rows] == list(types)
+    for row in rows:
+        real = X[test[y[test] == row["cell_type"]]]
+        expected = np.mean(judge.predict(embedding.transform(real)) == row["cell_type"])
+        assert row["metric"] == "recognised"
+        assert row["value"] == pytest.approx(expected)
+    # Monocytes' real test cells are partly taken for dendritic cells.
+    assert min(row["value"] for row in rows) < 1.0

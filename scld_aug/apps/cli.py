@@ -472,8 +472,8 @@ def _add_benchmark_parser(sub, with_params: bool) -> None:
     bench.add_argument(
         "--fidelity-seeds",
         type=_positive_int,
-        default=2,
-        help="of them, how many the fidelity protocol uses (default: 2)",
+        default=5,
+        help="of them, how many the fidelity protocol uses (default: 5)",
     )
     bench.add_argument(
         "--k", type=_positive_int, nargs="+", default=[10, 25], help="training cells per "

@@ -115,7 +115,7 @@ def run_benchmark(
     methods: Sequence[str] = DEFAULT_METHODS,
     classifiers: Sequence[str] = tuple(CLASSIFIERS),
     seeds: int = 5,
-    fidelity_seeds: int = 2,
+    fidelity_seeds: int = 5,
     ks: Sequence[int] = (10, 25),
     types: Sequence[str] | None = None,
     cache: str | os.PathLike | None = None,
