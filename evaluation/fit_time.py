@@ -54,12 +54,27 @@ def time_checkout(checkout: str) -> float:
 
     root = str(Path(checkout).resolve())
     env = {**os.environ, "PYTHONPATH": root}
+    # Run from the checkout: ``python -c`` puts the working directory first on sys.path.
     result = subprocess.run(
-        [sys.executable, "-c", BASELINE_FIT, root], env=env, capture_output=True, text=True
+        [sys.executable, "-c", BASELINE_FIT, root],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
     )
     if result.returncode:
         raise SystemExit(f"--baseline {checkout}: {result.stderr.strip().splitlines()[-1]}")
     return float(result.stdout.split()[-1])
+
+
+def commit_of(checkout: str) -> str:
+    """``", commit abc1234"`` when ``checkout`` is a git work tree, else ``""``."""
+    import subprocess
+
+    result = subprocess.run(
+        ["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return f", commit {result.stdout.strip()}" if result.returncode == 0 else ""
 
 
 def main(argv=None) -> int:
@@ -88,7 +103,9 @@ def main(argv=None) -> int:
     seconds = {}
     if args.baseline:
         baseline = time_checkout(args.baseline)
-        line = f"baseline ({args.baseline}) defaults: fit {baseline:.1f} s"
+        line = (
+            f"baseline ({args.baseline}{commit_of(args.baseline)}) defaults: fit {baseline:.1f} s"
+        )
         print(line, flush=True)
         lines.append(line)
     for name in ["defaults", *args.variants]:
