@@ -105,7 +105,11 @@ def _encoder_choice(args, X, y, types) -> int:
         value = encoder_choice.median_novelty(
             generator, sp.csr_matrix(X[train_k]), y[train_k], training_seed
         )
-        chosen = encoder_choice.VARIATIONAL if encoder_choice.needs_variational(value) else 0.0
+        chosen = (
+            encoder_choice.VARIATIONAL
+            if encoder_choice.needs_variational(value)
+            else encoder_choice.DETERMINISTIC
+        )
         rows.append({"seed": seed, "median_novelty": value, "kl_weight_chosen": chosen})
         print(f"seed {seed}: median novelty {value:.3f} -> kl_weight {chosen}", flush=True)
     pd.DataFrame(rows).to_csv(args.output, index=False)

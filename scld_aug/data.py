@@ -163,11 +163,15 @@ class CellRows:
     def _select(self, block: sp.csr_matrix) -> sp.csr_matrix:
         return block if self.genes is None else block[:, self.genes]
 
+    def _read(self, rows: slice | np.ndarray) -> sp.csr_matrix:
+        """CSR rows (a slice, or sorted distinct indices) of the selected genes."""
+        block = self.matrix[rows]
+        return self._select(_canonical_block(block) if self.backed else block)
+
     def blocks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, sp.csr_matrix]]:
         """(start row, CSR block) over the whole matrix."""
         for start in range(0, self.shape[0], chunk_rows):
-            block = self.matrix[start : start + chunk_rows]
-            yield start, self._select(_canonical_block(block) if self.backed else block)
+            yield start, self._read(slice(start, start + chunk_rows))
 
     def values(self) -> Iterator[np.ndarray]:
         """The stored (non-zero) values, in blocks."""
@@ -179,17 +183,15 @@ class CellRows:
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Dense float32 rows (sorted indices, repeats allowed) of the selected genes."""
-        if self.backed:
+        if self.backed:  # h5py reads distinct indices only
             unique, inverse = np.unique(rows, return_inverse=True)
-            block = self._select(_canonical_block(self.matrix[unique]))
-            return block.toarray()[inverse]
-        return self._select(self.matrix[rows]).toarray()
+            return self._read(unique).toarray()[inverse]
+        return self._read(rows).toarray()
 
     def csr_rows(self, rows: np.ndarray) -> sp.csr_matrix:
         """CSR rows (sorted, distinct indices) of the selected genes: a sample of cells
         that stays sparse."""
-        block = self.matrix[rows]
-        return self._select(_canonical_block(block) if self.backed else block)
+        return self._read(rows)
 
     def columns(self, genes: np.ndarray) -> CellRows:
         """The same cells restricted to ``genes``.
