@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The CPU wheel of this torch version is available on our build machines; on a machine
-# with a GPU, set TORCH_SPEC="torch>=2.2" (or install torch first) to keep its CUDA build.
+# with a GPU, set TORCH_SPEC="torch>=2.4" (or install torch first) to keep its CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo test test-slow lint format docs clean

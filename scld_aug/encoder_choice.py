@@ -11,8 +11,8 @@ and 17). ``"auto"`` tells the two cases apart after training the deterministic
 generator (autoencoder, diffusion model and latent classifier):
 
 1. for every class with at least :data:`~scld_aug.noise_choice.MIN_CLASS_CELLS` training
-   cells, draw a probe of latent codes with the default sampling settings and no latent
-   noise, decode it and measure its novelty against the class's training cells
+   cells, draw a probe of latent codes with the default sampling settings and neither latent
+   noise nor interpolation, decode it and measure its novelty against the class's training cells
    (:func:`scld_aug.noise_choice.probe_scores`: the median distance from a synthetic cell
    to its nearest real cell of the class, over the class's own leave-one-out spread, in an
    embedding of the training cells);
@@ -46,7 +46,8 @@ TARGET = noise_choice.TARGET
 
 
 def median_novelty(generator: SCLDGenerator, X, labels: np.ndarray, seed: int) -> float:
-    """Median over the classes of the novelty of ``generator``'s cells without latent noise.
+    """Median over the classes of the novelty of ``generator``'s cells without latent noise
+    or interpolation.
 
     Parameters
     ----------
@@ -66,7 +67,7 @@ def median_novelty(generator: SCLDGenerator, X, labels: np.ndarray, seed: int) -
     """
     counts = likelihoods.get(generator.config["likelihood"]).counts
     reference = noise_choice.fit_reference(X, labels, counts, seed)
-    probe = replace(SamplingParams(), latent_noise=0.0)
+    probe = replace(SamplingParams(), latent_noise=0.0, latent_interpolation=0.0)
     values = [
         score["novelty"]
         for label in generator.classes

@@ -194,6 +194,8 @@ class SCLDGenerator:
         for sampled counts, dense otherwise), from the guided denoising loop of
         :mod:`scld_aug.sampling`. ``params.latent_noise`` must be a number: ``"auto"`` is
         chosen by :class:`~scld_aug.SCLDSampler` from the training cells.
+        ``params.latent_interpolation="auto"`` is measured here, from the generator's own
+        training codes (:func:`scld_aug.sampling.interpolation_level`).
 
         Deterministic for a given ``seed`` on CPU; global random state is not touched.
         """

@@ -435,6 +435,25 @@ PARAMS: tuple[Param, ...] = (
         py_type="float | str",
     ),
     Param(
+        "latent_interpolation",
+        "auto",
+        "sampling",
+        [UNIT, StrOptions({"auto"})],
+        'float in [0, 1] or "auto"',
+        "Moves each sampled latent code a uniform random fraction, up to this value, of the "
+        "way toward a random training code of its class before decoding (SMOTE between the "
+        "class's cells, in the latent space; :mod:`scld_aug.interpolation`). A diffusion "
+        "model reproduces the codes of a class of a few cells almost exactly, and this "
+        'fills the space between them. 0 moves nothing. ``"auto"`` is 1 for a class '
+        "whose sampled codes sit less than half as far from its training codes as those "
+        "are from each other (memorized), 0 otherwise (e.g. with a variational encoder); "
+        "it is measured on a fixed probe of the class's codes when sampling. Needs the "
+        "generator's training codes (``include_anchors=True``, the default).",
+        help='interpolate sampled codes toward the class\'s training codes (0 to 1), or "auto"',
+        commands=AUGMENT,
+        py_type="float | str",
+    ),
+    Param(
         "n_sampling_steps",
         20,
         "sampling",

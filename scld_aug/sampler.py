@@ -6,7 +6,7 @@ import json
 import os
 import textwrap
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,15 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from scld_aug import anndata_io, guidance_choice, likelihoods, noise_choice, params, store
+from scld_aug import (
+    anndata_io,
+    guidance_choice,
+    likelihoods,
+    noise_choice,
+    params,
+    sampling,
+    store,
+)
 from scld_aug import data as data_layer
 from scld_aug import train as training
 from scld_aug._random import derive_seeds, resolve_device
@@ -74,6 +82,11 @@ class SCLDSampler(BaseOverSampler):
     latent_noises_ : dict
         Latent noise used for each generated class: ``latent_noise`` itself, or with
         ``latent_noise="auto"`` the level chosen for the class at fit time.
+    latent_interpolations_ : dict
+        Latent interpolation used for each class generated since the last fit (or load):
+        ``latent_interpolation`` itself, or with ``latent_interpolation="auto"`` the level
+        measured for the class under the sampling parameters of its generation (1 where
+        its sampled codes are near-copies of its training codes, else 0).
     device_ : torch.device
         Device used for training and sampling.
     n_features_in_ : int
@@ -122,6 +135,7 @@ class SCLDSampler(BaseOverSampler):
         post_guidance_scale: float = 0.0,
         anchor_strength: float = 1.0,
         latent_noise: float | str = "auto",
+        latent_interpolation: float | str = "auto",
         n_sampling_steps: int = 20,
         solver: str = "dpm++",
         filter_threshold: float | None = None,
@@ -156,6 +170,7 @@ class SCLDSampler(BaseOverSampler):
         self.post_guidance_scale = post_guidance_scale
         self.anchor_strength = anchor_strength
         self.latent_noise = latent_noise
+        self.latent_interpolation = latent_interpolation
         self.n_sampling_steps = n_sampling_steps
         self.solver = solver
         self.filter_threshold = filter_threshold
@@ -217,6 +232,7 @@ class SCLDSampler(BaseOverSampler):
             self._ensure_generator(X, y)
             self._choose_guidance_scales()
             self._choose_latent_noises(X, y)
+        self.latent_interpolations_ = {}
         return self
 
     def _leave_out_small_classes(self, y, stacklevel: int) -> None:
@@ -261,6 +277,7 @@ class SCLDSampler(BaseOverSampler):
             self._ensure_generator(X, y)
             self._choose_guidance_scales()
             self._choose_latent_noises(X, y)
+            self.latent_interpolations_ = {}
             for label, n in tqdm(items, desc="generate", disable=not self.verbose, leave=False):
                 synthetic += self._generate_blocks(label, n, X.format if sp.issparse(X) else None)
                 synthetic_y.append(np.full(n, label, dtype=y.dtype))
@@ -441,9 +458,13 @@ class SCLDSampler(BaseOverSampler):
         )
 
     def _generate_blocks(self, label, n: int, sparse_format: str | None) -> list:
-        params = self._sampling_params(
-            self.guidance_scales_[plain_scalar(label)], self.latent_noises_[plain_scalar(label)]
+        key = plain_scalar(label)
+        params = self._sampling_params(self.guidance_scales_[key], self.latent_noises_[key])
+        level = sampling.interpolation_level(
+            self.generator_, self.generator_.class_code(label), params
         )
+        self.latent_interpolations_[key] = level
+        params = replace(params, latent_interpolation=level)
         dtype = likelihoods.get(self.likelihood_).output_dtype(self.input_dtype_, params.output)
         blocks = []
         seed = self._class_seed(label)
@@ -566,6 +587,9 @@ class SCLDSampler(BaseOverSampler):
             "skipped_classes": {str(k): int(n) for k, n in self.skipped_classes_.items()},
             "guidance_scales": {str(k): float(v) for k, v in self.guidance_scales_.items()},
             "latent_noises": {str(k): float(v) for k, v in self.latent_noises_.items()},
+            "latent_interpolations": {
+                str(k): float(v) for k, v in self.latent_interpolations_.items()
+            },
             "generator_source": self.generator_source_,
             "generator_id": self._generator_id(),
             "params": json.dumps(self.get_params(), sort_keys=True, default=str),
@@ -736,6 +760,7 @@ class SCLDSampler(BaseOverSampler):
         sampler._auto_guidance = {k: (m, v) for k, m, v in fitted.get("auto_guidance", [])}
         sampler.latent_noises_ = dict(fitted.get("latent_noises_", []))
         sampler._auto_noise = {k: (m, v) for k, m, v in fitted.get("auto_noise", [])}
+        sampler.latent_interpolations_ = {}
         return sampler
 
 

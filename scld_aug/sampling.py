@@ -5,8 +5,9 @@ noise, or from noised latent codes of real cells of the class (anchored generati
 every step combine the conditional and unconditional noise predictions (classifier-free
 guidance, pre-guidance) and optionally push along the latent classifier's gradient
 (post-guidance); optionally reject latents the classifier does not assign to the class and
-draw again (the filter); optionally widen them with Gaussian noise (``latent_noise``); finally
-decode the latents to cells.
+draw again (the filter); spread the codes of a class the model has memorized between its
+training codes (``latent_interpolation``, :mod:`scld_aug.interpolation`); optionally widen them
+with Gaussian noise (``latent_noise``); finally decode the latents to cells.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from scld_aug import interpolation
 from scld_aug.data import plain_scalar
 from scld_aug.guidance import (
     classifier_free_guidance,
@@ -118,7 +121,8 @@ def latents(
     params: SamplingParams,
     rng: torch.Generator,
 ) -> np.ndarray:
-    """``n`` standardized latent codes of class ``code``, filtered when asked."""
+    """``n`` standardized latent codes of class ``code``, filtered when asked, then
+    interpolated between the class's training codes (:func:`interpolation_level`)."""
     accepted: list[torch.Tensor] = []
     rejected: list[tuple[torch.Tensor, torch.Tensor]] = []
     n_accepted = 0
@@ -157,7 +161,41 @@ def latents(
             stacklevel=4,
         )
         chosen = torch.cat([chosen, z_rej[best]])
-    return chosen.cpu().numpy()
+    codes = chosen.cpu().numpy()
+    level = interpolation_level(generator, code, params)
+    if level:
+        # Drawn after the codes from the same stream: the codes themselves do not change.
+        codes = interpolation.interpolate(codes, generator.class_anchors(code), level, rng)
+    return codes
+
+
+def interpolation_level(generator: SCLDGenerator, code: int, params: SamplingParams) -> float:
+    """The latent interpolation of class ``code`` under ``params``: the number itself, or
+    for ``"auto"`` :func:`interpolation.auto_level` of the latent novelty of a fixed probe of
+    the class's codes (drawn with ``params``, without interpolation) against its training
+    codes. A generator saved without its training codes (``include_anchors=False``) has
+    nothing to interpolate toward: ``"auto"`` is 0 there and a number above 0 is refused."""
+    value = params.latent_interpolation
+    if generator.anchors is None:
+        if value == "auto" or not value:
+            return 0.0
+        raise ValueError(
+            f"latent_interpolation={value!r} moves codes toward the training codes of the "
+            "class, and this generator was saved without them (include_anchors=False). Pass "
+            "latent_interpolation=0 (or 'auto', which is 0 here), or save the generator "
+            "with its training cells."
+        )
+    if value != "auto":
+        return float(value)
+    training = generator.class_anchors(code)
+    probe = latents(
+        generator,
+        code,
+        interpolation.PROBE_CODES,
+        replace(params, latent_interpolation=0.0),
+        torch.Generator().manual_seed(interpolation.PROBE_SEED),
+    )
+    return interpolation.auto_level(interpolation.latent_novelty(probe, training))
 
 
 def sample(

@@ -44,6 +44,8 @@ LOSS_READ_EVERY = 50
 # Latent codes kept per class for anchored generation: enough to cover a type's variety,
 # bounded so that atlas-sized training sets do not bloat the saved generator.
 MAX_ANCHORS = 4096
+# Devices with torch's fused AdamW kernel (CPU since torch 2.4).
+FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
 
 
 def _optimizer(module: nn.Module, lr: float, steps: int):
@@ -53,7 +55,10 @@ def _optimizer(module: nn.Module, lr: float, steps: int):
     groups = [{"params": others, "lr": lr}]
     if dispersion:
         groups.append({"params": dispersion, "lr": 10 * lr, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4)
+    # The fused kernel updates every parameter in one pass; on CPU the per-parameter loop
+    # took a fifth of a fit (the fused step is about 5x faster, same arithmetic).
+    fused = next(module.parameters()).device.type in FUSED_OPTIMIZER_DEVICES
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4, fused=fused)
     warmup = max(1, steps // 20)
 
     def factor(step: int) -> float:

@@ -2,8 +2,8 @@
 
 A subprocess trains tiny generators on the shipped Baron data (raw counts: negative
 binomial; log-normalized: Gaussian) and hashes what every sampling path returns: plain
-sampling, post-guidance with the filter, anchored generation, expected values, and the
-trained weights. The hashes are compared with ``tests/data/pinned_outputs.json``.
+sampling, post-guidance with the filter, anchored generation, expected values, latent
+interpolation, and the trained weights. The hashes are compared with ``tests/data/pinned_outputs.json``.
 
 The subprocess runs one thread with MKL's reproducible mode, so the figures do not depend
 on the number of cores. They do depend on the CPU: the documentation promises identical
@@ -81,6 +81,8 @@ RUN = textwrap.dedent(
         out["nb.anchored"] = digest(counts.generate(50, "schwann"))
         counts.set_params(anchor_strength=1.0, output="mean", guidance_scale=1.0)
         out["nb.mean_w1"] = digest(counts.generate(50, "mast"))
+        counts.set_params(output="sample", guidance_scale=2.0, latent_interpolation=1.0)
+        out["nb.interpolated"] = digest(counts.generate(50, "mast"))
         logged = log_normalize(X).astype(np.float32)
         normal = SCLDSampler(sampling_strategy=STRATEGY, random_state=1, **QUICK)
         out["gaussian.fit_resample"] = digest(normal.fit_resample(logged, y)[0])

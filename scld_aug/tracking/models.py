@@ -39,7 +39,7 @@ from scld_aug.tracking.transport import (
 MODEL_NAME = "generator"
 # What an environment needs to load a logged model, besides scld-aug itself (pinned to the
 # version that logged it by `_model_requirements`).
-MODEL_REQUIREMENTS = ["torch>=2.2", "numpy", "scipy", "pandas", "scikit-learn"]
+MODEL_REQUIREMENTS = ["torch>=2.4", "numpy", "scipy", "pandas", "scikit-learn"]
 # Model URI schemes that are resolved through the tracking server.
 TRACKING_SCHEMES = ("runs", "models", "mlflow-artifacts")
 
