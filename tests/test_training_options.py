@@ -117,6 +117,6 @@ def test_the_optimizer_is_fused_on_the_cpu_and_steps_as_adamw_does():
             scheduler.step()
         return [p.detach().clone() for p in module.parameters()]
 
-    for fused, reference in zip(run(True), run(False)):
+    for fused, reference in zip(run(True), run(False), strict=True):
         assert not torch.equal(reference, torch.zeros_like(reference))
         torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
