@@ -12,10 +12,10 @@ generator (autoencoder, diffusion model and latent classifier):
 
 1. for every class with at least :data:`~scld_aug.noise_choice.MIN_CLASS_CELLS` training
    cells, draw a probe of latent codes with the default sampling settings and neither latent
-   noise nor interpolation, decode it and measure its novelty against the class's training cells
-   (:func:`scld_aug.noise_choice.probe_scores`: the median distance from a synthetic cell
-   to its nearest real cell of the class, over the class's own leave-one-out spread, in an
-   embedding of the training cells);
+   noise nor interpolation, decode it and measure its novelty against the class's training
+   cells (:func:`scld_aug.noise_choice.probe_scores`: the median distance from a synthetic
+   cell to its nearest real cell of the class, over the class's own leave-one-out spread, in
+   an embedding of the training cells);
 2. if the median novelty over the classes is below :data:`TARGET` (the cells are
    near-copies of the training cells), train again with ``kl_weight=1``; otherwise keep the
    deterministic generator.

@@ -12,7 +12,10 @@ autoencoder's latent space, decoded into count cells by the generator.
 :func:`latent_novelty` below :data:`MEMORIZED`, i.e. the codes sit less than half as far
 from the class's training codes as those are from each other. It leaves classes the model
 generalizes alone, and those of a variational encoder (trained on draws of each cell's
-posterior, its codes are not copies), where interpolating would only narrow them.
+posterior, its codes are not copies), where interpolation lowered logistic regression on
+PBMC (``evaluation/results/experiments.md``, section 19). Anchored generation
+(``anchor_strength < 1``) starts from the training codes by request, and ``"auto"`` leaves
+it alone.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ PROBE_CODES = 256
 #: Seed of the probe: the choice belongs to the generator and the sampling parameters, not
 #: to the seed of one request.
 PROBE_SEED = 0
-#: A class needs this many training codes to be interpolated between.
+#: Training codes a class needs for its latent novelty to be measured.
 MIN_CODES = 2
 
 

@@ -447,8 +447,9 @@ PARAMS: tuple[Param, ...] = (
         'fills the space between them. 0 moves nothing. ``"auto"`` is 1 for a class '
         "whose sampled codes sit less than half as far from its training codes as those "
         "are from each other (memorized), 0 otherwise (e.g. with a variational encoder); "
-        "it is measured on a fixed probe of the class's codes when sampling. Needs the "
-        "generator's training codes (``include_anchors=True``, the default).",
+        "it is measured on a fixed probe of the class's codes when sampling, and is 0 for "
+        "anchored starts (``anchor_strength < 1``). Needs the generator's training codes "
+        "(``include_anchors=True``, the default).",
         help='interpolate sampled codes toward the class\'s training codes (0 to 1), or "auto"',
         commands=AUGMENT,
         py_type="float | str",

@@ -173,8 +173,10 @@ def interpolation_level(generator: SCLDGenerator, code: int, params: SamplingPar
     """The latent interpolation of class ``code`` under ``params``: the number itself, or
     for ``"auto"`` :func:`interpolation.auto_level` of the latent novelty of a fixed probe of
     the class's codes (drawn with ``params``, without interpolation) against its training
-    codes. A generator saved without its training codes (``include_anchors=False``) has
-    nothing to interpolate toward: ``"auto"`` is 0 there and a number above 0 is refused."""
+    codes; ``"auto"`` is 0 for anchored starts (``anchor_strength < 1``), which are close
+    to real cells by request. A generator saved without its training codes
+    (``include_anchors=False``) has nothing to interpolate toward: ``"auto"`` is 0 there and
+    a number above 0 is refused."""
     value = params.latent_interpolation
     if generator.anchors is None:
         if value == "auto" or not value:
@@ -187,6 +189,9 @@ def interpolation_level(generator: SCLDGenerator, code: int, params: SamplingPar
         )
     if value != "auto":
         return float(value)
+    if params.anchor_strength < 1:
+        # Anchored starts stay near real cells by request (0 decodes their codes unchanged).
+        return 0.0
     training = generator.class_anchors(code)
     probe = latents(
         generator,

@@ -113,6 +113,16 @@ def test_auto_interpolates_a_memorized_class_and_leaves_a_generalized_one(genera
     np.testing.assert_array_equal(_codes(spread, code, auto), _codes(spread, code, plain))
 
 
+def test_auto_leaves_anchored_starts_alone(generator):
+    """Anchored generation stays near real cells by request: its codes are copies by design
+    (``anchor_strength=0`` decodes them unchanged), which ``"auto"`` must not spread."""
+    code = generator.class_code("type2")
+    anchored = SamplingParams(latent_noise=0.0, anchor_strength=0.0)
+    assert sampling.interpolation_level(generator, code, anchored) == 0.0
+    forced = SamplingParams(latent_noise=0.0, anchor_strength=0.0, latent_interpolation=1.0)
+    assert sampling.interpolation_level(generator, code, forced) == 1.0
+
+
 def test_a_number_is_used_as_given(generator):
     code = generator.class_code("type0")
     params = SamplingParams(latent_noise=0.0, latent_interpolation=0.3)

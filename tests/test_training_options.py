@@ -95,8 +95,8 @@ def test_anchored_starts_are_the_codes_or_draws_of_the_posteriors(
 
 
 def test_the_optimizer_is_fused_on_the_cpu_and_steps_as_adamw_does():
-    """The fused AdamW kernel (a fifth of a CPU fit was the per-parameter loop) must take the
-    steps the reference implementation takes, dispersions' faster group included."""
+    """The fused AdamW kernel (the per-parameter loop cost about a tenth of a CPU fit) must
+    take the steps the reference implementation takes, dispersions' faster group included."""
     from scld_aug.train import _optimizer
 
     def run(fused: bool) -> list[torch.Tensor]:
