@@ -171,10 +171,10 @@ def latents(
 
 def interpolation_level(generator: SCLDGenerator, code: int, params: SamplingParams) -> float:
     """The latent interpolation of class ``code`` under ``params``: the number itself, or
-    for ``"auto"`` :func:`interpolation.auto_level` of the latent novelty of a fixed probe of
-    the class's codes (drawn with ``params``, without interpolation) against its training
-    codes; ``"auto"`` is 0 for anchored starts (``anchor_strength < 1``), which are close
-    to real cells by request. A generator saved without its training codes
+    for ``"auto"`` :func:`~scld_aug.interpolation.auto_level` of the latent novelty of a
+    fixed probe of the class's codes (drawn with ``params``, without interpolation) against
+    its training codes; ``"auto"`` is 0 for anchored starts (``anchor_strength < 1``), which
+    are close to real cells by request. A generator saved without its training codes
     (``include_anchors=False``) has nothing to interpolate toward: ``"auto"`` is 0 there and
     a number above 0 is refused."""
     value = params.latent_interpolation
