@@ -36,9 +36,11 @@ MIN_CODES = 2
 
 
 def latent_novelty(codes: np.ndarray, training: np.ndarray) -> float:
-    """Median distance from each code to its nearest training code, over the median distance
-    from each training code to its nearest other one: about 1 for codes as novel as new
-    cells of the class, near 0 for copies.
+    """:func:`scld_aug.noise_choice.novelty` of sampled latent codes against the class's
+    training codes: the median distance from each code to its nearest training code, over
+    the median distance from each training code to its nearest other one; about 1 for codes
+    as novel as new cells of the class, near 0 for copies (``nan`` with fewer than
+    :data:`MIN_CODES` training codes, ``inf`` when most of them coincide).
 
     Examples
     --------
@@ -48,33 +50,17 @@ def latent_novelty(codes: np.ndarray, training: np.ndarray) -> float:
     >>> bool(np.isnan(latent_novelty(training[:1], training[:1])))  # one code: no spread
     True
     """
-    training = np.asarray(training, dtype=np.float64)
+    # Imported here: noise_choice imports sampling, which imports this module.
+    from scld_aug.noise_choice import novelty
+
     if len(training) < MIN_CODES:
         return float("nan")
-    between = _nearest(training, training, exclude_self=True)
-    return float(
-        np.median(_nearest(np.asarray(codes, dtype=np.float64), training)) / np.median(between)
-    )
-
-
-def _nearest(a: np.ndarray, b: np.ndarray, exclude_self: bool = False) -> np.ndarray:
-    """Distance from each row of ``a`` to its nearest row of ``b``, in blocks of rows so
-    that a large class never needs an ``len(a) x len(b)`` matrix at once."""
-    out = np.empty(len(a))
-    b_sq = (b**2).sum(1)
-    for start in range(0, len(a), 256):
-        block = a[start : start + 256]
-        d2 = (block**2).sum(1)[:, None] + b_sq[None, :] - 2 * block @ b.T
-        if exclude_self:
-            rows = np.arange(len(block))
-            d2[rows, start + rows] = np.inf
-        out[start : start + 256] = np.sqrt(np.maximum(d2.min(1), 0.0))
-    return out
+    return novelty(np.asarray(training), np.asarray(codes))
 
 
 def auto_level(novelty: float) -> float:
     """``"auto"``'s level for a class of this latent novelty: 1 when its codes are
-    memorized, else 0 (also when the novelty cannot be measured).
+    memorized, else 0 (also when the novelty cannot be measured, or is infinite).
 
     Examples
     --------
