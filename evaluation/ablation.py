@@ -266,6 +266,11 @@ def run(args) -> pd.DataFrame:
                      "value": v}
                     for t, v in sampler.latent_noises_.items()
                 )  # fmt: skip
+                rows.extend(
+                    {"seed": seed, "method": method, "cell_type": t,
+                     "metric": "latent_interpolation", "value": v}
+                    for t, v in sampler.latent_interpolations_.items()
+                )  # fmt: skip
             print(f"seed {seed} [{training}]: fit {fit_seconds:.0f} s", flush=True)
         pd.DataFrame(rows).to_csv(out, index=False)  # every seed saved as it finishes
     return pd.DataFrame(rows)

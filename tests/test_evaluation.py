@@ -403,3 +403,49 @@ def test_ablation_held_out_recognition_is_the_judge_on_real_test_cells():
         assert row["value"] == pytest.approx(expected)
     # Monocytes' real test cells are partly taken for dendritic cells.
     assert min(row["value"] for row in rows) < 1.0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_draws_redraws_the_cells_of_one_generator_and_draw_0_is_the_benchmarks(tmp_path):
+    """Draw 0 uses the seed (the benchmark's own draw); later draws only change the random
+    state of the cells, and the summary's mean of draws is the mean of the per-draw means."""
+    from evaluation import ablation, draws
+    from evaluation.__main__ import load
+    from scld_aug import SCLDSampler
+    from scld_aug.benchmark.methods import make_pipeline
+    from scld_aug.benchmark.protocols import default_downsample_types, downsampled
+    from scld_aug.metrics import downstream_scores
+    from scld_aug.presets import TINY
+
+    X, y = load("pbmc")
+    types = default_downsample_types(y)
+    _, train_k, test, targets = downsampled(y, 0, 10, types)
+    generator = (
+        SCLDSampler(sampling_strategy=targets, random_state=0, **TINY)
+        .fit(X[train_k], y[train_k])
+        .generator_
+    )
+    generator.save(tmp_path / "pbmc_k10_seed0_tiny.pt")
+    out = tmp_path / "draws.csv"
+    argv = ["--dataset", "pbmc", "--seeds", "0", "--draws", "2", "--classifiers", "logreg"]
+    argv += ["--generators", str(tmp_path), "--variant", "tiny", "--output", str(out)]
+    assert draws.main(argv) == 0
+    results = pd.read_csv(out)
+    assert set(results["method"]) == {"RandomOverSampler", "SMOTE", "SCLD"}
+    assert sorted(set(results["draw"])) == [0, 1]
+    assert len(results) == 3 * 2 * 2  # methods x draws x (rare-type F1, macro-F1)
+
+    def scld_rare_f1(state):
+        X_res, y_res = ablation.resample(generator, targets, state, 1, X[train_k], y[train_k])[1:]
+        pipe = make_pipeline(None, "logreg", 0).fit(X_res, y_res)
+        return downstream_scores(y[test], pipe.predict(X[test]), rare_classes=types)[
+            "rare_macro_f1"
+        ]
+
+    scld = results[(results["method"] == "SCLD") & (results["metric"] == "rare_macro_f1")]
+    for draw, state in ((0, 0), (1, draws.DRAW_STRIDE)):
+        assert scld.loc[scld["draw"] == draw, "value"].item() == pytest.approx(scld_rare_f1(state))
+    table = draws.summary(results)
+    row = table.loc[("SCLD", "logreg", "rare_macro_f1")]
+    assert row["mean of draws"] == pytest.approx(scld["value"].mean(), abs=1e-3)
+    assert row["sd over draws"] == pytest.approx(scld["value"].std(), abs=1e-3)
