@@ -9,7 +9,9 @@ draw; draw ``d`` uses ``seed + 1000 * d``. It does the same for RandomOverSample
 whose cells are random too. The summary gives, per method and classifier, the mean over
 seeds for each draw, the spread of that mean over draws, and the mean over all draws.
 
-SCLD's generators come from the benchmark's cache (``--cache``, default
+SCLD draws with the default sampling parameters, as the benchmark's own SCLD rows do (its
+variants such as ``"SCLD w=3"`` are not drawn again). Its generators come from the
+benchmark's cache (``--cache``, default
 ``evaluation/results/<dataset>/.generator_cache``, so a benchmark run must have trained them;
 otherwise they are trained and cached now) or from the ablation's saved generators
 (``--generators DIR --variant NAME``).
@@ -120,6 +122,11 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, help="CSV of every number")
     parser.add_argument("--summary-only", action="store_true", help="summarise an existing CSV")
     args = parser.parse_args(argv)
+    if args.generators and args.protocol == "natural":
+        parser.error(
+            "--generators reads the ablation's downsampling generators; with --protocol "
+            "natural SCLD's generators come from the benchmark's cache (--cache)"
+        )
     results = pd.read_csv(args.output) if args.summary_only else run(args)
     with pd.option_context("display.width", 250, "display.max_columns", 40):
         print(summary(results).to_string())

@@ -415,16 +415,22 @@ def test_draws_redraws_the_cells_of_one_generator_and_draw_0_is_the_benchmarks(t
     from scld_aug.benchmark.methods import make_pipeline
     from scld_aug.benchmark.protocols import default_downsample_types, downsampled
     from scld_aug.metrics import downstream_scores
+    from scld_aug.params import TRAINING_PARAMS
     from scld_aug.presets import TINY
 
     X, y = load("pbmc")
     types = default_downsample_types(y)
     _, train_k, test, targets = downsampled(y, 0, 10, types)
-    generator = (
-        SCLDSampler(sampling_strategy=targets, random_state=0, **TINY)
-        .fit(X[train_k], y[train_k])
-        .generator_
-    )
+    # A tiny network, sampled with the default sampling parameters as the benchmark's SCLD.
+    tiny = {name: value for name, value in TINY.items() if name in TRAINING_PARAMS}
+    sampler = SCLDSampler(sampling_strategy=targets, random_state=0, **tiny)
+    X_bench, y_bench = sampler.fit_resample(X[train_k], y[train_k])
+    generator = sampler.generator_
+    # What the benchmark's Pipeline draws is what a sampler holding the trained generator
+    # draws with the seed as its random state.
+    X_again, y_again = ablation.resample(generator, targets, 0, 1, X[train_k], y[train_k])[1:]
+    np.testing.assert_array_equal(y_again, y_bench)
+    assert (X_again != X_bench).nnz == 0
     generator.save(tmp_path / "pbmc_k10_seed0_tiny.pt")
     out = tmp_path / "draws.csv"
     argv = ["--dataset", "pbmc", "--seeds", "0", "--draws", "2", "--classifiers", "logreg"]
@@ -449,3 +455,5 @@ def test_draws_redraws_the_cells_of_one_generator_and_draw_0_is_the_benchmarks(t
     row = table.loc[("SCLD", "logreg", "rare_macro_f1")]
     assert row["mean of draws"] == pytest.approx(scld["value"].mean(), abs=1e-3)
     assert row["sd over draws"] == pytest.approx(scld["value"].std(), abs=1e-3)
+    with pytest.raises(SystemExit):
+        draws.main(["--protocol", "natural", "--generators", str(tmp_path), "--output", str(out)])
