@@ -48,6 +48,12 @@ from scld_aug.benchmark.protocols import (
 from scld_aug.metrics import ReferenceEmbedding, downstream_scores, memorization
 
 
+def saved_generator(folder, dataset: str, k: int, seed: int, training: str) -> Path:
+    """Where the ablation saves (and the other experiment scripts read) the generator of
+    one seed and training variant."""
+    return Path(folder) / f"{dataset}_k{k}_seed{seed}_{training}.pt"
+
+
 def parse(variant: str) -> dict:
     """``"w=4 ref=confusable"`` -> sampler parameters (``default`` -> {})."""
     return {} if variant == "default" else variant_params("SCLD " + variant)
@@ -224,7 +230,7 @@ def run(args) -> pd.DataFrame:
         for training in args.training:
             start = time.perf_counter()
             saved = (
-                Path(args.generators) / f"{args.dataset}_k{args.k}_seed{seed}_{training}.pt"
+                saved_generator(args.generators, args.dataset, args.k, seed, training)
                 if args.generators
                 else None
             )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 
 import pandas as pd
 
@@ -40,8 +39,9 @@ def _generator(args, seed: int, targets: dict, Xk, yk):
     from scld_aug import SCLDGenerator, SCLDSampler
 
     if args.generators:
-        path = Path(args.generators) / f"{args.dataset}_k{args.k}_seed{seed}_{args.variant}.pt"
-        return SCLDGenerator.load(path)
+        return SCLDGenerator.load(
+            ablation.saved_generator(args.generators, args.dataset, args.k, seed, args.variant)
+        )
     cache = args.cache or f"evaluation/results/{args.dataset}/.generator_cache"
     sampler = SCLDSampler(
         sampling_strategy=targets, random_state=seed, memory=cache, n_jobs=args.threads

@@ -21,7 +21,6 @@ sampling, no latent noise; the seed training derives), and the weight it would c
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 
@@ -56,7 +55,7 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         train, train_k, test, targets = downsampled(y, seed, args.k, types)
         Xk, yk = X[train_k], y[train_k]
-        path = Path(args.generators) / f"{args.dataset}_k{args.k}_seed{seed}_default.pt"
+        path = ablation.saved_generator(args.generators, args.dataset, args.k, seed, "default")
         generator = SCLDGenerator.load(path)
         embedding = ReferenceEmbedding().fit(Xk)
         for level in args.levels:
@@ -98,8 +97,9 @@ def _encoder_choice(args, X, y, types) -> int:
     rows = []
     for seed in args.seeds:
         _, train_k, _, _ = downsampled(y, seed, args.k, types)
-        name = f"{args.dataset}_k{args.k}_seed{seed}_{args.variant}.pt"
-        generator = SCLDGenerator.load(Path(args.generators) / name)
+        generator = SCLDGenerator.load(
+            ablation.saved_generator(args.generators, args.dataset, args.k, seed, args.variant)
+        )
         # The seed train_generator measures with.
         training_seed = derive_seeds(seed, 2)[0]
         value = encoder_choice.median_novelty(
