@@ -24,7 +24,7 @@ $(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/scld-aug demo
+	$(BIN)/scld-aug demo --overwrite
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -71,7 +71,8 @@ def write_h5ad(path: Path, n_cells: int, n_genes: int) -> None:
         return  # same seed and size: the same data
     X, y = synthetic_counts(n_cells, n_genes)
     obs = pd.DataFrame({"cell_type": pd.Categorical(y)}, index=np.arange(n_cells).astype(str))
-    # Atomic and exclusive: a file planted at the path is replaced, never written through.
+    # Atomic and exclusive: a file planted at the path meanwhile is never written through
+    # nor replaced (the write fails instead).
     atomic_write(path, anndata.AnnData(X, obs=obs).write_h5ad)
 
 

@@ -157,9 +157,82 @@ def open_on_disk(path: Path, labels_key: str, layer: str | None):
     return handle, matrix, y, var_names
 
 
-def write(adata: Any, path: str | os.PathLike) -> Path:
-    """Write ``adata`` to ``path`` atomically (``scld_aug.files.atomic_write``)."""
-    return atomic_write(path, adata.write_h5ad)
+def write(adata: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``adata`` to ``path`` atomically, replacing an existing file only with
+    ``overwrite`` (``scld_aug.files.atomic_write``)."""
+    return atomic_write(path, adata.write_h5ad, overwrite=overwrite)
+
+
+def check_writable(adata: Any) -> None:
+    """Write ``adata`` to an in-memory HDF5 file, so that what ``.h5ad`` cannot store (an
+    ``obs`` column of mixed objects, an ``uns`` entry of an unsupported type) fails in
+    seconds, before the minutes of training whose result it would otherwise lose."""
+    import io
+    import warnings
+
+    import h5py
+    from anndata.io import write_elem
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the real write warns, once
+        with h5py.File(io.BytesIO(), "w") as handle:
+            write_elem(handle, "/", adata)
+
+
+#: Name of the index of ``uns["scld_aug"]["cell_types"]`` (a fixed word: ``.h5ad`` files
+#: store a table's index under its name, which must be a valid key).
+TYPE_INDEX = "cell_type"
+
+
+def type_table(rows: dict[Any, dict[str, Any]]) -> pd.DataFrame:
+    """``uns["scld_aug"]["cell_types"]``: one row per cell type (the type's name as text in
+    the index, where any name is safe, ``/``, ``.`` and empty ones included), columns
+    ``cells`` (real cells), ``n_synthetic``, ``skipped`` (too few cells to generate) and the
+    sampling levels used (``guidance_scale``, ``latent_noise``, ``latent_interpolation``;
+    NaN for types not generated).
+
+    Examples
+    --------
+    >>> table = type_table({"NK/T": {"cells": 5, "n_synthetic": 20, "guidance_scale": 2.0}})
+    >>> table.loc["NK/T"].to_dict()  # doctest: +NORMALIZE_WHITESPACE
+    {'cells': 5, 'n_synthetic': 20, 'skipped': False, 'guidance_scale': 2.0,
+     'latent_noise': nan, 'latent_interpolation': nan}
+    """
+    names = [str(label) for label in rows]
+    column = {
+        "cells": (np.int64, 0),
+        "n_synthetic": (np.int64, 0),
+        "skipped": (bool, False),
+        "guidance_scale": (np.float64, np.nan),
+        "latent_noise": (np.float64, np.nan),
+        "latent_interpolation": (np.float64, np.nan),
+    }
+    return pd.DataFrame(
+        {
+            name: np.array([row.get(name, empty) for row in rows.values()], dtype=dtype)
+            for name, (dtype, empty) in column.items()
+        },
+        index=pd.Index(names, name=TYPE_INDEX, dtype=object),
+    )
+
+
+def raw_counts_hint(adata: Any) -> str | None:
+    """How to model the counts of ``adata.raw``, when it holds raw counts of every gene of
+    ``adata`` (None otherwise): scld-aug reads ``X`` or a layer, never ``.raw``."""
+    from scld_aug.data import first_non_count
+
+    raw = getattr(adata, "raw", None)
+    if raw is None or getattr(adata, "isbacked", False):
+        return None
+    if not pd.Index(adata.var_names).isin(raw.var_names).all():
+        return None
+    counts = raw[:, adata.var_names].X
+    if first_non_count(counts) is not None:
+        return None
+    return (
+        "adata.raw holds raw counts: put them in a layer, adata.layers['counts'] = "
+        "adata.raw[:, adata.var_names].X, and name that layer"
+    )
 
 
 #: ``uns`` entries of results computed from the original cells (scanpy's embeddings, graphs
@@ -200,9 +273,7 @@ def augmented(
     anndata = _anndata()
     n_orig = adata.n_obs
     n_new = X_res.shape[0] - n_orig
-    synthetic_names = pd.Index([f"synthetic-{i}" for i in range(n_new)])
-    if synthetic_names.isin(adata.obs_names).any():
-        synthetic_names = pd.Index([f"scld-synthetic-{i}" for i in range(n_new)])
+    synthetic_names = synthetic_obs_names(adata.obs_names, n_new)
     obs = pd.concat(
         [
             _with_missing(adata.obs, labels_key, n_new > 0),
@@ -229,6 +300,25 @@ def augmented(
         X = X.astype(np.float32) if sp.issparse(X) else X.astype(np.float32, copy=False)
         uns["log1p"] = {"base": None}
     return anndata.AnnData(X=X, obs=obs, var=var, layers={layer: X_res}, uns=uns)
+
+
+def synthetic_obs_names(existing: pd.Index, n: int) -> pd.Index:
+    """Names of ``n`` synthetic cells, none of them among ``existing``: ``synthetic-0``,
+    ``synthetic-1``... unless one of those is taken, then ``synthetic1-0``... and so on.
+
+    Examples
+    --------
+    >>> synthetic_obs_names(pd.Index(["a", "synthetic-1"]), 2).tolist()
+    ['synthetic1-0', 'synthetic1-1']
+    """
+    taken = set(map(str, existing))
+    attempt = 0
+    while True:
+        prefix = "synthetic" if attempt == 0 else f"synthetic{attempt}"
+        names = [f"{prefix}-{i}" for i in range(n)]
+        if taken.isdisjoint(names):
+            return pd.Index(names)
+        attempt += 1
 
 
 def _nullable(dtype: Any) -> Any:

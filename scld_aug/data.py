@@ -252,27 +252,95 @@ def _data_values(X: sp.csr_matrix) -> Iterator[np.ndarray]:
         yield X.data[start : start + (1 << 22)]
 
 
-def first_non_count(X: Any) -> float | None:
-    """A value of ``X`` (sparse or dense) that is not a non-negative whole number, or None
-    for count data. Reads in blocks: no whole-matrix mask or conversion."""
-    if sp.issparse(X):
+def _given_value_blocks(X: Any) -> Iterator[np.ndarray]:
+    """The values of ``X`` in their own dtype, in blocks: stored values of sparse input
+    (duplicate entries summed, as scipy defines the matrix), rows of dense input, and the
+    stored values of a :class:`CellRows` as they are on disk. No whole-matrix copy."""
+    if isinstance(X, CellRows):
+        source = X.matrix
+        for start in range(0, X.shape[0], CHUNK_ROWS):
+            block = source[start : start + CHUNK_ROWS]
+            if sp.issparse(block):
+                block = _summed(sp.csr_matrix(block))
+                yield (block if X.genes is None else block[:, X.genes]).data
+            else:
+                block = np.asarray(block)
+                yield block if X.genes is None else block[:, X.genes]
+    elif sp.issparse(X):
         if X.format in ("csr", "csc") and X.has_canonical_format:
-            blocks = _data_values(X)
+            yield from _data_values(X)
         else:
             # Duplicate entries count as their sum (2.5 + 2.5 is the count 5): canonical
             # row blocks, one at a time.
             rows = X if X.format == "csr" else sp.csr_matrix(X)
-            blocks = (
-                _summed(rows[i : i + CHUNK_ROWS]).data for i in range(0, rows.shape[0], CHUNK_ROWS)
-            )
+            for i in range(0, rows.shape[0], CHUNK_ROWS):
+                yield _summed(rows[i : i + CHUNK_ROWS]).data
     else:
         X = np.asarray(X)
-        blocks = (X[i : i + CHUNK_ROWS] for i in range(0, len(X), CHUNK_ROWS))
-    for v in blocks:
-        bad = ~((v >= 0) & (v == np.round(v)))
+        for i in range(0, len(X), CHUNK_ROWS):
+            yield X[i : i + CHUNK_ROWS]
+
+
+def first_non_count(X: Any) -> np.generic | None:
+    """A value of ``X`` that is not a non-negative whole number, or None for count data.
+
+    The one rule for "raw counts" wherever scld-aug asks (``likelihood="auto"``, a count
+    model's input check, the command line's check of an ``.h5ad`` file): values are judged
+    in the dtype they were given in, before any conversion, so a value ``1e-12`` away from
+    a whole number is not a count anywhere. ``X``: dense, any scipy sparse format or
+    :class:`CellRows` (read in blocks: no whole-matrix mask or conversion).
+
+    Examples
+    --------
+    >>> first_non_count(np.array([[0, 3], [18, 2]])) is None
+    True
+    >>> print(exact(first_non_count(np.array([[0.0, 18.000000000001]]))))
+    18.000000000001
+    """
+    for v in _given_value_blocks(X):
+        v = np.asarray(v)
+        if v.dtype.kind in "biu":
+            bad = v < 0
+        else:
+            bad = ~((v >= 0) & (v == np.round(v)))
         if bad.any():
-            return float(np.asarray(v)[bad][0])
+            return v[bad][0]
     return None
+
+
+def exact(value: Any) -> str:
+    """``value`` written out with every digit its dtype holds (``%g`` shows 18.000000000001
+    as 18).
+
+    Examples
+    --------
+    >>> exact(np.float64(18.000000000001)), exact(np.float32(0.1)), exact(np.int64(-3))
+    ('18.000000000001', '0.1', '-3')
+    """
+    if isinstance(value, (np.floating, float)):
+        return np.format_float_positional(value, trim="-")
+    return str(plain_scalar(value))
+
+
+def non_count_message(value: Any, where: str = "X") -> str:
+    """What to say about data that are not raw counts, given a value that shows it (the
+    same words on every path that needs counts; callers add how to fix it there)."""
+    near = (
+        isinstance(value, (np.floating, float))
+        and np.isfinite(value)
+        and value >= 0
+        and abs(value - np.round(value)) < 1e-6
+    )
+    if not np.isfinite(value) or value < 0:
+        what = "which is negative" if value < 0 else "which is not a finite number"
+    else:
+        what = "which is not a whole number"
+    return f"{where} does not hold raw counts: it has the value {exact(value)}, {what}" + (
+        " (it is within 1e-6 of one: if these are counts with rounding noise, round them "
+        "first, e.g. X = X.round())"
+        if near
+        else " (normalized or scaled data?)"
+    )
 
 
 def _summed(block: sp.csr_matrix) -> sp.csr_matrix:
@@ -287,15 +355,17 @@ def is_count_matrix(X: Any) -> bool:
     return first_non_count(X) is None
 
 
-def resolve_likelihood(X: Any, likelihood: str) -> str:
-    """Pick the decoder likelihood and check that the data suits it (``X``: CSR or
-    :class:`CellRows`), in one pass over the stored values. Also refuses NaN and infinite
-    values, which on-disk data reach here unchecked, and data without any non-zero value."""
+def resolve_likelihood(X: Any, likelihood: str, given: Any = None) -> str:
+    """Pick the decoder likelihood and check that the data suit it.
+
+    ``X`` is what training reads (canonical float32 CSR or :class:`CellRows`); ``given`` the
+    data as the caller passed them (default ``X``), on which counts are judged
+    (:func:`first_non_count`). Also refuses NaN and infinite values, which on-disk data
+    reach here unchecked, and data without any non-zero value.
+    """
     from scld_aug import likelihoods
 
-    model = None if likelihood == "auto" else likelihoods.get(likelihood)
     values = X.values if isinstance(X, CellRows) else lambda: _data_values(X)
-    counts = True
     nonzero = False
     for v in values():
         nonzero = nonzero or bool(np.any(v != 0))
@@ -304,17 +374,17 @@ def resolve_likelihood(X: Any, likelihood: str) -> str:
                 "X has NaN or infinite values (e.g. "
                 f"{v[~np.isfinite(v)][0]}). Remove or impute them before training."
             )
-        if model is not None:
-            model.check_values(v)
-        elif counts:
-            counts = bool((v >= 0).all()) and not (v != np.round(v)).any()
     if not nonzero:
         raise ValueError(
             "X holds no non-zero value: every cell is empty, so there is nothing to learn. "
             "Check that X is the expression matrix (cells in rows, genes in columns) and, "
             "for AnnData, that layer= names the layer with the counts."
         )
-    return likelihood if model is not None else likelihoods.for_data(counts)
+    bad = first_non_count(X if given is None else given)
+    if likelihood == "auto":
+        return likelihoods.for_data(bad is None)
+    likelihoods.get(likelihood).check_values(bad)
+    return likelihood
 
 
 def library_sizes(X: Any) -> np.ndarray:
@@ -355,15 +425,35 @@ class MinibatchSampler:
 # --------------------------------------------------------------------------- output
 
 
-def stack_rows(X: Any, synthetic: list[Any]) -> Any:
-    """Originals first, then synthetic rows, in the container and dtype of ``X``."""
+def stack_rows(X: Any, synthetic: list[Any], dtype: Any = None) -> Any:
+    """Originals first, then synthetic rows, in the container of ``X`` and ``dtype`` (by
+    default ``X``'s; a wider one keeps the original values exactly)."""
+    dtype = X.dtype if dtype is None else np.dtype(dtype)
     if not synthetic:
-        return X.copy()
+        return X.astype(dtype, copy=True)
     if sp.issparse(X):
         fmt = X.format if X.format in ("csr", "csc") else "csr"
         parts = [X] + [sp.csr_matrix(s) for s in synthetic]
-        return sp.vstack(parts, format=fmt).astype(X.dtype, copy=False)
-    return np.vstack([X] + [np.asarray(s) for s in synthetic]).astype(X.dtype, copy=False)
+        return sp.vstack(parts, format=fmt, dtype=dtype)
+    return np.vstack([X] + [np.asarray(s) for s in synthetic]).astype(dtype, copy=False)
+
+
+def cast_checked(values: Any, dtype: np.dtype) -> Any:
+    """``values`` (dense or sparse) as ``dtype``, refusing values an integer ``dtype`` cannot
+    hold instead of wrapping them around."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu" and values.size:
+        data = values.data if sp.issparse(values) else values
+        if data.size:
+            low, high = float(data.min()), float(data.max())
+            info = np.iinfo(dtype)
+            if low < info.min or high > info.max:
+                raise OverflowError(
+                    f"Synthetic values from {low:g} to {high:g} do not fit the output dtype "
+                    f"{dtype} ({info.min} to {info.max}). Pass X with a wider dtype, e.g. "
+                    "X.astype('int64')."
+                )
+    return values.astype(dtype, copy=False)
 
 
 def nnz_per_row(X: Any) -> np.ndarray:

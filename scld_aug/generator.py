@@ -8,6 +8,7 @@ result to cells of every input gene.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +17,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from scld_aug import sampling
+from scld_aug import likelihoods, sampling
 from scld_aug.data import plain_scalar
-from scld_aug.files import atomic_torch_save, load_model_file
+from scld_aug.files import atomic_torch_save, check_output_path, load_model_file
 from scld_aug.genes import GenePanel
 from scld_aug.model import Autoencoder, Denoiser, LatentClassifier, NoiseSchedule
+from scld_aug.model.layers import reset_parameters
 from scld_aug.params import MAX_TRAIN_TIMESTEPS, SamplingParams
 from scld_aug.sampling import DECODE_BATCH
 
@@ -254,14 +256,29 @@ class SCLDGenerator:
 
         Every size in the stored configuration is checked against the stored tensors
         before anything is allocated, so a crafted or damaged file is refused with a
-        ValueError instead of allocating what its metadata claims.
+        ValueError instead of allocating what its metadata claims. So is any other
+        metadata or tensor that sampling would trust: classes that are not distinct or
+        not the labels of their dtype (strings, integers, booleans, whole numbers), gene
+        names that are not one string per gene, a gene panel that does not describe every
+        gene once, sizes that are not positive integers, and values that are not finite
+        (weights, statistics, anchors) or out of their range (negative library sizes or
+        scales).
         """
         try:
             return _from_state(cls, state, device)
-        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as err:
+        except (
+            KeyError,
+            TypeError,
+            IndexError,
+            AttributeError,
+            RuntimeError,
+            OverflowError,
+        ) as err:
             raise ValueError(f"invalid generator state ({type(err).__name__}: {err})") from None
 
-    def save(self, path: str | os.PathLike, include_anchors: bool = True) -> None:
+    def save(
+        self, path: str | os.PathLike, include_anchors: bool = True, overwrite: bool = False
+    ) -> None:
         """Write the generator to ``path`` atomically (tensors and JSON only).
 
         Load it with :meth:`load`, or pass the path as ``SCLDSampler(generator=path)``.
@@ -269,6 +286,8 @@ class SCLDGenerator:
         Parameters
         ----------
         path : str or path-like
+            A new file (missing folders are created): an existing one is replaced only
+            with ``overwrite=True``.
         include_anchors : bool, default=True
             Keep the latent codes of (up to 4,096 per class) training cells,
             which anchored generation (``anchor_strength < 1``) starts from, and the
@@ -278,9 +297,27 @@ class SCLDGenerator:
             ``LIBRARY_QUANTILES`` quantiles per class and anchored generation is not
             available. See the how-to guide on sharing models for what a generator
             reveals either way.
+        overwrite : bool, default=False
+            Replace an existing file at ``path``.
+
+        Raises
+        ------
+        scld_aug.files.OutputPathError
+            When ``path`` exists (without ``overwrite``), is a directory or cannot be
+            written; nothing is written.
         """
+        check_output_path(path, overwrite=overwrite, what="generator")
+        self._write(path, include_anchors, overwrite)
+
+    def _write(self, path: str | os.PathLike, include_anchors: bool, overwrite: bool) -> None:
+        """:meth:`save` without its check of ``path``, for callers that checked it before
+        their work: a file that appeared since is kept, and the generator is written beside
+        it (``scld_aug.files.OutputConflictError``)."""
         atomic_torch_save(
-            {"format": GENERATOR_FORMAT, "generator": self.state(include_anchors)}, Path(path)
+            {"format": GENERATOR_FORMAT, "generator": self.state(include_anchors)},
+            Path(path),
+            overwrite=overwrite,
+            what="generator",
         )
 
     @classmethod
@@ -313,100 +350,318 @@ def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def _from_state(cls, state: dict, device) -> SCLDGenerator:
-    meta = json.loads(state["meta"])
-    config = dict(meta["config"])
-    panel_state = {k: v.numpy() for k, v in state["panel"].items()}
-    panel_state.update(likelihood=meta["likelihood"], n_genes=int(meta["n_genes"]))
-    panel = GenePanel.from_state(panel_state)
-    n_classes = len(meta["classes"])
-    n_genes = panel.n_genes
-    if len(panel.genes) + len(panel.rest) != n_genes or not (
-        np.all((panel.genes >= 0) & (panel.genes < n_genes))
-        and np.all((panel.rest >= 0) & (panel.rest < n_genes))
+# The Python type of each class label in the metadata (JSON) for the dtypes a generator's
+# classes can have: fit takes string, integer, boolean and whole-number float labels.
+CLASS_TYPES = {"U": str, "i": int, "u": int, "f": float, "b": bool}
+# Widest string dtype accepted for class labels beyond what the longest label needs: a saved
+# dtype may be wider than its labels, but a crafted "<U500000000" (2 GB a label) must not
+# size an array.
+MAX_LABEL_WIDTH = 1024
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    """A finite int or float from JSON (which also reads NaN and Infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _metadata(text) -> dict:
+    """The metadata of a stored state, checked to be a JSON object with a config object."""
+    try:
+        meta = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"the metadata is not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ValueError("the metadata is not a JSON object with a 'config' object")
+    return meta
+
+
+def _classes(values, dtype_name) -> np.ndarray:
+    """The class labels of the metadata as the array they were saved from, or a ValueError.
+
+    Each label must have the Python type its dtype gives and survive the conversion
+    unchanged (no truncated strings, wrapped integers or booleans made of numbers), and the
+    labels must be distinct: class code ``i`` names ``classes[i]``, and a label that
+    appeared twice would name two classes.
+    """
+    if not isinstance(values, list) or not values:
+        raise ValueError("the stored classes are not a non-empty list")
+    if dtype_name == "object":
+        if not (all(isinstance(v, str) for v in values) or all(_is_int(v) for v in values)):
+            raise ValueError(
+                "the stored classes of dtype object are not all strings or all integers"
+            )
+        classes = np.empty(len(values), dtype=object)
+        classes[:] = values
+    else:
+        try:
+            if not isinstance(dtype_name, str):
+                raise TypeError(dtype_name)
+            dtype = np.dtype(dtype_name)
+        except (TypeError, ValueError):
+            raise ValueError(f"classes_dtype {dtype_name!r} is not a data type") from None
+        kind = CLASS_TYPES.get(dtype.kind)
+        if kind is None:
+            raise ValueError(
+                f"classes of dtype {dtype_name!r} are not supported: class labels are strings, "
+                "integers, booleans or whole numbers"
+            )
+        wrong = [v for v in values if type(v) is not kind]
+        if wrong:
+            raise ValueError(
+                f"the stored classes of dtype {dtype_name!r} hold values that are not of "
+                f"type {kind.__name__}: {wrong[:5]}"
+            )
+        if kind is float and not all(math.isfinite(v) and v == int(v) for v in values):
+            raise ValueError("the stored classes of a float dtype are not all whole numbers")
+        if kind is str and dtype.itemsize // 4 > max(MAX_LABEL_WIDTH, *map(len, values)):
+            raise ValueError(f"classes_dtype {dtype_name!r} is wider than its labels")
+        try:
+            classes = np.array(values, dtype=dtype)
+        except (OverflowError, ValueError):
+            raise ValueError(f"the stored classes do not fit dtype {dtype_name!r}") from None
+        if classes.tolist() != values:
+            raise ValueError(f"the stored classes change when stored as dtype {dtype_name!r}")
+    if len(set(values)) != len(values):
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+        raise ValueError(f"the stored classes are not distinct: {repeated} appear more than once")
+    return classes
+
+
+def _gene_names(names, n_genes: int) -> list[str] | None:
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("the stored gene_names are not a list of strings")
+    if len(names) != n_genes:
+        raise ValueError(f"{len(names)} gene names are stored for {n_genes} genes")
+    return names
+
+
+def _config_int(config: dict, key: str, low: int, high: int, what: str) -> int:
+    value = config.get(key)
+    if not _is_int(value):
+        raise ValueError(f"config {key}={value!r} is not an integer")
+    if not low <= value <= high:
+        raise ValueError(f"config {key}={value} {what}")
+    return value
+
+
+def _check_config(config: dict, meta: dict) -> None:
+    """Settings the generator uses as they are, besides the sizes of its networks."""
+    # Older generators have neither: no clipping box, a deterministic encoder.
+    for key in ("latent_bound", "kl_weight"):
+        value = config.get(key, 0.0)
+        if not (_is_number(value) and value >= 0):
+            raise ValueError(f"config {key}={value!r} is not a finite number >= 0")
+    likelihood = meta["likelihood"]
+    if config.get("likelihood", likelihood) != likelihood:
+        raise ValueError(f"config likelihood={config['likelihood']!r} is not {likelihood!r}")
+    history = meta.get("history")
+    if history is not None and not (
+        isinstance(history, dict)
+        and all(
+            isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)
+            for v in history.values()
+        )
     ):
-        raise ValueError(f"the gene panel does not describe {n_genes} genes")
+        raise ValueError("the stored training history is not lists of losses by network")
+
+
+def _check_panel(panel: GenePanel, n_classes: int) -> None:
+    """The gene panel must describe every gene once, in the shapes decoding reads."""
+    n_genes, genes, rest = panel.n_genes, panel.genes, panel.rest
+    # Lengths first: a crafted n_genes must not size an allocation.
+    if (
+        genes.ndim != 1
+        or rest.ndim != 1
+        or genes.dtype.kind not in "iu"
+        or rest.dtype.kind not in "iu"
+        or len(genes) + len(rest) != n_genes
+        or not np.array_equal(np.sort(np.concatenate([genes, rest])), np.arange(n_genes))
+        or np.any(np.diff(genes) <= 0)
+        or np.any(np.diff(rest) <= 0)
+    ):
+        raise ValueError(
+            f"the gene panel does not describe {n_genes} genes (each once, in increasing order)"
+        )
+    for name, value in panel.state().items():
+        if isinstance(value, np.ndarray) and not np.all(np.isfinite(value)):
+            raise ValueError(f"the gene panel's {name} holds values that are not finite")
+    if panel.center.shape != genes.shape or panel.scale.shape != genes.shape:
+        raise ValueError("the standardization of the modelled genes does not match the panel")
+    if np.any(panel.scale <= 0):
+        raise ValueError("the gene panel's scale holds values that are not positive")
+    if panel.rest_profile.shape != (n_classes, len(rest)):
+        raise ValueError("the per-class profile of the other genes does not match the panel")
+    spread = panel.rest_overdispersion
+    if spread.shape not in ((0,), (len(rest),)) or np.any(spread < 0):
+        raise ValueError("the overdispersion of the other genes does not match the panel")
+    if panel.distribution.counts:
+        if np.any(panel.rest_profile < 0):
+            raise ValueError("the per-class composition of the other genes is negative")
+        return
+    # Normalized data: the other genes are drawn from these per class, and every gene is
+    # clipped to its observed range.
+    if (
+        panel.rest_spread.shape != (n_classes, len(rest))
+        or panel.rest_zero_rate.shape != (n_classes, len(rest))
+        or np.any(panel.rest_spread < 0)
+        or np.any((panel.rest_zero_rate < 0) | (panel.rest_zero_rate > 1))
+    ):
+        raise ValueError("the per-class statistics of the other genes do not match the panel")
+    if (
+        panel.lower.shape != (n_genes,)
+        or panel.upper.shape != (n_genes,)
+        or np.any(panel.lower > panel.upper)
+    ):
+        raise ValueError("the range of the genes does not match the panel")
+
+
+def _finite(name: str, arrays: list[np.ndarray], low: float | None = None) -> None:
+    for a in arrays:
+        if not np.all(np.isfinite(a)) or (low is not None and np.any(a < low)):
+            condition = "finite" if low is None else f"finite and >= {low:g}"
+            raise ValueError(f"the stored {name} hold values that are not {condition}")
+
+
+def _from_state(cls, state: dict, device) -> SCLDGenerator:
+    meta = _metadata(state["meta"])
+    config = dict(meta["config"])
+    classes = _classes(meta["classes"], meta["classes_dtype"])
+    n_classes = len(classes)
+    n_genes = meta["n_genes"]
+    if not _is_int(n_genes) or n_genes < 1:
+        raise ValueError(f"n_genes={n_genes!r} is not a positive integer")
+    gene_names = _gene_names(meta.get("gene_names"), n_genes)
+    likelihoods.get(meta["likelihood"])  # a ValueError naming the known ones
+    _check_config(config, meta)
+    panel_state = {k: v.numpy() for k, v in state["panel"].items()}
+    panel_state.update(likelihood=meta["likelihood"], n_genes=n_genes)
+    panel = GenePanel.from_state(panel_state)
+    _check_panel(panel, n_classes)
     # Sizes the networks are built from must be no larger than what the file holds, so
     # that building them (on the meta device, which allocates nothing) stays cheap.
     stored = [v for part in ("autoencoder", "denoiser", "classifier") for v in state[part].values()]
     largest = max((int(v.numel()) for v in stored), default=0)
-    for key in ("latent_dim", "hidden_dim"):
-        if not 1 <= int(config[key]) <= largest:
-            raise ValueError(f"config {key}={config[key]} does not match the stored weights")
-    if not 0 <= int(config["n_blocks"]) <= len(state["denoiser"]):
-        raise ValueError(f"config n_blocks={config['n_blocks']} does not match the stored weights")
-    if not 1 <= int(config["num_train_timesteps"]) <= MAX_TRAIN_TIMESTEPS:
-        raise ValueError(f"num_train_timesteps={config['num_train_timesteps']} is out of range")
-    with torch.device("meta"):
-        skeleton = build_modules(config, panel, n_classes)
-    for name, module in zip(("autoencoder", "denoiser", "classifier"), skeleton, strict=True):
+    mismatch = "does not match the stored weights"
+    latent_dim = _config_int(config, "latent_dim", 1, largest, mismatch)
+    _config_int(config, "hidden_dim", 1, largest, mismatch)
+    _config_int(config, "n_blocks", 0, len(state["denoiser"]), mismatch)
+    _config_int(config, "num_train_timesteps", 1, MAX_TRAIN_TIMESTEPS, "is out of range")
+    modules = build_modules(config, panel, n_classes)  # on the meta device: shapes only
+    for name, module in zip(("autoencoder", "denoiser", "classifier"), modules, strict=True):
         found = {k: tuple(v.shape) for k, v in state[name].items()}
         if found != _shapes(module):
             raise ValueError(f"the stored {name} weights do not match its configuration")
-    latent_dim = int(config["latent_dim"])
-    if panel.rest_profile.shape != (n_classes, len(panel.rest)):
-        raise ValueError("the per-class profile of the other genes does not match the panel")
-    spread = panel.rest_overdispersion
-    if spread.shape not in ((0,), (len(panel.rest),)) or not np.all(
-        np.isfinite(spread) & (spread >= 0)
-    ):
-        raise ValueError("the overdispersion of the other genes does not match the panel")
+        if not all(bool(torch.isfinite(v).all()) for v in state[name].values()):
+            raise ValueError(f"the stored {name} weights hold values that are not finite")
     if state["latent_mean"].shape != (latent_dim,) or state["latent_std"].shape != (latent_dim,):
         raise ValueError("the latent standardization does not match the latent dimension")
+    latent_mean, latent_std = state["latent_mean"].numpy(), state["latent_std"].numpy()
+    _finite("latent means", [latent_mean])
+    if not np.all(np.isfinite(latent_std) & (latent_std > 0)):
+        raise ValueError("the stored latent standard deviations are not finite and positive")
     libraries = [lib.numpy() for lib in state["libraries"]]
     anchors = [a.numpy() for a in state["anchors"]] if "anchors" in state else None
     if len(libraries) != n_classes or (anchors is not None and len(anchors) != n_classes):
         raise ValueError(f"per-class statistics do not match the {n_classes} classes")
+    if any(lib.ndim != 1 for lib in libraries):
+        raise ValueError("the stored library sizes are not one list per class")
+    _finite("library sizes", libraries, low=0.0)
+    if panel.distribution.uses_library and any(len(lib) == 0 for lib in libraries):
+        # Decoding counts draws each cell's library size from its class's.
+        raise ValueError("a class has no stored library sizes, which decoding counts draws from")
     if anchors is not None and any(a.ndim != 2 or a.shape[1] != latent_dim for a in anchors):
         raise ValueError("stored anchors do not match the latent dimension")
+    if anchors is not None:
+        if any(len(a) == 0 for a in anchors):
+            # Anchored generation starts from a class's anchors.
+            raise ValueError("a class has no stored anchors, which anchored generation starts from")
+        _finite("anchors", anchors)
     anchor_scales = None
     if anchors is not None and "anchor_scales" in state:
         anchor_scales = [a.numpy() for a in state["anchor_scales"]]
         if [a.shape for a in anchor_scales] != [a.shape for a in anchors]:
             raise ValueError("stored anchor scales do not match the anchors")
-    classes = np.array(
-        meta["classes"],
-        dtype=object if meta["classes_dtype"] == "object" else meta["classes_dtype"],
-    )
-    modules = build_modules(config, panel, n_classes)
+        _finite("anchor scales", anchor_scales, low=0.0)
     for module, name in zip(modules, ("autoencoder", "denoiser", "classifier"), strict=True):
-        module.load_state_dict(state[name])
+        # Every parameter is in the state (strict loading), so none is left uninitialized.
+        module.to_empty(device="cpu").load_state_dict(state[name])
     generator = cls(
         *modules,
         panel=panel,
         classes=classes,
-        latent_mean=state["latent_mean"].numpy(),
-        latent_std=state["latent_std"].numpy(),
+        latent_mean=latent_mean,
+        latent_std=latent_std,
         libraries=libraries,
         config=config,
         history=meta.get("history"),
         anchors=anchors,
-        gene_names=meta.get("gene_names"),
+        gene_names=gene_names,
         anchor_scales=anchor_scales,
     )
     return generator.to(device)
 
 
 def build_modules(
-    config: dict, panel: GenePanel, n_classes: int
+    config: dict, panel: GenePanel, n_classes: int, generator: torch.Generator | None = None
 ) -> tuple[Autoencoder, Denoiser, LatentClassifier]:
-    """Fresh (untrained) networks for a configuration and gene panel."""
-    autoencoder = Autoencoder(
-        n_input=len(panel.genes),
-        n_output=panel.n_outputs,
-        latent_dim=config["latent_dim"],
-        hidden_dim=config["hidden_dim"],
-        likelihood=panel.likelihood,
-        # Generators saved before the variational encoder existed have no kl_weight.
-        variational=float(config.get("kl_weight", 0.0)) > 0,
-    )
+    """Fresh networks for a configuration and gene panel.
+
+    Parameters
+    ----------
+    config : dict
+        Architecture settings (a generator's ``config``).
+    panel : GenePanel
+        Gene selection of the training data: sets the input and output sizes, and the
+        autoencoder's starting output bias (the genes' average expression).
+    n_classes : int
+        Number of cell types.
+    generator : torch.Generator or None, default=None
+        Initialize the networks from it, on its device
+        (:func:`~scld_aug.model.layers.reset_parameters`). None builds them on the meta
+        device: shapes only, no memory (to check a stored state against, or
+        ``to_empty`` and ``load_state_dict``).
+
+    Returns
+    -------
+    autoencoder, denoiser, classifier
+        Torch's global random generator is neither used nor changed.
+    """
+    # Built on the meta device first: constructing the layers normally would draw their
+    # default initialization from torch's global generator.
+    with torch.device("meta"):
+        modules = (
+            Autoencoder(
+                n_input=len(panel.genes),
+                n_output=panel.n_outputs,
+                latent_dim=config["latent_dim"],
+                hidden_dim=config["hidden_dim"],
+                likelihood=panel.likelihood,
+                # Generators saved before the variational encoder existed have no kl_weight.
+                variational=float(config.get("kl_weight", 0.0)) > 0,
+            ),
+            Denoiser(
+                config["latent_dim"],
+                n_classes,
+                hidden_dim=config["hidden_dim"],
+                n_blocks=config["n_blocks"],
+            ),
+            LatentClassifier(config["latent_dim"], n_classes, hidden_dim=config["hidden_dim"]),
+        )
+    if any(True for module in modules for _ in module.buffers()):
+        # to_empty() leaves buffers as uninitialized memory, and a state holds only the
+        # persistent ones: a network with buffers needs them set here.
+        raise TypeError("build_modules cannot initialize networks that hold buffers")
+    if generator is None:
+        return modules
+    for module in modules:
+        reset_parameters(module.to_empty(device=generator.device), generator)
+    autoencoder = modules[0]
     with torch.no_grad():
         autoencoder.decoder[-1].bias.copy_(torch.from_numpy(panel.output_prior))
-    denoiser = Denoiser(
-        config["latent_dim"],
-        n_classes,
-        hidden_dim=config["hidden_dim"],
-        n_blocks=config["n_blocks"],
-    )
-    classifier = LatentClassifier(config["latent_dim"], n_classes, hidden_dim=config["hidden_dim"])
-    return autoencoder, denoiser, classifier
+    return modules

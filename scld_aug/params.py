@@ -31,9 +31,18 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 __all__ = ["PARAMS", "Param", "SamplingParams", "TrainingConfig"]
 
-POSITIVE_INT = Interval(Integral, 1, None, closed="left")
-NON_NEGATIVE = Interval(Real, 0, None, closed="left")
-UNIT = Interval(Real, 0, 1, closed="both")
+
+class Number(Interval):
+    """A scikit-learn ``Interval`` that refuses booleans: ``True`` is an ``int`` to Python,
+    but ``guidance_scale=True`` or ``latent_dim=True`` is a mistake, not 1."""
+
+    def is_satisfied_by(self, val: Any) -> bool:
+        return not isinstance(val, bool) and super().is_satisfied_by(val)
+
+
+POSITIVE_INT = Number(Integral, 1, None, closed="left")
+NON_NEGATIVE = Number(Real, 0, None, closed="left")
+UNIT = Number(Real, 0, 1, closed="both")
 # Longest diffusion process: the schedule is allocated from it (saved files are checked
 # against it before anything is allocated).
 MAX_TRAIN_TIMESTEPS = 100_000
@@ -110,10 +119,11 @@ PARAMS: tuple[Param, ...] = (
         "fit",
         ["random_state"],
         "int, RandomState instance or None",
-        "Seed for training and sampling; global random state is never touched. With an "
-        "int, repeating a fit gives identical cells with the same device, CPU model or GPU, "
-        "versions of torch and numpy, and ``n_jobs`` (whatever ``OMP_NUM_THREADS`` or "
-        "``torch.set_num_threads`` say outside). Another ``n_jobs``, CPU model or GPU orders "
+        "Seed for training and sampling; global random state is never used nor touched. "
+        "With an int, repeating a fit gives identical cells with the same device, CPU model "
+        "or GPU, versions of torch and numpy, and ``n_jobs`` (whatever ``OMP_NUM_THREADS`` "
+        "or ``torch.set_num_threads`` say outside), also while other fits run in threads "
+        "of the same process. Another ``n_jobs``, CPU model or GPU orders "
         "floating-point sums differently and gives different, equally valid cells. Only "
         "int seeds are cached by ``memory``.",
     ),
@@ -235,7 +245,7 @@ PARAMS: tuple[Param, ...] = (
         "label_dropout",
         0.15,
         "training",
-        [Interval(Real, 0, 1, closed="neither")],
+        [Number(Real, 0, 1, closed="neither")],
         "float in (0, 1)",
         "Probability of replacing the label by the null class while training the "
         "denoiser; needed for classifier-free guidance.",
@@ -291,7 +301,7 @@ PARAMS: tuple[Param, ...] = (
         "learning_rate",
         1e-3,
         "training",
-        [Interval(Real, 0, None, closed="neither")],
+        [Number(Real, 0, None, closed="neither")],
         "float",
         "Peak learning rate (one-cycle schedule, AdamW).",
         help="peak learning rate",
@@ -302,7 +312,7 @@ PARAMS: tuple[Param, ...] = (
         "num_train_timesteps",
         1000,
         "training",
-        [Interval(Integral, 1, MAX_TRAIN_TIMESTEPS, closed="both")],
+        [Number(Integral, 1, MAX_TRAIN_TIMESTEPS, closed="both")],
         "int",
         "Length of the diffusion process.",
         help="length of the diffusion process",
@@ -458,7 +468,7 @@ PARAMS: tuple[Param, ...] = (
         "n_sampling_steps",
         20,
         "sampling",
-        [Interval(Integral, 1, 1000, closed="both")],
+        [Number(Integral, 1, 1000, closed="both")],
         "int",
         "Denoising steps per sample (each runs the denoiser on the conditional and the "
         "reference branch of guidance).",
@@ -545,7 +555,7 @@ PARAMS: tuple[Param, ...] = (
         "n_jobs",
         None,
         "fit",
-        [Interval(Integral, None, -1, closed="right"), POSITIVE_INT, None],
+        [Number(Integral, None, -1, closed="right"), POSITIVE_INT, None],
         "int or None",
         "CPU threads for training and sampling, with scikit-learn's convention: None means "
         "1, -1 all CPUs of the process, -2 all but one. Applied only while SCLD works "

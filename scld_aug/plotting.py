@@ -5,7 +5,8 @@ training-loss curves, grouped bars of scores, and the score of tuning trials aga
 searched parameter. Callers compute the coordinates and numbers (an embedding, a study's
 trials); this module only draws. matplotlib is imported when a figure is drawn
 (``pip install "scld-aug[plots]"``); files are written with the non-interactive Agg
-backend.
+backend, atomically, and an existing file is replaced only with ``overwrite=True`` (every
+function takes it).
 """
 
 from __future__ import annotations
@@ -35,13 +36,24 @@ def pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike, dpi: int = 110, **kwargs) -> Path:
+def _save(fig, path: str | os.PathLike, overwrite: bool, dpi: int = 110, **kwargs) -> Path:
+    """Write the figure atomically (``scld_aug.files.atomic_write``: an existing file is
+    replaced only with ``overwrite``), in the format its suffix names (PNG by default)."""
+    from scld_aug.files import atomic_write
+
     plt = pyplot()
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
     try:
-        fig.savefig(path, dpi=dpi, **kwargs)
+        atomic_write(
+            path,
+            lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, **kwargs),
+            overwrite=overwrite,
+            what="figure",
+        )
     finally:
         plt.close(fig)
-    return Path(path)
+    return path
 
 
 def bin_means(values: Sequence[float], every: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +66,9 @@ def bin_means(values: Sequence[float], every: int) -> tuple[np.ndarray, np.ndarr
     return means, np.arange(len(means)) * every + every - 1
 
 
-def loss_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike) -> Path:
+def loss_curves(
+    history: Mapping[str, Sequence[float]], path: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
     """Training-loss curves, one panel per network (per step, and smoothed).
 
     Examples
@@ -74,7 +88,7 @@ def loss_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike)
         ax.set_ylabel("loss")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, overwrite)
 
 
 def _zoom(ax, points: np.ndarray, spread: np.ndarray) -> None:
@@ -96,6 +110,7 @@ def real_vs_synthetic(
     held_out: tuple[np.ndarray, Sequence] | None = None,
     overview: bool = False,
     axis_label: str = "",
+    overwrite: bool = False,
 ) -> Path:
     """Real and synthetic cells in 2-D coordinates, one panel per type and method.
 
@@ -122,6 +137,8 @@ def real_vs_synthetic(
         Add a column with all cells, unzoomed.
     axis_label : str
         What the axes are (e.g. "PC"), for the figure's caption.
+    overwrite : bool, default=False
+        Replace an existing file at ``path``.
 
     Examples
     --------
@@ -192,7 +209,7 @@ def real_vs_synthetic(
     caption = f" ({axis_label} 1 and 2)" if axis_label else ""
     fig.suptitle(title + caption, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path, dpi=120)
+    return _save(fig, path, overwrite, dpi=120)
 
 
 def grouped_bars(
@@ -204,6 +221,7 @@ def grouped_bars(
     errors: pd.DataFrame | None = None,
     intervals: tuple[pd.DataFrame, pd.DataFrame] | None = None,
     ylim: tuple[float, float] = (0.0, 1.05),
+    overwrite: bool = False,
 ) -> Path:
     """One group of bars per row of ``values``, one bar per column (e.g. F1 per cell type and
     method), with error bars when given: ``errors`` (e.g. sd, symmetric) or ``intervals``
@@ -239,10 +257,12 @@ def grouped_bars(
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    return _save(fig, path, dpi=120)
+    return _save(fig, path, overwrite, dpi=120)
 
 
-def marker_dotplot(table: pd.DataFrame, path: str | os.PathLike, *, title: str) -> Path:
+def marker_dotplot(
+    table: pd.DataFrame, path: str | os.PathLike, *, title: str, overwrite: bool = False
+) -> Path:
     """Dot plot of each type's marker genes in its real and synthetic cells: one column per
     marker (grouped by type), a row of real and a row of synthetic cells per type; dot area
     is the fraction of cells expressing the gene, colour the mean expression (the table of
@@ -292,7 +312,7 @@ def marker_dotplot(table: pd.DataFrame, path: str | os.PathLike, *, title: str) 
               bbox_to_anchor=(1.25, 1.0), frameon=False)  # fmt: skip
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path, dpi=120)
+    return _save(fig, path, overwrite, dpi=120)
 
 
 def parameter_scores(
@@ -301,6 +321,7 @@ def parameter_scores(
     *,
     ylabel: str = "cross-validated score",
     title: str = "Cross-validated score against each searched parameter",
+    overwrite: bool = False,
 ) -> Path:
     """Score of every trial against each searched parameter, one panel per parameter.
 
@@ -339,7 +360,7 @@ def parameter_scores(
     axes[0][0].set_ylabel(ylabel)
     figure.colorbar(scatter, ax=list(axes[0]), label="trial")
     figure.suptitle(title)
-    return _save(figure, path, bbox_inches="tight")
+    return _save(figure, path, overwrite, bbox_inches="tight")
 
 
 def optimization_history(
@@ -349,6 +370,7 @@ def optimization_history(
     *,
     ylabel: str = "cross-validated score",
     highlight: Sequence[int] = (),
+    overwrite: bool = False,
 ) -> Path:
     """Score of every trial in the order they ran, with the best so far (maximized).
 
@@ -380,4 +402,4 @@ def optimization_history(
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Optimization history")
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, overwrite)

@@ -147,6 +147,7 @@ def pretrain(
                 labels,
                 var_names,
                 out=out,
+                overwrite=overwrite,
                 include_anchors=include_anchors,
                 random_state=random_state,
                 device=device,
@@ -165,6 +166,7 @@ def _pretrain(
     var_names,
     *,
     out,
+    overwrite,
     include_anchors,
     random_state,
     device,
@@ -177,7 +179,10 @@ def _pretrain(
     rows = data_layer.cell_rows(matrix)
     # As in SCLDSampler: counts are detected, anything else gets the Gaussian decoder.
     config = params.TrainingConfig(**training)
-    config = replace(config, likelihood=data_layer.resolve_likelihood(rows, config.likelihood))
+    # Counts are judged on the values as stored (rows on disk are read as they are).
+    given = rows if rows.backed else matrix
+    likelihood = data_layer.resolve_likelihood(rows, config.likelihood, given=given)
+    config = replace(config, likelihood=likelihood)
     world = launched_world()
     device_ = device_for(world, device)
     with process_group(world, device_):
@@ -193,6 +198,6 @@ def _pretrain(
             world=world,
         )
         if out is not None and world.is_main:
-            generator.save(out, include_anchors=include_anchors)
+            generator._write(out, include_anchors, overwrite)  # path checked first
         world.barrier()  # no process returns before the file is complete
     return generator

@@ -33,7 +33,7 @@ from scld_aug import data as data_layer
 from scld_aug import train as training
 from scld_aug._random import derive_seeds, resolve_device
 from scld_aug.data import plain_scalar
-from scld_aug.files import atomic_torch_save, load_model_file
+from scld_aug.files import atomic_torch_save, check_output_path, load_model_file
 from scld_aug.generator import SCLDGenerator
 from scld_aug.threads import torch_threads
 
@@ -268,6 +268,18 @@ class SCLDSampler(BaseOverSampler):
         for label in small:
             self.sampling_strategy_[label] = 0
 
+    def _check_class_size(self, label) -> None:
+        """Refuse to generate a class with fewer than ``min_class_size`` training cells, as
+        a fit does (a pretrained generator learned its classes elsewhere: no check)."""
+        cells = getattr(self, "_class_sizes", {}).get(plain_scalar(label))
+        if self.generator is None and cells is not None and cells < self.min_class_size:
+            raise ValueError(
+                f"Class {plain_scalar(label)!r} had {cells} cell(s) in the data the sampler "
+                f"was fitted on, fewer than min_class_size={self.min_class_size}: too few to "
+                "learn it from (fit_resample leaves it out for that reason). Lower "
+                "min_class_size and fit again to generate it anyway."
+            )
+
     def _fit_resample(self, X, y):
         self._leave_out_small_classes(y, stacklevel=6)  # the caller of fit_resample
         self._check_output_fits(self.sampling_strategy_, kept_bytes=_matrix_bytes(X))
@@ -281,17 +293,23 @@ class SCLDSampler(BaseOverSampler):
             for label, n in tqdm(items, desc="generate", disable=not self.verbose, leave=False):
                 synthetic += self._generate_blocks(label, n, X.format if sp.issparse(X) else None)
                 synthetic_y.append(np.full(n, label, dtype=y.dtype))
-        X_res = data_layer.stack_rows(X, synthetic)
+        dtype = likelihoods.get(self.likelihood_).output_dtype(self.input_dtype_, self.output)
+        X_res = data_layer.stack_rows(X, synthetic, dtype)
         if sp.issparse(X_res) and X_res.format != self.input_format_:
             X_res = X_res.asformat(self.input_format_)  # e.g. COO in, COO out
         y_res = np.concatenate([y, *synthetic_y]) if synthetic_y else y.copy()
         return X_res, y_res
 
     def _record_row_sizes(self, X, y) -> None:
-        """Mean stored values per cell of each class, to size outputs before sampling."""
+        """Cells and mean stored values per cell of each class, to size outputs before
+        sampling and refuse classes too small to generate."""
         per_row = data_layer.nnz_per_row(X)
+        labels, sizes = np.unique(y, return_counts=True)
+        self._class_sizes = {
+            plain_scalar(label): int(n) for label, n in zip(labels, sizes, strict=True)
+        }
         self._nnz_per_cell = {
-            plain_scalar(label): float(per_row[y == label].mean()) for label in np.unique(y)
+            plain_scalar(label): float(per_row[y == label].mean()) for label in labels
         }
 
     def _check_output_fits(self, strategy: dict, kept_bytes: float = 0.0) -> None:
@@ -328,13 +346,15 @@ class SCLDSampler(BaseOverSampler):
             self.generator_source_ = "pretrained"
             return
         matrix = data_layer.as_csr(X)
-        self.likelihood_ = data_layer.resolve_likelihood(matrix, self.likelihood)
+        self.likelihood_ = data_layer.resolve_likelihood(matrix, self.likelihood, given=X)
         config = self._training_config(self.likelihood_)
         key = store.training_key(matrix, y, config, self.random_state)
         if getattr(self, "generator_key_", None) == key and hasattr(self, "generator_"):
             self.generator_source_ = "reused"
             self.generator_.to(self.device_)
             return
+        if getattr(self, "generator_source_", None) == "loaded":
+            self._warn_loaded_generator_replaced(X)
         cache = store.GeneratorCache.for_fit(self.memory, self.random_state)
         cached = None if cache is None else cache.get(key, self.device_)
         if cached is not None:
@@ -354,6 +374,26 @@ class SCLDSampler(BaseOverSampler):
                 cache.put(key, self.generator_)
         self.generator_.gene_names = _gene_names(names)
         self.generator_key_ = key
+
+    def _warn_loaded_generator_replaced(self, X) -> None:
+        """A loaded sampler fitted on data its generator was not trained on trains a new
+        generator (scikit-learn's ``fit`` semantics): say so, since that costs minutes and
+        the loaded generator may be what was meant."""
+        genes = self.generator_.n_genes
+        differ = (
+            f"X has {X.shape[1]} genes, the loaded generator {genes}"
+            if X.shape[1] != genes
+            else "X is not the data the loaded generator was trained on"
+        )
+        warnings.warn(
+            f"This sampler was loaded from a file, and {differ}: fitting trains a new "
+            "generator in place of the loaded one. To draw cells from the loaded generator "
+            "without training, call generate(n_samples, cell_type); to over-sample other "
+            "data with it, pass it as SCLDSampler(generator=sampler.generator_) (same genes "
+            "needed).",
+            UserWarning,
+            stacklevel=5,
+        )
 
     def _load_pretrained(self) -> SCLDGenerator:
         """The ``generator`` parameter as ``generator_`` on ``device_`` (a file is read once)."""
@@ -470,10 +510,10 @@ class SCLDSampler(BaseOverSampler):
         seed = self._class_seed(label)
         for block in self.generator_.sample(label, n, params, seed):
             if sparse_format:
-                blocks.append(sp.csr_matrix(block, dtype=dtype))
+                blocks.append(data_layer.cast_checked(sp.csr_matrix(block), dtype))
             else:
                 dense = block.toarray() if sp.issparse(block) else block
-                blocks.append(dense.astype(dtype, copy=False))
+                blocks.append(data_layer.cast_checked(dense, dtype))
         return blocks
 
     def generate(self, n_samples: int, cell_type) -> Any:
@@ -499,6 +539,7 @@ class SCLDSampler(BaseOverSampler):
         if isinstance(n_samples, bool) or not isinstance(n_samples, Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         self.generator_.class_code(cell_type)  # unknown classes fail before any work
+        self._check_class_size(cell_type)
         self._check_output_fits({cell_type: int(n_samples)})
         sparse_format = None if self.input_format_ == "dense" else self.input_format_
         with torch_threads(self.n_jobs):
@@ -546,11 +587,15 @@ class SCLDSampler(BaseOverSampler):
             Original cells first, then synthetic cells, with ``obs["is_synthetic"]``,
             ``obs[labels_key]`` and the original ``var``. The augmented matrix is in the
             same place as the input (``X`` or ``layers[layer]``). ``obsm``, ``obsp``, other
-            layers and the ``uns`` results of the original cells (PCA, neighbours, UMAP,
-            ...) do not cover the synthetic cells and are left out: recompute them.
-            ``uns["scld_aug"]`` records what was done: the package version, where the
-            matrix is, cells generated and classes skipped per type, guidance scales, the
-            sampler's parameters (JSON) and the generator's identity.
+            layers, ``.raw`` (a warning says so) and the ``uns`` results of the original
+            cells (PCA, neighbours, UMAP, ...) do not cover the synthetic cells and are left
+            out: recompute them. Synthetic cells are named ``synthetic-0``, ... (another
+            prefix where one of those names is taken). ``uns["scld_aug"]`` records what was
+            done: the package version, where the matrix is, a ``cell_types`` table (real
+            cells, cells generated, skipped types, and the guidance scale, latent noise and
+            latent interpolation used per type; see
+            :func:`scld_aug.anndata_io.type_table`), the sampler's parameters (JSON) and
+            the generator's identity.
         """
         if normalize_x and layer is None:
             raise ValueError(
@@ -565,6 +610,20 @@ class SCLDSampler(BaseOverSampler):
         X_res, y_res = self.fit_resample(X, y)
         if self.generator is None:
             self.generator_.gene_names = _gene_names(adata.var_names)
+        if getattr(adata, "raw", None) is not None:
+            hint = anndata_io.raw_counts_hint(adata) if self.likelihood_ == "gaussian" else None
+            warnings.warn(
+                "adata.raw is not carried over to the result (it has no rows for the "
+                "synthetic cells)"
+                + (
+                    f". The {'layer' if layer else 'X'} modelled here is not raw counts "
+                    f"(modelled as Gaussian) but {hint} with layer=."
+                    if hint
+                    else "; keep it from the input where you need it for the real cells."
+                ),
+                UserWarning,
+                stacklevel=2,
+            )
         y_res = np.asarray(y_res)
         record = self._augmentation_record(labels_key, layer, y_res[len(y) :])
         return anndata_io.augmented(
@@ -572,24 +631,30 @@ class SCLDSampler(BaseOverSampler):
         )
 
     def _augmentation_record(self, labels_key: str, layer: str | None, new_labels) -> dict:
-        """What ``uns["scld_aug"]`` holds (strings, numbers and dicts of them only: what
-        ``.h5ad`` files store)."""
+        """What ``uns["scld_aug"]`` holds: strings and a table (``cell_types``, see
+        :func:`scld_aug.anndata_io.type_table`), what ``.h5ad`` files store whatever the
+        cell types are called (type names are never used as keys)."""
         from scld_aug import __version__
 
         labels, counts = np.unique(new_labels, return_counts=True)
+        made = {plain_scalar(k): int(n) for k, n in zip(labels, counts, strict=True)}
+        rows = {}
+        for label, cells in self._class_sizes.items():
+            row = {"cells": cells, "n_synthetic": made.get(label, 0)}
+            row["skipped"] = label in self.skipped_classes_
+            for column, levels in (
+                ("guidance_scale", self.guidance_scales_),
+                ("latent_noise", self.latent_noises_),
+                ("latent_interpolation", self.latent_interpolations_),
+            ):
+                if label in levels:
+                    row[column] = float(levels[label])
+            rows[label] = row
         return {
             "version": __version__,
             "labels_key": labels_key,
             "matrix": "X" if layer is None else f"layers/{layer}",
-            "n_synthetic": {
-                str(plain_scalar(k)): int(n) for k, n in zip(labels, counts, strict=True)
-            },
-            "skipped_classes": {str(k): int(n) for k, n in self.skipped_classes_.items()},
-            "guidance_scales": {str(k): float(v) for k, v in self.guidance_scales_.items()},
-            "latent_noises": {str(k): float(v) for k, v in self.latent_noises_.items()},
-            "latent_interpolations": {
-                str(k): float(v) for k, v in self.latent_interpolations_.items()
-            },
+            "cell_types": anndata_io.type_table(rows),
             "generator_source": self.generator_source_,
             "generator_id": self._generator_id(),
             "params": json.dumps(self.get_params(), sort_keys=True, default=str),
@@ -610,7 +675,9 @@ class SCLDSampler(BaseOverSampler):
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path: str | os.PathLike, include_anchors: bool = True) -> None:
+    def save(
+        self, path: str | os.PathLike, include_anchors: bool = True, overwrite: bool = False
+    ) -> None:
         """Write the fitted sampler (parameters + generator) to ``path`` atomically.
 
         The file holds tensors and JSON only; :meth:`load` reads it without unpickling
@@ -621,12 +688,33 @@ class SCLDSampler(BaseOverSampler):
         Parameters
         ----------
         path : str or path-like
+            A new file (missing folders are created), not the file of the ``generator``
+            parameter. An existing file is replaced only with ``overwrite=True``.
         include_anchors : bool, default=True
             Keep what the generator stores per training cell (latent codes for anchored
             generation, library sizes); ``False`` before sharing the file (see
             :meth:`SCLDGenerator.save`).
+        overwrite : bool, default=False
+            Replace an existing file at ``path``.
+
+        Raises
+        ------
+        scld_aug.files.OutputPathError
+            When ``path`` exists (without ``overwrite``), is a directory, is the pretrained
+            generator's file or cannot be written; nothing is written.
         """
         check_is_fitted(self, "generator_")
+        self._check_save_path(path, overwrite)
+        self._write(path, include_anchors, overwrite)
+
+    def _check_save_path(self, path: str | os.PathLike, overwrite: bool) -> None:
+        source = self.generator if isinstance(self.generator, (str, os.PathLike)) else None
+        check_output_path(path, inputs=[source], overwrite=overwrite, what="sampler")
+
+    def _write(self, path: str | os.PathLike, include_anchors: bool, overwrite: bool) -> None:
+        """:meth:`save` without its check of ``path``, for callers that checked it before
+        their work: a file that appeared since is kept, and the sampler is written beside
+        it (``scld_aug.files.OutputConflictError``)."""
         if self.latent_noise == "auto" and getattr(self, "_noise_reference", None) is not None:
             # The training cells stay behind, so a loaded sampler cannot choose: choose now
             # for every class it may be asked for.
@@ -667,6 +755,7 @@ class SCLDSampler(BaseOverSampler):
             "input_format_": self.input_format_,
             "sparse_array": bool(getattr(self, "_sparse_array", False)),
             "nnz_per_cell": [[k, v] for k, v in getattr(self, "_nnz_per_cell", {}).items()],
+            "class_sizes": [[k, v] for k, v in getattr(self, "_class_sizes", {}).items()],
             "generator_key_": self.generator_key_,
             "sampling_strategy_": [
                 [plain_scalar(k), int(v)] for k, v in self.sampling_strategy_.items()
@@ -691,7 +780,7 @@ class SCLDSampler(BaseOverSampler):
             "fitted": json.dumps(fitted),
             "generator": self.generator_.state(include_anchors),
         }
-        atomic_torch_save(state, Path(path))
+        atomic_torch_save(state, Path(path), overwrite=overwrite, what="sampler")
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto") -> SCLDSampler:
@@ -753,6 +842,8 @@ class SCLDSampler(BaseOverSampler):
         sampler.input_format_ = fitted["input_format_"]
         sampler._sparse_array = bool(fitted.get("sparse_array", False))
         sampler._nnz_per_cell = {k: float(v) for k, v in fitted.get("nnz_per_cell", [])}
+        # Files written before the class sizes were kept: no size check in generate().
+        sampler._class_sizes = {k: int(v) for k, v in fitted.get("class_sizes", [])}
         sampler.generator_key_ = fitted["generator_key_"]
         sampler.sampling_strategy_ = dict(fitted["sampling_strategy_"])
         # Files written before per-class scales have none: the parameter is the scale.

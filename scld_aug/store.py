@@ -21,13 +21,15 @@ import numpy as np
 
 from scld_aug import data as data_layer
 from scld_aug.data import plain_scalar
-from scld_aug.generator import SCLDGenerator
+from scld_aug.files import atomic_torch_save, load_model_file
+from scld_aug.generator import GENERATOR_DESCRIPTION, GENERATOR_FORMAT, SCLDGenerator
 
 # Part of every cache key: bump whenever training would give a different generator for the
 # same data and parameters, so that caches never serve generators of older code.
 # 4: labels keyed with their types. 5: overdispersion of the genes outside the panel.
-# 6: fused AdamW steps (same arithmetic, rounded differently).
-TRAINING_VERSION = 6
+# 6: fused AdamW steps (same arithmetic, rounded differently). 7: initial weights, dropout
+# masks and posterior draws from the fit's own generators, not torch's global one.
+TRAINING_VERSION = 7
 
 
 def is_seeded(random_state: Any) -> bool:
@@ -46,8 +48,12 @@ def training_key(matrix, labels: np.ndarray, config, random_state: Any) -> str:
 class GeneratorCache:
     """The ``memory=`` directory: trained generators by :func:`training_key`.
 
-    Entries are written atomically, so several processes can share a directory; an entry
-    that cannot be read is reported, and the generator trained again replaces it.
+    Entries are created atomically and exclusively, so several processes can share a
+    directory: the first entry written for a key is kept (the same key means the same
+    generator). Each entry records its key and is served only for that key; an entry that
+    cannot be read, or that holds another key, is reported and the generator is trained
+    again. A cache is a convenience: one that cannot be written costs a warning, never the
+    trained generator.
 
     Parameters
     ----------
@@ -80,23 +86,52 @@ class GeneratorCache:
         return self.folder / f"generator-{key}.pt"
 
     def get(self, key: str, device) -> SCLDGenerator | None:
-        """The cached generator; None when absent or unreadable (with a warning)."""
+        """The cached generator; None when absent, unreadable or not this key's (with a
+        warning for the last two)."""
         path = self.path(key)
-        if not path.exists():
-            return None
         try:
-            return SCLDGenerator.load(path, device)
-        except (OSError, ValueError) as err:
+            if not path.is_file():
+                return None
+            state = load_model_file(path, GENERATOR_DESCRIPTION)
+            if state.get("format") != GENERATOR_FORMAT or state.get("key") != key:
+                raise ValueError(
+                    f"it does not hold the generator of key {key} (key {state.get('key')!r})"
+                )
+            return SCLDGenerator.from_state(state["generator"], device)
+        except (OSError, ValueError, KeyError) as err:
             warnings.warn(
-                f"The cached generator {path} cannot be read ({err}); training again and "
-                "replacing it.",
+                f"The cached generator {path} cannot be used ({err}); training again.",
                 UserWarning,
                 stacklevel=4,
             )
             return None
 
     def put(self, key: str, generator: SCLDGenerator) -> None:
-        generator.save(self.path(key))  # atomic: replaces an unreadable entry too
+        """Store ``generator`` under ``key``: an unreadable or foreign entry is replaced, a
+        valid one (another process was first) is kept. A failure to write warns only."""
+        path = self.path(key)
+        state = {"format": GENERATOR_FORMAT, "key": key, "generator": generator.state(True)}
+        try:
+            # An entry that get() refused is replaced; otherwise the first writer wins.
+            stale = path.exists() and not _holds_key(path, key)
+            atomic_torch_save(state, path, overwrite=stale, duplicate_ok=True, what="cache entry")
+        except OSError as err:
+            warnings.warn(
+                f"memory={str(self.folder.parent)!r}: the trained generator could not be "
+                f"cached ({err}); the fit goes on without the cache. Pass a writable folder "
+                "as memory= to reuse trained generators.",
+                UserWarning,
+                stacklevel=4,
+            )
+
+
+def _holds_key(path: Path, key: str) -> bool:
+    """Whether the cache entry at ``path`` is a readable generator of ``key``."""
+    try:
+        state = load_model_file(path, GENERATOR_DESCRIPTION)
+    except (OSError, ValueError):
+        return False
+    return state.get("format") == GENERATOR_FORMAT and state.get("key") == key
 
 
 def load_pretrained(
@@ -158,9 +193,8 @@ def check_compatible(
     likelihood = generator.panel.likelihood
     if generator.panel.distribution.counts and (bad := data_layer.first_non_count(X)) is not None:
         raise ValueError(
-            f"The pretrained generator models raw counts, but X has a value that is not a "
-            f"non-negative whole number ({bad:g}). Pass raw counts (e.g. "
-            "adata.layers['counts'])."
+            f"The pretrained generator models raw counts, but {data_layer.non_count_message(bad)}"
+            ". Pass raw counts (e.g. adata.layers['counts'])."
         )
     unknown = [plain_scalar(c) for c in classes if not np.any(generator.classes == c)]
     if unknown:

@@ -9,9 +9,16 @@ slower beside one or two busy processes (``python -m evaluation.perf --contentio
 thread per fit avoids that, and makes fixed-seed results independent of the machine's core
 count; ``n_jobs`` asks for more, as in scikit-learn.
 
-torch's thread count belongs to the process: fits running at the same time in threads of one
-process (e.g. a threading joblib backend) set and restore the same number, so use processes
-(scikit-learn's default ``loky`` backend) for parallel fits.
+Fits running at the same time in threads of one process (e.g. a threading joblib backend)
+draw every random number from generators of their own, never from torch's global one, so
+random numbers do not make their cells differ from a fit run alone. The thread count is
+shared state, though. Where torch runs its own thread pool it belongs to the process; in
+torch's OpenMP builds (``torch.__config__.parallel_info()`` names the backend) each OS
+thread keeps the count it set, and a thread that has not used torch yet starts from the
+last count set anywhere. Where the count is shared, a fit that ends restores the caller's
+count under the fits still running: their speed changes and, as with another ``n_jobs``,
+so can the last digits of their sums and with them some cells. Processes (scikit-learn's
+default ``loky`` backend) each have their own count: use them for parallel fits.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from scld_aug import encoder_choice, likelihoods
-from scld_aug._random import derive_seeds, seeded
+from scld_aug._random import derive_seeds, stream_seed
 from scld_aug.data import (
     CellRows,
     MinibatchSampler,
@@ -35,6 +35,7 @@ from scld_aug.distributed import World
 from scld_aug.generator import SCLDGenerator, build_modules
 from scld_aug.genes import GenePanel
 from scld_aug.model import Autoencoder, NoiseSchedule
+from scld_aug.model.layers import use_generator
 from scld_aug.params import TrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ LOSS_READ_EVERY = 50
 MAX_ANCHORS = 4096
 # Devices with torch's fused AdamW kernel (CPU since torch 2.4).
 FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
+# Keys of the torch generators a training derives from its seed (scld_aug._random.stream_seed):
+# initial weights, and dropout masks with the variational encoder's posterior draws.
+INIT_STREAM, DROPOUT_STREAM = 1, 2
 
 
 def _optimizer(module: nn.Module, lr: float, steps: int):
@@ -152,8 +156,10 @@ def train_generator(
 
     ``X`` is a canonical CSR matrix (:func:`~scld_aug.data.as_csr`) or the
     :class:`~scld_aug.data.CellRows` of a backed file; ``labels`` the class of every cell.
-    The seed comes from ``random_state`` as the sampler derives it; torch's global random
-    state is left as it was. Under ``torchrun`` (``world`` of several processes) every
+    The seed comes from ``random_state`` as the sampler derives it, and every random number
+    from generators seeded by it (:func:`fit_generator`): torch's global random state is
+    neither used nor changed, so fits running at the same time in threads of one process
+    give what each gives alone. Under ``torchrun`` (``world`` of several processes) every
     process calls this with the same data and seed. ``gene_names`` are recorded in the
     generator, so that data given to it later can be checked by name.
 
@@ -167,25 +173,22 @@ def train_generator(
     labels = np.asarray(labels)
     classes, codes = np.unique(labels, return_inverse=True)
     seed = derive_seeds(random_state, 2)[0]
-    # Rank r > 0 draws its dropout from its own stream; DDP gives it rank 0's weights.
-    torch_seed = seed if world.rank == 0 else seed + world.rank
 
     def fit(kl_weight: float) -> SCLDGenerator:
-        # Each training starts from the same seeds: kl_weight="auto" ends with exactly the
+        # Each training starts from the same seed: kl_weight="auto" ends with exactly the
         # generator that the chosen number would have trained.
-        with seeded(torch_seed, device):
-            return fit_generator(
-                X,
-                codes.astype(np.int64),
-                classes,
-                replace(config, kl_weight=kl_weight),
-                seed,
-                device,
-                verbose=verbose and world.is_main,
-                callback=callback,
-                world=world,
-                compile_networks=compile_networks,
-            )
+        return fit_generator(
+            X,
+            codes.astype(np.int64),
+            classes,
+            replace(config, kl_weight=kl_weight),
+            seed,
+            device,
+            verbose=verbose and world.is_main,
+            callback=callback,
+            world=world,
+            compile_networks=compile_networks,
+        )
 
     if config.kl_weight != "auto":
         generator = fit(config.kl_weight)
@@ -222,10 +225,13 @@ def fit_generator(
     """Train a generator on ``X`` (cells x genes: CSR in memory, or :class:`CellRows` over a
     backed ``.h5ad``) with integer class ``codes``.
 
-    Must run inside :func:`scld_aug._random.seeded` (module initialization and dropout draw
-    from torch's global generator there); minibatches and noise use ``seed`` directly.
-    Under ``torchrun`` (``world`` of several processes) every process calls this with the
-    same data and seed; each draws its own minibatches and DDP averages the gradients.
+    Every random number comes from generators of this call, seeded by ``seed``: the initial
+    weights (on the CPU, so that they do not depend on the device), the dropout masks and
+    posterior draws, the minibatches and the diffusion noise. torch's global generator is
+    neither used nor changed. Under ``torchrun`` (``world`` of several processes) every
+    process calls this with the same data and seed; all start from the same weights (DDP
+    also gives every process rank 0's), each draws its own minibatches, dropout masks and
+    noise, and DDP averages the gradients.
     ``compile_networks`` runs the training forward passes through ``torch.compile``.
     """
     if config.kl_weight == "auto":
@@ -258,9 +264,13 @@ def fit_generator(
     panel = GenePanel.fit(
         rows_in, codes, n_classes, weights, library, config.n_top_genes, config.likelihood
     )
+    init = torch.Generator().manual_seed(stream_seed(seed, INIT_STREAM))
     autoencoder, denoiser, classifier = (
-        m.to(device) for m in build_modules(asdict(config), panel, n_classes)
+        m.to(device) for m in build_modules(asdict(config), panel, n_classes, init)
     )
+    # Under DDP every rank draws its own dropout masks, as it draws its own minibatches.
+    dropout_key = (DROPOUT_STREAM, world.rank) if world.distributed else (DROPOUT_STREAM,)
+    dropout = torch.Generator(device=device).manual_seed(stream_seed(seed, *dropout_key))
     batches = MinibatchSampler(weights, config.batch_size, rng)
     ae_balance = config.autoencoder_class_balance
     ae_batches = (
@@ -296,16 +306,17 @@ def fit_generator(
 
     def run(name: str, module: nn.Module, steps: int, loss_fn) -> None:
         start = time.perf_counter()
-        history[name] = _loop(
-            name,
-            module,
-            steps,
-            config.learning_rate,
-            loss_fn,
-            verbose,
-            callback,
-            mixed_precision,
-        )
+        with use_generator(module, dropout):
+            history[name] = _loop(
+                name,
+                module,
+                steps,
+                config.learning_rate,
+                loss_fn,
+                verbose,
+                callback,
+                mixed_precision,
+            )
         logger.info(
             f"  {name}: {steps} steps in {time.perf_counter() - start:.1f} s "
             f"(final loss {history[name][-1]:.4g})"

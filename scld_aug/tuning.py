@@ -50,6 +50,8 @@ from sklearn.utils import _safe_indexing
 from tqdm.auto import tqdm
 
 from scld_aug import params, plotting
+from scld_aug.data import plain_scalar
+from scld_aug.files import atomic_write, check_output_folder
 from scld_aug.sampler import SCLDSampler
 from scld_aug.tracking.studies import StudyTracker
 
@@ -147,6 +149,29 @@ def _describe_storage(storage) -> str:
 def _missing_folder(path: str | os.PathLike) -> Path | None:
     folder = Path(path).expanduser().parent
     return None if folder.is_dir() else folder
+
+
+def local_storage_file(storage) -> Path | None:
+    """The local file of a study storage (a ``.journal`` path or a SQLite URL's database),
+    or None for other storages.
+
+    Examples
+    --------
+    >>> local_storage_file("sqlite:///runs/study.db"), local_storage_file(None)
+    (PosixPath('runs/study.db'), None)
+    """
+    if isinstance(storage, (str, os.PathLike)) and str(storage).endswith(".journal"):
+        return Path(storage).expanduser()
+    if isinstance(storage, str) and storage.startswith("sqlite:"):
+        from sqlalchemy.engine import make_url
+
+        try:
+            database = make_url(storage).database or ""
+        except Exception:  # noqa: BLE001 - _storage reports malformed URLs
+            return None
+        if database not in ("", ":memory:") and not database.startswith("file:"):
+            return Path(database).expanduser()
+    return None
 
 
 def _storage(storage):
@@ -376,6 +401,7 @@ def tune_guidance(
     score_defaults: bool = True,
     refit: bool = True,
     plots_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
     tracking: bool | str = False,
     experiment: str = "scld-aug-tuning",
     random_state: int = 0,
@@ -442,9 +468,13 @@ def tune_guidance(
     plots_dir : path-like or None
         Save ``optimization_history.png``, ``guidance_vs_score.png`` (score against each
         searched parameter; choices that are not numbers, such as ``sampling_strategy``
-        dicts, are placed by their index in the list of choices) and ``trials.csv``. A
-        figure that cannot be saved is left out with one RuntimeWarning; the result is
-        returned all the same.
+        dicts, are placed by their index in the list of choices) and ``trials.csv``. The
+        folder is checked before any work (a file, or a folder that cannot be written, is
+        refused; so are these files where they exist, unless ``overwrite``). A figure that
+        cannot be saved is left out with one RuntimeWarning; the result is returned all
+        the same.
+    overwrite : bool, default=False
+        Replace the files of an earlier study in ``plots_dir``.
     tracking : bool or str, default=False
         Log to MLflow: True uses :func:`scld_aug.tracking.tracking_uri`, a string is the
         tracking URI. One parent run per call, one nested run per trial, the best tagged.
@@ -495,6 +525,9 @@ def tune_guidance(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class")
         splits = list(cv.split(np.zeros((len(y), 1)), y))
+    _check_fold_sizes(template, y, splits)
+    if plots_dir is not None:
+        check_output_folder(plots_dir, PLOT_FILES.values(), overwrite=overwrite, what="plots")
     scorer = check_scoring(classifier, scoring=scoring)
     signature = _study_signature(space, scoring, X, y)
 
@@ -574,7 +607,9 @@ def tune_guidance(
         if refit:
             tuned = clone(template).set_params(**best.params).fit(X, y)
             n_trained += tuned.generator_source_ == "trained"
-        plots = _save_plots(study, space, Path(plots_dir)) if plots_dir is not None else {}
+        plots = (
+            _save_plots(study, space, Path(plots_dir), overwrite) if plots_dir is not None else {}
+        )
         result = TuningResult(
             study=study,
             best_params=dict(best.params),
@@ -589,6 +624,29 @@ def tune_guidance(
         )
         result.run_id = tracker.finish(result, plots_dir, _save_plots)
         return result
+
+
+def _check_fold_sizes(template: SCLDSampler, y: np.ndarray, splits: list) -> None:
+    """Refuse, before any training, a class named in a dict ``sampling_strategy`` that some
+    training fold holds too few cells of (a fold's fit would refuse it after the others
+    have trained). Other strategies leave such a class out of the fold, with a warning."""
+    strategy = template.sampling_strategy
+    if not isinstance(strategy, dict) or template.generator is not None:
+        return
+    for label, n in strategy.items():
+        if n <= 0:
+            continue
+        in_folds = [int(np.sum(y[train] == label)) for train, _ in splits]
+        fewest = min(in_folds)
+        if fewest < template.min_class_size:
+            raise ValueError(
+                f"Cell type {plain_scalar(label)!r} has {int(np.sum(y == label))} cells: split "
+                f"into {len(splits)} cross-validation folds, a training fold holds as few as "
+                f"{fewest} of them, fewer than min_class_size={template.min_class_size}, so "
+                "its fold's generator cannot learn it. Leave the type out of the types to "
+                "over-sample (--types on the command line, sampling_strategy in Python), "
+                "merge it with a related type, or lower min_class_size."
+            )
 
 
 def _default_optuna_sampler(random_state: int, storage) -> optuna.samplers.BaseSampler:
@@ -865,11 +923,22 @@ class _Objective:
         return float(np.mean(scores))
 
 
-def _save_plots(study: optuna.Study, space: dict | None, out: Path) -> dict[str, Path]:
+#: The files ``plots_dir`` receives, by their key in ``TuningResult.plots``.
+PLOT_FILES = {
+    "trials": "trials.csv",
+    "history": "optimization_history.png",
+    "slice": "guidance_vs_score.png",
+}
+
+
+def _save_plots(
+    study: optuna.Study, space: dict | None, out: Path, overwrite: bool = False
+) -> dict[str, Path]:
     """Optimization history, score against each searched parameter, and the trials table.
 
     Each file is saved on its own: one that fails is left out, and one RuntimeWarning says
-    which failed and why.
+    which failed and why (a file that appeared since the folder was checked is kept, and
+    the new one written beside it: the warning names it).
     """
     paths: dict[str, Path] = {}
     failures: list[str] = []
@@ -878,13 +947,14 @@ def _save_plots(study: optuna.Study, space: dict | None, out: Path) -> dict[str,
     except Exception as err:  # noqa: BLE001 - plots must never cost the result
         failures.append(f"the folder ({type(err).__name__}: {err})")
     else:
-        for key, name, save in (
-            ("trials", "trials.csv", _save_trials_table),
-            ("history", "optimization_history.png", _save_history_plot),
-            ("slice", "guidance_vs_score.png", _save_slice_plot),
-        ):
+        savers = {
+            "trials": _save_trials_table,
+            "history": _save_history_plot,
+            "slice": _save_slice_plot,
+        }
+        for key, name in PLOT_FILES.items():
             try:
-                if save(study, space, out / name):
+                if savers[key](study, space, out / name, overwrite):
                     paths[key] = out / name
             except Exception as err:  # noqa: BLE001
                 failures.append(f"{name} ({type(err).__name__}: {err})")
@@ -898,10 +968,11 @@ def _save_plots(study: optuna.Study, space: dict | None, out: Path) -> dict[str,
     return paths
 
 
-def _save_trials_table(study: optuna.Study, space: dict | None, path: Path) -> bool:
-    study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs")).to_csv(
-        path, index=False
-    )
+def _save_trials_table(
+    study: optuna.Study, space: dict | None, path: Path, overwrite: bool
+) -> bool:
+    table = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs"))
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False), overwrite=overwrite)
     return True
 
 
@@ -913,7 +984,9 @@ def _complete(study: optuna.Study) -> list:
     ]
 
 
-def _save_history_plot(study: optuna.Study, space: dict | None, path: Path) -> bool:
+def _save_history_plot(
+    study: optuna.Study, space: dict | None, path: Path, overwrite: bool
+) -> bool:
     complete = _complete(study)
     if not complete:
         return False
@@ -922,6 +995,7 @@ def _save_history_plot(study: optuna.Study, space: dict | None, path: Path) -> b
         [t.value for t in complete],
         path,
         highlight=[t.number for t in complete if t.user_attrs.get("defaults")],
+        overwrite=overwrite,
     )
     return True
 
@@ -942,7 +1016,7 @@ def _choice_label(choice: Any, width: int = 18) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _save_slice_plot(study: optuna.Study, space: dict | None, path: Path) -> bool:
+def _save_slice_plot(study: optuna.Study, space: dict | None, path: Path, overwrite: bool) -> bool:
     """Score of every complete trial against each searched parameter, one panel each.
 
     Numeric parameters are placed by value, categorical ones (whatever their choices:
@@ -978,5 +1052,5 @@ def _save_slice_plot(study: optuna.Study, space: dict | None, path: Path) -> boo
             )
     if not panels:
         return False
-    plotting.parameter_scores(panels, path)
+    plotting.parameter_scores(panels, path, overwrite=overwrite)
     return True

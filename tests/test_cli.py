@@ -348,7 +348,7 @@ def test_tune_runs_a_study_tracks_it_and_saves_the_tuned_sampler(tmp_path, capsy
     assert main(argv) == 1
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert main(["tune", str(tmp_path / "missing.h5ad"), *FAST]) == 1
-    assert "Could not read" in capsys.readouterr().err
+    assert "missing.h5ad' does not exist" in capsys.readouterr().err
 
 
 BENCH = ["--protocols", "natural", "downsample", "--classifiers", "logreg", "--k", "5"]
@@ -404,8 +404,9 @@ def no_benchmark_runs(monkeypatch):
         (
             [],
             1,
-            "X does not hold raw counts (e.g. value 4.40695; normalized or scaled data?). "
-            "SCLD models raw UMI counts; pass --layer counts (layers with counts: ['counts']).",
+            "X does not hold raw counts: it has the value 4.406945, which is not a whole number "
+            "(normalized or scaled data?). SCLD models raw UMI counts; pass --layer counts "
+            "(layers with counts: ['counts']).",
         ),
         (["--likelihood", "gaussian"], 1, "X does not hold raw counts"),
     ],

@@ -19,7 +19,14 @@ import torch
 
 from scld_aug import SCLDGenerator, SCLDSampler
 from scld_aug.apps.cli import main
-from scld_aug.files import atomic_write, check_output_path, sweep_stale
+from scld_aug.files import (
+    TMP_SUFFIX,
+    OutputConflictError,
+    OutputPathError,
+    atomic_write,
+    check_output_path,
+    sweep_stale,
+)
 from tests.test_cli import FAST, _write_input
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,10 +207,10 @@ def test_interrupt_after_the_output_exists_says_what_was_written(tmp_path, capsy
     source, target, saved = tmp_path / "in.h5ad", tmp_path / "out.h5ad", tmp_path / "s.scld"
     _write_input(source)
 
-    def interrupted_save(self, path, include_anchors=True):
+    def interrupted_save(self, path, include_anchors, overwrite):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Sampler, "save", interrupted_save)
+    monkeypatch.setattr(Sampler, "_write", interrupted_save)
     code = main(["augment", str(source), str(target), "--save-sampler", str(saved)] + FAST)
     assert code == 130
     err = capsys.readouterr().err
@@ -214,7 +221,7 @@ def test_interrupt_after_the_output_exists_says_what_was_written(tmp_path, capsy
     def interrupted_fit(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(augment.anndata_io, "write", lambda *a: interrupted_fit())
+    monkeypatch.setattr(augment.anndata_io, "write", lambda *a, **k: interrupted_fit())
     assert main(["augment", str(source), str(target), "--overwrite"] + FAST) == 130
     assert "no output was written (existing files are unchanged)" in capsys.readouterr().err
 
@@ -417,3 +424,247 @@ def test_perf_benchmark_writes_its_data_to_a_private_folder(tmp_path, monkeypatc
     (folder,) = seen
     assert folder.parent == shared_tmp and folder.name.startswith("scld_perf_")
     assert folder != planted and not folder.exists()  # removed at the end
+
+
+# --------------------------------------------------------------------------- one rule for every file
+
+
+def test_a_file_that_appears_during_the_write_is_kept_and_so_is_the_result(tmp_path):
+    target = tmp_path / "out.csv"
+
+    def write(tmp: Path) -> None:
+        tmp.write_text("result")
+        target.write_text("someone else's")  # appears after the caller checked the path
+
+    with pytest.raises(OutputConflictError) as caught:
+        atomic_write(target, write)
+    assert target.read_text() == "someone else's"
+    assert caught.value.kept == tmp_path / "out.1.csv"
+    assert caught.value.kept.read_text() == "result"
+    assert "appeared while scld-aug was working" in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.1.csv", "out.csv"]
+    # With overwrite the result replaces it; a cache entry written twice keeps the first.
+    atomic_write(target, lambda tmp: tmp.write_text("mine"), overwrite=True)
+    assert target.read_text() == "mine"
+    atomic_write(target, lambda tmp: tmp.write_text("same"), duplicate_ok=True)
+    assert target.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.1.csv", "out.csv"]
+
+
+def test_write_errors_name_the_target_and_its_folder_not_the_temporary_file(tmp_path):
+    def fail(tmp: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(tmp))
+
+    with pytest.raises(PermissionError) as caught:
+        atomic_write(tmp_path / "model.scld", fail, what="sampler")
+    message = str(caught.value)
+    assert f"sampler file '{tmp_path / 'model.scld'}' in the folder '{tmp_path}'" in message
+    assert ".scld-" not in message and TMP_SUFFIX not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["sampler", "generator"])
+def test_saving_never_replaces_a_file_by_mistake(fitted, tmp_path, kind):
+    path = tmp_path / "model.pt"
+    save = fitted.save if kind == "sampler" else fitted.generator_.save
+    save(path)
+    first = path.read_bytes()
+    with pytest.raises(OutputPathError, match="already exists; pass --overwrite"):
+        save(path)
+    assert path.read_bytes() == first
+    save(path, overwrite=True)
+    assert path.is_file()
+
+
+def test_a_sampler_is_not_saved_over_its_pretrained_generator(fitted, data, tmp_path):
+    X, y = data
+    source = tmp_path / "pretrained.pt"
+    fitted.generator_.save(source)
+    before = source.read_bytes()
+    sampler = SCLDSampler(generator=str(source), sampling_strategy={"type2": 20}).fit(X, y)
+    with pytest.raises(OutputPathError, match="is the input file"):
+        sampler.save(source, overwrite=True)
+    assert source.read_bytes() == before
+
+
+def _racing_output(monkeypatch, path: Path, content: bytes = b"someone else's") -> None:
+    """Make ``path`` appear while the sampler trains (another process, a second run)."""
+    original = SCLDSampler._ensure_generator
+
+    def ensure_generator(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        path.write_bytes(content)
+
+    monkeypatch.setattr(SCLDSampler, "_ensure_generator", ensure_generator)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("which", ["output", "--save-sampler"])
+def test_augment_never_replaces_a_file_that_appeared_while_it_trained(
+    tmp_path, capsys, monkeypatch, which
+):
+    import anndata
+
+    source, target, saved = tmp_path / "in.h5ad", tmp_path / "out.h5ad", tmp_path / "s.scld"
+    _write_input(source)
+    _racing_output(monkeypatch, target if which == "output" else saved)
+    argv = ["augment", str(source), str(target), "--save-sampler", str(saved), *FAST]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    raced = target if which == "output" else saved
+    kept = raced.with_name(f"{raced.stem}.1{raced.suffix}")
+    assert raced.read_bytes() == b"someone else's"
+    assert f"'{raced}' appeared while scld-aug was working" in err
+    assert f"the result was written to '{kept}' instead" in err
+    # Nothing finished is lost: both results are on disk, complete.
+    result = anndata.read_h5ad(kept if which == "output" else target)
+    assert result.obs["is_synthetic"].sum() > 0
+    assert SCLDSampler.load(saved if which == "output" else kept).generator_ is not None
+
+
+def test_train_never_replaces_a_generator_file_that_appeared_while_it_trained(
+    tmp_path, capsys, monkeypatch
+):
+    import scld_aug.pretrain
+
+    source, target = tmp_path / "in.h5ad", tmp_path / "atlas.pt"
+    _write_input(source)
+    original = scld_aug.pretrain.train_generator
+
+    def train_then_race(*args, **kwargs):
+        generator = original(*args, **kwargs)
+        target.write_text("someone else's")
+        return generator
+
+    monkeypatch.setattr(scld_aug.pretrain, "train_generator", train_then_race)
+    assert main(["train", str(source), str(target), "--quick", "--device", "cpu"]) == 1
+    assert "appeared while scld-aug was working" in capsys.readouterr().err
+    assert target.read_text() == "someone else's"
+    assert SCLDGenerator.load(tmp_path / "atlas.1.pt").n_genes == 200
+
+
+@pytest.mark.parametrize("how", ["same", "symlink", "dotdot", "hardlink"])
+def test_tune_never_saves_over_its_input(tmp_path, capsys, count_trainings, how):
+    source = tmp_path / "in.h5ad"
+    _write_input(source)
+    before = source.read_bytes()
+    (tmp_path / "sub").mkdir()
+    if how == "same":
+        target = source
+    elif how == "symlink":
+        target = tmp_path / "link.h5ad"
+        target.symlink_to(source)
+    elif how == "dotdot":
+        target = tmp_path / "sub" / ".." / "in.h5ad"
+    else:
+        target = tmp_path / "hard.h5ad"
+        os.link(source, target)
+    argv = ["tune", str(source), "--n-trials", "1", "--cv", "2", *FAST, "--overwrite"]
+    assert main([*argv, "--save-sampler", str(target)]) == 1
+    assert "is the input file" in capsys.readouterr().err
+    assert main([*argv, "--storage", f"sqlite:///{target}"]) == 1
+    assert "is the input file" in capsys.readouterr().err
+    assert count_trainings == []
+    assert source.read_bytes() == before
+
+
+def test_tune_checks_its_outputs_before_the_study(tmp_path, capsys, count_trainings, monkeypatch):
+    source = tmp_path / "in.h5ad"
+    _write_input(source)
+    argv = ["tune", str(source), "--n-trials", "1", "--cv", "2", *FAST]
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    # A folder without write permission (simulated: these tests may run as root).
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    assert main([*argv, "--save-sampler", str(locked / "tuned.scld")]) == 1
+    assert f"no write permission in the folder '{locked}'" in capsys.readouterr().err
+    monkeypatch.undo()
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "trials.csv").write_text("an earlier study")
+    assert main([*argv, "--plots-dir", str(tmp_path / "plots")]) == 1
+    assert "trials.csv' already exists; pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--plots-dir", str(source)]) == 1
+    assert "is a file; give a folder" in capsys.readouterr().err
+    assert count_trainings == []
+    assert (tmp_path / "plots" / "trials.csv").read_text() == "an earlier study"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_tune_prints_what_it_found_even_when_the_sampler_cannot_be_saved(
+    tmp_path, capsys, monkeypatch
+):
+    source, saved = tmp_path / "in.h5ad", tmp_path / "tuned.scld"
+    _write_input(source)
+
+    def disk_full(self, path, include_anchors, overwrite):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SCLDSampler, "_write", disk_full)
+    argv = ["tune", str(source), "--n-trials", "1", "--cv", "2", *FAST]
+    assert main([*argv, "--save-sampler", str(saved)]) == 1
+    captured = capsys.readouterr()
+    assert "Best f1_macro: " in captured.out and "Best parameters: guidance_scale=" in captured.out
+    assert "the tuned sampler was not saved" in captured.err
+    assert "No space left on device" in captured.err
+
+
+def test_demo_refuses_to_replace_an_earlier_run_unless_asked(tmp_path, capsys):
+    (tmp_path / "f1.csv").write_text("an earlier run")
+    assert main(["demo", "--quick", "--output-dir", str(tmp_path)]) == 1
+    assert "f1.csv' already exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "f1.csv").read_text() == "an earlier run"
+
+
+def test_benchmark_refuses_a_results_folder_that_is_a_file(tmp_path, capsys):
+    source = tmp_path / "in.h5ad"
+    _write_input(source, counts_layer=True)
+    (tmp_path / "bench").write_text("a file")
+    argv = ["benchmark", str(source), "--layer", "counts", "--output", str(tmp_path / "bench")]
+    assert main([*argv, "--methods", "none", "--protocols", "natural"]) == 1
+    assert "is a file; give a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["file", "file-inside", "write-fails"])
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_generator(
+    data, tiny_params, tmp_path, monkeypatch, where
+):
+    import scld_aug.store
+
+    X, y = data
+    memory = tmp_path / "cache"
+    if where == "file":
+        memory.write_text("not a folder")
+    elif where == "file-inside":
+        memory.mkdir()
+        (memory / "scld_aug").write_text("not a folder")
+    else:
+
+        def disk_full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(scld_aug.store, "atomic_torch_save", disk_full)
+    expected = SCLDSampler(random_state=0, **tiny_params).fit_resample(X, y)[0]
+    sampler = SCLDSampler(random_state=0, memory=memory, **tiny_params)
+    with pytest.warns(UserWarning, match="could not be cached.*goes on without the cache"):
+        result = sampler.fit_resample(X, y)[0]
+    np.testing.assert_array_equal(result, expected)
+    assert sampler.generator_source_ == "trained"
+
+
+def test_a_cache_entry_is_served_only_for_its_own_key(data, tiny_params, tmp_path):
+    X, y = data
+    first = SCLDSampler(random_state=0, memory=tmp_path, **tiny_params).fit(X, y)
+    (entry,) = _cache_files(tmp_path)
+    other = SCLDSampler(random_state=1, memory=tmp_path, **tiny_params)
+    from scld_aug import data as data_layer
+    from scld_aug import store
+
+    key = store.training_key(data_layer.as_csr(X), y, other._training_config("nb"), 1)
+    entry.rename(store.GeneratorCache(tmp_path).path(key))  # another key's file
+    with pytest.warns(UserWarning, match="cannot be used.*does not hold the generator of key"):
+        other.fit(X, y)
+    assert other.generator_source_ == "trained"
+    assert other.generator_key_ != first.generator_key_
+    again = SCLDSampler(random_state=1, memory=tmp_path, **tiny_params).fit(X, y)
+    assert again.generator_source_ == "memory"  # the bad entry was replaced

@@ -9,8 +9,14 @@ files through ``scld-aug augment``. Every example checks:
 * the caller's objects (every array of a matrix, ``y``, ``obs``, ``var``, ``uns``, layers,
   the file on disk) are unchanged, also after the output is overwritten in place;
 * the output shares no memory with the input;
-* the output has the input's container, format and dtype, and its first rows equal the
-  input's values (duplicates summed as scipy defines them).
+* the output has the input's container and format, and its first rows equal the input's
+  values (duplicates summed as scipy defines them); its dtype is the input's, except that
+  counts of a dtype narrower than 32 bits come back widened to 32 bits (``WIDENED``), so
+  that synthetic counts never wrap around.
+
+Narrow integer counts are also checked directly: the synthetic cells of ``uint8`` input
+equal those of the same values given as ``int64``. Cell-type names that are awkward as
+HDF5 keys (``/``, ``.``, ``..``, empty, non-ASCII) go through ``.h5ad`` round trips.
 """
 
 from __future__ import annotations
@@ -45,12 +51,18 @@ MICRO = dict(
 # Examples per input kind: 12 in CI (the "ci" profile of conftest), more with
 # HYPOTHESIS_PROFILE=explore.
 EXAMPLES = settings.default.max_examples
-INT_DTYPES = ("int32", "int64", "uint16")
+INT_DTYPES = ("int32", "int64", "int8", "uint8", "int16", "uint16")
+# Counts of these dtypes come back as the 32-bit dtype of the same kind (float16: when
+# modelled as counts; normalized values keep their dtype).
+WIDENED = {"int8": "int32", "uint8": "uint32", "int16": "int32", "uint16": "uint32"}
 FLOAT_DTYPES = ("float32", "float64")
 SPARSE_KINDS = [
     f"{fmt}-{dtype}" for fmt in ("csr", "csc", "coo") for dtype in INT_DTYPES + FLOAT_DTYPES
 ] + ["csr_array-float64", "coo_array-int64", "csc_array-float32"]
-DENSE_KINDS = [f"dense-{dtype}" for dtype in ("int32", "int64", *FLOAT_DTYPES)]
+DENSE_KINDS = [
+    f"dense-{dtype}"
+    for dtype in ("int32", "int64", "int8", "uint8", "int16", "uint16", *FLOAT_DTYPES, "float16")
+]
 KINDS = DENSE_KINDS + SPARSE_KINDS + ["dataframe-int64", "dataframe-float64", "list-int64"]
 
 
@@ -70,7 +82,7 @@ def expression(draw, dtype: str):
     empty, full = rng.choice(n, size=2, replace=False)
     values[empty] = 0
     values[full, rng.integers(n_genes)] += 1
-    if dtype in FLOAT_DTYPES and draw(st.booleans()):
+    if dtype.startswith("float") and draw(st.booleans()):
         library = np.maximum(values.sum(1, keepdims=True), 1.0)
         values = np.log1p(values / library * 1e4)  # log-normalized: non-integer floats
     label_kind = draw(st.sampled_from(["str", "int", "categorical-str", "categorical-int"]))
@@ -247,8 +259,16 @@ def scribble(obj) -> None:
             array[...] = 7
 
 
-def assert_originals(X_res, X_in, n: int) -> None:
-    """Container, format and dtype of the input; first ``n`` rows its values exactly."""
+def output_dtype(dtype: np.dtype, counts: bool) -> np.dtype:
+    """The dtype the documentation promises for input of ``dtype``."""
+    if counts and str(dtype) == "float16":
+        return np.dtype("float32")
+    return np.dtype(WIDENED.get(str(dtype), dtype))
+
+
+def assert_originals(X_res, X_in, n: int, counts: bool = True) -> None:
+    """Container and format of the input, its dtype (widened where documented); first
+    ``n`` rows its values exactly."""
     if isinstance(X_in, list):
         assert isinstance(X_res, list) and X_res[:n] == X_in
         return
@@ -257,7 +277,7 @@ def assert_originals(X_res, X_in, n: int) -> None:
         assert X_res.format == X_in.format
     expected = dense(X_in)
     got = dense(X_res)
-    assert got.dtype == expected.dtype
+    assert got.dtype == output_dtype(expected.dtype, counts)
     np.testing.assert_array_equal(got[:n], expected)
     if isinstance(X_in, pd.DataFrame):
         assert list(X_res.columns) == list(X_in.columns)
@@ -283,7 +303,9 @@ def test_fit_resample_and_generate_keep_the_callers_data(kind, data):
     n = len(labels)
     assert_unchanged(X, X_before)
     assert_unchanged(y, y_before)
-    assert_originals(X_res, X, n)
+    assert_originals(X_res, X, n, counts=sampler.likelihood_ == "nb")
+    if sampler.likelihood_ == "nb":  # counts stay non-negative whole numbers
+        assert (dense(X_res) >= 0).all() and (dense(synthetic) >= 0).all()
     assert list(np.asarray(y_res)[:n]) == list(np.asarray(y))
     assert_not_shared(X_res, inputs)
     assert_not_shared(synthetic, inputs)
@@ -329,7 +351,7 @@ def _anndata(values, labels, label_kind, rng, where: str) -> anndata.AnnData:
 @pytest.mark.parametrize("where", ["X", "layer:counts", "layer:dense", "backed"])
 @given(data=st.data())
 def test_fit_resample_anndata_keeps_the_callers_anndata(where, data, tmp_path_factory):
-    dtype = data.draw(st.sampled_from(("int64", "float32", "float64")))
+    dtype = data.draw(st.sampled_from(("int64", "uint8", "int16", "float32", "float64")))
     values, labels, label_kind, rng = data.draw(expression(dtype))
     adata = _anndata(values, labels, label_kind, rng, "X" if where in ("X", "backed") else "layer")
     layer = where.split(":")[1] if where.startswith("layer") else None
@@ -342,15 +364,14 @@ def test_fit_resample_anndata_keeps_the_callers_anndata(where, data, tmp_path_fa
     source = adata.layers[layer] if layer else adata.X
     expected = dense(source[:] if where == "backed" else source)
     inputs = [] if where == "backed" else _arrays(source) + _arrays(adata.obs["cell_type"])
+    sampler = SCLDSampler(random_state=0, **MICRO)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        out = SCLDSampler(random_state=0, **MICRO).fit_resample_anndata(
-            adata, labels_key="cell_type", layer=layer
-        )
+        out = sampler.fit_resample_anndata(adata, labels_key="cell_type", layer=layer)
     n = adata.n_obs
     result = out.layers[layer] if layer else out.X
     np.testing.assert_array_equal(dense(result)[:n], expected)
-    assert dense(result).dtype == expected.dtype
+    assert dense(result).dtype == output_dtype(expected.dtype, sampler.likelihood_ == "nb")
     assert out.obs["is_synthetic"].sum() == out.n_obs - n
     # Same values; columns the synthetic cells have no value in become nullable dtypes.
     pd.testing.assert_frame_equal(
@@ -374,7 +395,7 @@ def test_fit_resample_anndata_keeps_the_callers_anndata(where, data, tmp_path_fa
 def test_augment_command_keeps_the_input_file(data, tmp_path_factory):
     from scld_aug.apps.cli import main
 
-    dtype = data.draw(st.sampled_from(("int64", "float32")))
+    dtype = data.draw(st.sampled_from(("int64", "uint8", "int16", "float32")))
     values, labels, label_kind, rng = data.draw(expression(dtype))
     adata = _anndata(values, labels, label_kind, rng, data.draw(st.sampled_from(["X", "layer"])))
     layer = None if adata.layers.get("counts") is None else "counts"
@@ -400,3 +421,90 @@ def test_augment_command_keeps_the_input_file(data, tmp_path_factory):
     result = out.layers[layer] if layer else out.X
     np.testing.assert_array_equal(dense(result)[: original.n_obs], dense(given_matrix))
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # no temp files
+
+
+# --------------------------------------------------------------------------- narrow counts
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16"])
+@pytest.mark.parametrize("container", ["dense", "csr", "csc", "coo"])
+@settings(max_examples=max(2, EXAMPLES // 4))
+@given(data=st.data())
+def test_narrow_integer_counts_never_wrap_around(dtype, container, data):
+    """Counts near the top of a narrow dtype: the synthetic cells are exactly those of the
+    same values given as int64 (nothing wraps around or saturates), in the widened dtype."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    top = np.iinfo(dtype).max
+    n_major, n_minor = data.draw(st.integers(8, 14)), data.draw(st.integers(4, 6))
+    values = rng.integers(0, top // 4, size=(n_major + n_minor, 6))
+    values[:, 0] = rng.integers(top // 2, top + 1, size=len(values))  # a gene near the top
+    labels = np.array(["beta"] * n_major + ["mast"] * n_minor)
+
+    def given(v):
+        return v if container == "dense" else getattr(sp, f"{container}_matrix")(v)
+
+    results = {}
+    for kind in (dtype, "int64"):
+        sampler = SCLDSampler(random_state=0, **MICRO)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            X_res, _ = sampler.fit_resample(given(values.astype(kind)), labels)
+        results[kind] = X_res
+    narrow, wide = dense(results[dtype]), dense(results["int64"])
+    assert narrow.dtype == np.dtype(WIDENED[dtype])
+    np.testing.assert_array_equal(narrow, wide)
+    np.testing.assert_array_equal(narrow[: len(labels)], values)
+    assert narrow.min() >= 0
+
+
+# --------------------------------------------------------------------------- type names
+
+# Names that are paths or special as HDF5 keys, empty, or not ASCII.
+AWKWARD_NAMES = ["NK/T", "NK", "", ".", "..", "../x", "a.b", "/", "Zellen β", "细胞 (稀有)"]
+
+
+@settings(max_examples=max(3, EXAMPLES // 2))
+@given(data=st.data())
+def test_any_cell_type_name_survives_an_h5ad_round_trip(data, tmp_path_factory):
+    from scld_aug.apps.cli import main
+
+    major, minor = data.draw(
+        st.lists(st.sampled_from(AWKWARD_NAMES), min_size=2, max_size=2, unique=True)
+    )
+    values, _, _, rng = data.draw(expression("int64"))
+    n_minor = 3 + int(rng.integers(0, 3))
+    labels = np.array([major] * (len(values) - n_minor) + [minor] * n_minor, dtype=object)
+    categorical = data.draw(st.booleans())
+    adata = anndata.AnnData(
+        X=sp.csr_matrix(values.astype(np.float32)),
+        obs=pd.DataFrame(
+            {"cell_type": pd.Categorical(labels) if categorical else labels},
+            index=[f"cell{i}" for i in range(len(labels))],
+        ),
+    )
+    folder = tmp_path_factory.mktemp("names")
+    source, target = folder / "in.h5ad", folder / "out.h5ad"
+    adata.write_h5ad(source)
+    args = ["augment", str(source), str(target), "--types", minor, "--target", "9", "--quiet"]
+    args += ["--device", "cpu", "--quick", "--autoencoder-steps", "2", "--diffusion-steps", "2"]
+    args += ["--classifier-steps", "2", "--sampling-steps", "2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(args) == 0
+        in_memory = SCLDSampler(random_state=0, **MICRO).fit_resample_anndata(
+            adata, labels_key="cell_type"
+        )
+    in_memory.write_h5ad(folder / "python.h5ad")
+    for path, made in ((target, 9 - n_minor), (folder / "python.h5ad", None)):
+        out = anndata.read_h5ad(path)
+        names = out.obs["cell_type"].astype(str).to_numpy()
+        assert list(names[: len(labels)]) == list(labels)
+        synthetic = out.obs["is_synthetic"].to_numpy()
+        table = out.uns["scld_aug"]["cell_types"]
+        assert sorted(table.index) == sorted([major, minor])
+        assert table["cells"].to_dict() == {major: len(labels) - n_minor, minor: n_minor}
+        assert int(table["n_synthetic"].sum()) == int(synthetic.sum())
+        if made is not None:  # the command line made exactly the asked-for cells
+            assert table.loc[minor, "n_synthetic"] == made == synthetic.sum()
+            assert set(names[synthetic]) == {minor}
+        assert out.obs_names.is_unique

@@ -7,6 +7,7 @@ import json
 
 import anndata
 import numpy as np
+import pandas as pd
 import pytest
 
 from scld_aug import SCLDSampler
@@ -58,13 +59,20 @@ def test_normalized_x_goes_straight_to_umap_after_a_round_trip(analysed, tmp_pat
     np.testing.assert_allclose(out.X.toarray(), expected, rtol=1e-5, atol=1e-6)
     record = out.uns["scld_aug"]
     assert record["matrix"] == "layers/counts" and record["labels_key"] == "cell_type"
-    assert sum(record["n_synthetic"].values()) == out.obs["is_synthetic"].sum() > 0
-    assert record["skipped_classes"] == {"t_cell": 2}
+    types = record["cell_types"]
+    assert types["n_synthetic"].sum() == out.obs["is_synthetic"].sum() > 0
+    # Too few cells to learn from: skipped, nothing generated, no guidance or interpolation.
+    assert types.loc["t_cell", ["cells", "n_synthetic", "skipped"]].tolist() == [2, 0, True]
+    assert types.loc["t_cell", ["guidance_scale", "latent_interpolation"]].isna().all()
+    generated = types[types["n_synthetic"] > 0]
+    assert generated[["guidance_scale", "latent_noise", "latent_interpolation"]].notna().all().all()
+    assert types["cells"].sum() == analysed.n_obs
     assert record["generator_source"] == "trained" and len(record["generator_id"]) > 16
     assert json.loads(record["params"])["random_state"] == 0
     out.write_h5ad(tmp_path / "out.h5ad")
     back = anndata.read_h5ad(tmp_path / "out.h5ad")
     assert back.uns["scld_aug"]["generator_id"] == record["generator_id"]
+    pd.testing.assert_frame_equal(back.uns["scld_aug"]["cell_types"], types)
     _umap_runs(back)
 
 

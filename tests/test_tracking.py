@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 import mlflow
+import mlflow.store.db.utils
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,9 +26,12 @@ import scipy.sparse as sp
 import yaml
 
 import scld_aug.tracking.fits
+import scld_aug.tracking.flavor
 from scld_aug import SCLDSampler
-from scld_aug.tracking import fit_resample_logged, load_sampler, log_fit
+from scld_aug.tracking import RunLogger, fit_resample_logged, load_sampler, log_fit
+from scld_aug.tracking.benchmarks import log_benchmark
 from scld_aug.tracking.flavor import check_model_dir
+from scld_aug.tracking.studies import StudyTracker
 from scld_aug.tuning import tune_guidance
 
 
@@ -437,6 +441,107 @@ def test_load_sampler_fails_fast_on_an_unreachable_server():
     assert time.perf_counter() - start < 10
 
 
+# ------------------------------------------------ a local SQLite store that cannot be used
+
+# Root writes to read-only files and folders, so those variants only mean something for
+# other users; the other problems stop root too.
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _unusable_store(tmp_path: Path, problem: str) -> Path:
+    """A SQLite database path that cannot be used, with the given problem."""
+    database = tmp_path / "mlflow.db"
+    if problem == "is a folder":
+        database.mkdir()
+    elif problem == "under a file":
+        (tmp_path / "runs").write_text("a file, not a folder")
+        database = tmp_path / "runs" / "mlflow.db"
+    elif problem == "not a database":
+        database.write_text("notes, not a database\n")
+    elif problem == "read-only folder":
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o555)
+        database = tmp_path / "ro" / "mlflow.db"
+    elif problem == "read-only database":
+        database.write_bytes(b"")
+        database.chmod(0o444)
+    return database
+
+
+@pytest.fixture
+def connections(monkeypatch):
+    """MLflow's attempts to open a SQL store, refused at once (on a SQLite file it cannot
+    open, MLflow itself retries for about 100 s before giving up)."""
+    attempts = []
+
+    def refuse(db_uri):
+        attempts.append(db_uri)
+        raise RuntimeError(f"MLflow connected to {db_uri}")
+
+    monkeypatch.setattr(mlflow.store.db.utils, "create_sqlalchemy_engine_with_retry", refuse)
+    return attempts
+
+
+@pytest.mark.parametrize(
+    ("problem", "reason"),
+    [
+        ("is a folder", "is a folder, not a database file"),
+        ("under a file", "is a file, not a folder"),
+        ("not a database", "is not a SQLite database"),
+        ("read-only folder", "is read-only"),
+        ("read-only database", "is read-only"),
+    ],
+)
+def test_an_unusable_local_store_warns_at_once_without_connecting(
+    problem, reason, tmp_path, connections
+):
+    if problem.startswith("read-only") and AS_ROOT:
+        pytest.skip("root can write to read-only files and folders")
+    database = _unusable_store(tmp_path, problem)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = RunLogger("a fit", uri=f"sqlite:///{database}")
+        run.log_metrics({"score": 1.0})
+        run.end()
+    seconds = time.perf_counter() - start
+    messages = [str(w.message) for w in caught if "MLflow tracking" in str(w.message)]
+    assert len(messages) == 1 and not run.active
+    # What is wrong, and how to fix it.
+    assert reason in messages[0] and "MLFLOW_TRACKING_URI" in messages[0]
+    assert connections == [] and seconds < 1
+
+
+def test_fits_studies_benchmarks_and_loading_check_a_local_store_first(
+    data, tiny_params, tmp_path, connections
+):
+    import optuna
+
+    database = _unusable_store(tmp_path, "is a folder")
+    uri = f"sqlite:///{database}"
+    X, y = data
+    sampler = SCLDSampler(random_state=0, **tiny_params).fit(X, y)
+
+    def one_warning(call, *args, **kwargs):
+        start = time.perf_counter()
+        with pytest.warns(RuntimeWarning, match="is a folder, not a database file") as caught:
+            result = call(*args, **kwargs)
+        assert len([w for w in caught if "MLFLOW_TRACKING_URI" in str(w.message)]) == 1
+        assert time.perf_counter() - start < 1
+        return result
+
+    assert one_warning(log_fit, sampler, X, y, tracking_uri=uri) is None
+    study = optuna.create_study(study_name="unusable store")
+    one_warning(StudyTracker, uri, "studies", study, sampler, {}, "f1", [])
+    (tmp_path / "out").mkdir()
+    assert one_warning(log_benchmark, tmp_path / "out", "demo", None, None, {}, uri=uri) is None
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError, match="is a folder, not a database file"):
+        load_sampler("models:/m-0123456789abcdef", tracking_uri=uri)
+    assert time.perf_counter() - start < 1
+    assert connections == []
+
+
 # ------------------------------------------------------------------ untrusted model stores
 
 
@@ -489,6 +594,79 @@ def test_load_sampler_refuses_tampered_models_without_running_them(
         mlflow.pyfunc.load_model(str(other_loader))
     assert marker.exists()
     sys.modules.pop("scld_evil_loader", None)
+
+
+def _model_folder(folder: Path, data: bool = True) -> Path:
+    """An scld-aug model folder (as ``log_fit`` logs it), without its sampler file yet."""
+    folder.mkdir()
+    pyfunc = {"loader_module": "scld_aug.tracking.flavor", "data": "data/sampler.pt"}
+    (folder / "MLmodel").write_text(yaml.safe_dump({"flavors": {"python_function": pyfunc}}))
+    if data:
+        (folder / "data").mkdir()
+    return folder
+
+
+class _Opened:
+    """The files Python opens while recording (through an audit hook, which cannot be
+    removed: it records nothing outside ``with``)."""
+
+    paths: list | None = None
+    hooked = False
+
+    def __enter__(self) -> list:
+        if not _Opened.hooked:
+            sys.addaudithook(_Opened._hook)
+            _Opened.hooked = True
+        _Opened.paths = []
+        return _Opened.paths
+
+    def __exit__(self, *exc) -> None:
+        _Opened.paths = None
+
+    @staticmethod
+    def _hook(event, args) -> None:
+        paths = _Opened.paths
+        if event == "open" and paths is not None and isinstance(args[0], (str, bytes, Path)):
+            paths.append(os.path.realpath(os.fsdecode(args[0])))
+
+
+def test_load_sampler_reads_nothing_outside_the_model_folder(data, tiny_params, tmp_path):
+    X, y = data
+    sampler = SCLDSampler(random_state=0, **tiny_params).fit(X, y)
+    secret = tmp_path / "elsewhere"  # beside the model folders, not in any of them
+    secret.mkdir()
+    outside = secret / "sampler.pt"
+    sampler.save(outside)
+    clean = _model_folder(tmp_path / "clean")
+    sampler.save(clean / "data" / "sampler.pt")
+    for model_uri in (clean, str(clean), clean.as_uri()):
+        loaded = load_sampler(model_uri, device="cpu")
+        assert np.array_equal(loaded.generate(5, "type2"), sampler.generate(5, "type2"))
+
+    linked_file = _model_folder(tmp_path / "linked-file")  # data/sampler.pt -> elsewhere
+    (linked_file / "data" / "sampler.pt").symlink_to(Path("..", "..", "elsewhere", "sampler.pt"))
+    linked_data = _model_folder(tmp_path / "linked-data", data=False)  # data/ -> elsewhere/
+    (linked_data / "data").symlink_to(secret, target_is_directory=True)
+    for model_uri in (linked_file, str(linked_file), linked_file.as_uri(), linked_data):
+        with _Opened() as opened, pytest.raises(ValueError, match="symbolic link"):
+            load_sampler(model_uri, device="cpu")
+        assert str(outside.resolve()) not in opened, model_uri
+
+    # A link planted between the check and the read is not followed either.
+    planted = Path(shutil.copytree(clean, tmp_path / "planted"))
+    check = scld_aug.tracking.flavor.check_model_dir
+
+    def check_then_plant(folder, name=None):
+        sampler_file = check(folder, name)
+        sampler_file.unlink()
+        sampler_file.symlink_to(outside)
+        return sampler_file
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scld_aug.tracking.flavor, "check_model_dir", check_then_plant)
+        with _Opened() as opened, pytest.raises(ValueError, match="symbolic link"):
+            load_sampler(planted, device="cpu")
+    assert str(outside.resolve()) not in opened
 
 
 def test_logged_model_names_its_output_columns_by_gene(data, tiny_params, tmp_path):

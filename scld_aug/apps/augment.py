@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from scld_aug import anndata_io
 from scld_aug import data as data_layer
-from scld_aug.files import OutputPathError, check_output_path, same_file
+from scld_aug.files import OutputConflictError, OutputPathError, check_output_path, same_file
 from scld_aug.presets import MIN_CELLS, RARE_FRACTION, rare_strategy
 
 logger = logging.getLogger(__name__)
@@ -143,8 +144,9 @@ def plan_augmentation(
 
 
 def _check_paths(
-    input_path: Path, output_path: Path, save_sampler: Path | None, overwrite: bool
+    inputs: list, output_path: Path, save_sampler: Path | None, overwrite: bool
 ) -> None:
+    input_path = inputs[0]
     if not input_path.is_file():
         where = "is a directory" if input_path.is_dir() else "does not exist"
         raise AugmentError(
@@ -155,7 +157,7 @@ def _check_paths(
         outputs["--save-sampler"] = save_sampler
     try:
         for what, path in outputs.items():
-            check_output_path(path, inputs=[input_path], overwrite=overwrite, what=what)
+            check_output_path(path, inputs=inputs, overwrite=overwrite, what=what)
     except OutputPathError as err:
         raise AugmentError(str(err)) from None
     if save_sampler is not None and same_file(save_sampler, output_path):
@@ -221,21 +223,61 @@ def _checked_arrays(
             for name, M in adata.layers.items()
             if name != layer and data_layer.first_non_count(M) is None
         ]
-        hint = (
-            f"pass --layer {count_layers[0]} (layers with counts: {count_layers})"
-            if count_layers
-            else "pass --layer with the layer of raw counts"
-        )
+        raw_hint = anndata_io.raw_counts_hint(adata)
+        if count_layers:
+            hint = f"pass --layer {count_layers[0]} (layers with counts: {count_layers})"
+        elif raw_hint:
+            hint = f"{raw_hint} with --layer (scld-aug does not read .raw)"
+        else:
+            hint = "pass --layer with the layer of raw counts"
         alternative = (
             f", or pass --likelihood gaussian to model the values of {where} as they are"
             if not counts_only
             else ""
         )
         raise AugmentError(
-            f"{where} does not hold raw counts (e.g. value {bad:g}; normalized or scaled "
-            f"data?). SCLD models raw UMI counts; {hint}{alternative}."
+            f"{data_layer.non_count_message(bad, where)}. SCLD models raw UMI counts; "
+            f"{hint}{alternative}."
         )
     return X, y
+
+
+def _check_result_writable(
+    adata: Any,
+    y: np.ndarray,
+    labels_key: str,
+    layer: str | None,
+    strategy: dict,
+    normalize_x: bool,
+) -> None:
+    """Build a small result of the same make (the first cells, one synthetic cell per type
+    to augment, a record that names the types) and store it in memory, so that whatever
+    ``.h5ad`` cannot hold fails before training, not after it."""
+    n = min(adata.n_obs, 20)
+    labels = np.asarray(list(strategy), dtype=y.dtype)
+    X = sp.csr_matrix((n + len(labels), adata.n_vars), dtype=np.float32)
+    record = {
+        "version": "0",
+        "labels_key": labels_key,
+        "matrix": "X" if layer is None else f"layers/{layer}",
+        "cell_types": anndata_io.type_table(
+            {label: {"cells": 1, "n_synthetic": 1, "guidance_scale": 1.0} for label in labels}
+        ),
+        "generator_source": "trained",
+        "generator_id": "0",
+        "params": "{}",
+    }
+    probe = anndata_io.augmented(
+        adata[:n], X, np.concatenate([y[:n], labels]), labels_key, layer, record, normalize_x
+    )
+    try:
+        anndata_io.check_writable(probe)
+    except Exception as err:  # noqa: BLE001 - anndata and h5py raise many types
+        raise AugmentError(
+            f"The result could not be stored as .h5ad ({type(err).__name__}: {err}); nothing "
+            "was trained. Check the input's obs, var and uns for entries an .h5ad file cannot "
+            "hold."
+        ) from err
 
 
 def augment_h5ad(
@@ -336,7 +378,9 @@ def augment_h5ad(
     say = logger.info
     input_path, output_path = Path(input_path), Path(output_path)
     save_path = None if save_sampler is None else Path(save_sampler)
-    _check_paths(input_path, output_path, save_path, overwrite)
+    pretrained = sampler_params.get("generator")
+    inputs = [input_path] + ([pretrained] if isinstance(pretrained, (str, os.PathLike)) else [])
+    _check_paths(inputs, output_path, save_path, overwrite)
     sampler = SCLDSampler(random_state=random_state, verbose=verbose, **sampler_params)
     sampler._validate_params()  # bad options fail before the input is even read
     requested_device = sampler_params.get("device", "auto")
@@ -370,6 +414,8 @@ def augment_h5ad(
         + f"; training SCLD on {device}"
     )
 
+    _check_result_writable(adata, y, labels_key, layer, strategy, normalize_x)
+
     sampler.set_params(sampling_strategy=strategy)
     start = time.perf_counter()
     result = sampler.fit_resample_anndata(
@@ -377,21 +423,26 @@ def augment_h5ad(
     )
     say(f"Trained and sampled in {time.perf_counter() - start:.1f} s")
 
+    # Each output is written even when the other fails: a finished result is never lost.
+    problems = []
     try:
-        anndata_io.write(result, output_path)
+        anndata_io.write(result, output_path, overwrite=overwrite)
+    except OutputConflictError as err:
+        problems.append(str(err))
     except OSError as err:
-        raise AugmentError(
+        problems.append(
             f"Could not write {str(output_path)!r} ({err}); no partial file was left. Check "
             "the folder's permissions and free disk space."
-        ) from err
+        )
     if save_path is not None:
         try:
-            sampler.save(save_path, include_anchors=include_anchors)  # atomic as well
-        except OSError as err:
-            raise AugmentError(
-                f"Wrote {str(output_path)!r} but could not save the sampler to "
-                f"{str(save_path)!r} ({err})."
-            ) from err
+            sampler._write(save_path, include_anchors, overwrite)  # path checked first
+        except OutputConflictError as err:
+            problems.append(str(err))
+        except (OSError, OutputPathError) as err:
+            problems.append(f"Could not save the sampler to {str(save_path)!r} ({err}).")
+    if problems:
+        raise AugmentError(" ".join(problems))
 
     after = Counter(result.obs[labels_key].astype(str))
     summary = pd.DataFrame(

@@ -349,16 +349,35 @@ def _tune(args: argparse.Namespace) -> int:
 
     from scld_aug import SCLDSampler
     from scld_aug.apps.augment import AugmentError, checked_input, plan_augmentation
+    from scld_aug.files import OutputPathError, check_output_path, same_file
     from scld_aug.presets import MIN_CELLS, QUICK
-    from scld_aug.tuning import tune_guidance
+    from scld_aug.tuning import local_storage_file, tune_guidance
 
     options = {**(QUICK if args.quick else {}), **_given_params(args, "augment")}
     outputs = {args.save_sampler: _file_state(args.save_sampler)} if args.save_sampler else {}
     try:
-        if args.save_sampler and os.path.exists(args.save_sampler) and not args.overwrite:
+        if not os.path.isfile(args.input):
+            where = "is a directory" if os.path.isdir(args.input) else "does not exist"
             raise AugmentError(
-                f"{args.save_sampler!r} exists; pass --overwrite to replace it, or another path."
+                f"Input file {args.input!r} {where}; pass the path of an .h5ad file."
             )
+        # Every file tune writes is checked before the study: none may be the input.
+        try:
+            if args.save_sampler:
+                check_output_path(
+                    args.save_sampler,
+                    inputs=[args.input],
+                    overwrite=args.overwrite,
+                    what="--save-sampler",
+                )
+            study_file = local_storage_file(args.storage)
+            if study_file is not None and same_file(study_file, args.input):
+                raise OutputPathError(
+                    f"The study storage {args.storage!r} is the input file; choose another "
+                    "path so the input is kept."
+                )
+        except OutputPathError as err:
+            raise AugmentError(str(err)) from None
         likelihood = options.get("likelihood", "auto")
         adata, X, y = checked_input(args.input, args.labels_key, args.layer, likelihood)
         min_cells = options.get("min_class_size", MIN_CELLS)
@@ -379,13 +398,12 @@ def _tune(args: argparse.Namespace) -> int:
             storage=args.storage,
             study_name=args.study_name,
             plots_dir=args.plots_dir,
+            overwrite=args.overwrite,
             tracking=args.tracking,
             refit=bool(args.save_sampler),
             random_state=args.seed,
             verbose=not args.quiet,
         )
-        if args.save_sampler:
-            result.sampler.save(args.save_sampler, include_anchors=not args.no_anchors)
     except InvalidParameterError as err:
         _error("tune", err)
         return 2
@@ -394,17 +412,31 @@ def _tune(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return _interrupted("tune", outputs)
+    # The study's result is printed before the sampler is saved: a failed save must not
+    # hide what the study found.
     if not args.quiet:
-        default = "" if result.default_score is None else f" (defaults: {result.default_score:.4f})"
-        print(f"Best {args.scoring}: {result.best_score:.4f}{default}")
+        print(f"Best {args.scoring}: {result.best_score:.4f}" + _defaults_note(result))
         print("Best parameters: " + ", ".join(f"{k}={v}" for k, v in result.best_params.items()))
         print(
             f"{len(result.study.trials)} trials, {result.n_trainings} generator trainings, "
             f"{result.seconds:.0f} s" + (f"; MLflow run {result.run_id}" if result.run_id else "")
         )
-        if args.save_sampler:
+    if args.save_sampler:
+        try:
+            # The path was checked before the study: a file that appeared since is kept.
+            result.sampler._write(args.save_sampler, not args.no_anchors, args.overwrite)
+        except (ValueError, OSError) as err:  # OutputConflictError included
+            _error("tune", f"the tuned sampler was not saved: {err}")
+            return 1
+        except KeyboardInterrupt:
+            return _interrupted("tune", outputs)
+        if not args.quiet:
             print(f"Saved the tuned sampler to {args.save_sampler} (SCLDSampler.load)")
     return 0
+
+
+def _defaults_note(result) -> str:
+    return "" if result.default_score is None else f" (defaults: {result.default_score:.4f})"
 
 
 BENCHMARK_EPILOG = """\
@@ -672,6 +704,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--quick", action="store_true", help="tiny model, for a smoke test")
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace the files of an earlier run there"
+    )
     # The parameter options import scikit-learn: only the command being run gets them, so
     # that --version and the overview --help answer at once. The first word that is not an
     # option is the command (the top level has no options that take a value).
@@ -688,8 +723,19 @@ def main(argv: list[str] | None = None) -> int:
     with console(quiet=getattr(args, "quiet", False)):
         if args.command == "demo":
             from scld_aug.apps.demo import run_demo
+            from scld_aug.files import OutputPathError
 
-            run_demo(args.output_dir, n_folds=args.folds, seed=args.seed, quick=args.quick)
+            try:
+                run_demo(
+                    args.output_dir,
+                    n_folds=args.folds,
+                    seed=args.seed,
+                    quick=args.quick,
+                    overwrite=args.overwrite,
+                )
+            except OutputPathError as err:
+                _error("demo", err)
+                return 1
         elif args.command == "augment":
             return _augment(args)
         elif args.command == "train":

@@ -25,7 +25,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scld_aug import anndata_io
+from scld_aug.files import atomic_write, check_output_folder
 from scld_aug.presets import QUICK, RARE_FRACTION, rare_strategy
+
+#: What the demo writes into its output folder.
+OUTPUT_FILES = (
+    "baron_augmented.h5ad",
+    "class_counts.csv",
+    "f1.csv",
+    "f1_intervals.csv",
+    "markers.csv",
+    "tsne_real_vs_synthetic.png",
+    "marker_dotplot.png",
+    "rare_f1.png",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +132,7 @@ def f1_table(y, predictions: dict, labels: list, seed: int) -> pd.DataFrame:
 
 
 def plot_real_vs_synthetic(
-    adata_res, labels_key: str, genes: np.ndarray, types: list, path: Path
+    adata_res, labels_key: str, genes: np.ndarray, types: list, path: Path, overwrite: bool
 ) -> None:
     """t-SNE of real and synthetic cells (on 50 PCs fitted to real cells), one panel per type."""
     from sklearn.decomposition import PCA
@@ -141,10 +155,13 @@ def plot_real_vs_synthetic(
         title="Baron pancreas: real vs SCLD-synthetic cells",
         overview=True,
         axis_label="t-SNE",
+        overwrite=overwrite,
     )
 
 
-def marker_summary(adata_res, labels_key: str, types: list, path: Path) -> pd.DataFrame:
+def marker_summary(
+    adata_res, labels_key: str, types: list, path: Path, overwrite: bool
+) -> pd.DataFrame:
     """Each rare type's 5 marker genes in its real and its synthetic cells: a dot plot, and
     the median ratio of synthetic to real marker expression per type in the log (guidance
     sharpens a type, so synthetic markers tend to run above the real ones)."""
@@ -162,7 +179,10 @@ def marker_summary(adata_res, labels_key: str, types: list, path: Path) -> pd.Da
         gene_names=adata_res.var_names,
     )
     plotting.marker_dotplot(
-        table, path, title="Marker genes of the rare types: real vs SCLD-synthetic cells"
+        table,
+        path,
+        title="Marker genes of the rare types: real vs SCLD-synthetic cells",
+        overwrite=overwrite,
     )
     ratios = table[table["source"] == "real"].groupby("cell_type", sort=False)["ratio"].median()
     logger.info(
@@ -172,7 +192,7 @@ def marker_summary(adata_res, labels_key: str, types: list, path: Path) -> pd.Da
     return table
 
 
-def plot_f1(table: pd.DataFrame, path: Path) -> None:
+def plot_f1(table: pd.DataFrame, path: Path, overwrite: bool) -> None:
     """Grouped bars of rare-type F1 by method with their 95% bootstrap intervals."""
     from scld_aug import plotting
 
@@ -189,6 +209,7 @@ def plot_f1(table: pd.DataFrame, path: Path) -> None:
         title="Rare cell types: F1 by augmentation method (one seed; 95% bootstrap "
         "intervals over the test cells)",
         intervals=(wide["low"][methods], wide["high"][methods]),
+        overwrite=overwrite,
     )
 
 
@@ -197,13 +218,21 @@ def run_demo(
     n_folds: int = 3,
     seed: int = 0,
     quick: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Run the main job and return its tables (also written to ``output_dir``, and reported
-    to the ``scld_aug`` logger at INFO level, which ``scld-aug demo`` prints)."""
+    to the ``scld_aug`` logger at INFO level, which ``scld-aug demo`` prints).
+
+    The files of an earlier run in ``output_dir`` are replaced only with ``overwrite``
+    (checked before any work).
+    """
     from scld_aug import SCLDSampler, datasets
 
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(output_dir, OUTPUT_FILES, overwrite=overwrite, what="demo output")
+
+    def write_csv(frame: pd.DataFrame, name: str, **options) -> None:
+        atomic_write(out / name, lambda tmp: frame.to_csv(tmp, **options), overwrite=overwrite)
+
     t0 = time.perf_counter()
     adata = datasets.baron_pancreas()
     y = adata.obs["cell_type"].astype(str).to_numpy()
@@ -227,7 +256,7 @@ def run_demo(
         f"Trained and sampled in {elapsed:.1f} s on {sampler.device_}; {counts['synthetic'].sum()} synthetic cells"
     )
     logger.info(counts.to_string())
-    augmented.write_h5ad(out / "baron_augmented.h5ad")
+    anndata_io.write(augmented, out / "baron_augmented.h5ad", overwrite=overwrite)
     rare = [c for c in counts.index if counts.loc[c, "synthetic"] > 0]
     plot_real_vs_synthetic(
         augmented,
@@ -235,9 +264,10 @@ def run_demo(
         sampler.generator_.panel.genes,
         rare,
         out / "tsne_real_vs_synthetic.png",
+        overwrite,
     )
-    markers = marker_summary(augmented, "cell_type", rare, out / "marker_dotplot.png")
-    markers.to_csv(out / "markers.csv", index=False)
+    markers = marker_summary(augmented, "cell_type", rare, out / "marker_dotplot.png", overwrite)
+    write_csv(markers, "markers.csv", index=False)
 
     logger.info(
         f"\n[2/2] {n_folds}-fold cross-validation of LogisticRegression on log-normalized counts"
@@ -266,13 +296,10 @@ def run_demo(
         "test cells of each rare type make it wide): "
         + ", ".join(f"{m} {r.f1:.3f} [{r.low:.3f}, {r.high:.3f}]" for m, r in mean_rows.iterrows())
     )
-    summary.to_csv(out / "f1.csv")
-    intervals.to_csv(out / "f1_intervals.csv", index=False)
-    counts.to_csv(out / "class_counts.csv")
-    plot_f1(intervals, out / "rare_f1.png")
-    logger.info(
-        f"\nWrote {out}/: baron_augmented.h5ad, class_counts.csv, f1.csv, f1_intervals.csv, "
-        "markers.csv, tsne_real_vs_synthetic.png, marker_dotplot.png, rare_f1.png"
-    )
+    write_csv(summary, "f1.csv")
+    write_csv(intervals, "f1_intervals.csv", index=False)
+    write_csv(counts, "class_counts.csv")
+    plot_f1(intervals, out / "rare_f1.png", overwrite)
+    logger.info(f"\nWrote {out}/: {', '.join(OUTPUT_FILES)}")
     logger.info(f"Total time {time.perf_counter() - t0:.0f} s")
     return {"counts": counts, "f1": summary, "markers": markers}

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from scld_aug.benchmark.protocols import REAL_HELD_OUT
+from scld_aug.files import atomic_write
 
 
 def _mean_sd(values: pd.Series) -> str:
@@ -158,7 +159,12 @@ def plot_rare_f1(table: pd.DataFrame, path: Path, title: str) -> None:
         index=classifiers,
     )
     plotting.grouped_bars(
-        means, path, ylabel="rare-type F1 (mean ± sd over seeds)", title=title, errors=sds
+        means,
+        path,
+        ylabel="rare-type F1 (mean ± sd over seeds)",
+        title=title,
+        errors=sds,
+        overwrite=True,  # rebuilt from the results each time (see write_report)
     )
 
 
@@ -198,8 +204,10 @@ def plot_guidance_sweep(fidelity: pd.DataFrame, path: Path) -> None:
         ax.set_title(metric)
     fig.suptitle("Guidance scale vs fidelity to held-out real cells (mean over types)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), overwrite=True)
+    finally:
+        plt.close(fig)
 
 
 def plot_embedding(
@@ -226,6 +234,7 @@ def plot_embedding(
         title="Real training and test cells vs synthetic cells, zoomed per type",
         held_out=(xy(X_test), y_test),
         axis_label="PC",
+        overwrite=True,
     )
 
 
@@ -236,6 +245,11 @@ def write_report(
     fidelity: pd.DataFrame | None,
     meta: dict,
 ) -> Path:
+    """``report.md``, its summary tables and figures in ``out``, rebuilt from the results.
+
+    They are derived from the results files, whose folder the run checked before any work
+    (replacing results needs ``overwrite``), so they are replaced on every rebuild.
+    """
     from scld_aug.benchmark.methods import METHOD_SPACE
 
     lines = [f"# Benchmark: {dataset}", ""]
@@ -262,7 +276,7 @@ def write_report(
         ]
     if downstream is not None and not downstream.empty:
         table = downstream_table(downstream)
-        table.to_csv(out / "downstream_summary.csv", index=False)
+        _write_csv(table, out / "downstream_summary.csv", index=False)
         lines += [
             "## Rare-type F1 at a glance (mean ± sd over seeds; best mean in bold)",
             "",
@@ -290,7 +304,7 @@ def write_report(
         lines.append("")
     if fidelity is not None and not fidelity.empty:
         summary = fidelity_table(fidelity)
-        summary.to_csv(out / "fidelity_summary.csv")
+        _write_csv(summary, out / "fidelity_summary.csv")
         headline = [
             m
             for m in ("real (train)", "SMOTE", "scVI", "SCLD pre (w=2, default)")
@@ -355,6 +369,9 @@ def write_report(
         lines.append("![guidance sweep](guidance_sweep.png)")
         if (out / "embedding.png").exists():
             lines.append("![embedding](embedding.png)")
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    text = "\n".join(lines) + "\n"
+    return atomic_write(out / "report.md", lambda tmp: tmp.write_text(text), overwrite=True)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path, **options) -> Path:
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, **options), overwrite=True)

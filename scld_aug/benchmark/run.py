@@ -23,7 +23,7 @@ import pandas as pd
 
 from scld_aug.benchmark import protocols
 from scld_aug.benchmark.methods import CLASSIFIERS, METHODS
-from scld_aug.files import atomic_write
+from scld_aug.files import OutputPathError, atomic_write, check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,11 @@ def _check(
             f"The benchmark needs {', '.join(absent)}: pip install {' and '.join(extras)}"
             + (", or leave scVI out of the methods." if "scvi-tools" in absent else ".")
         )
-    existing = [name for name in RESULT_FILES if (out / name).exists()]
+    try:
+        check_output_folder(out, what="benchmark results")
+    except OutputPathError as err:
+        raise BenchmarkError(str(err)) from None
+    existing = [name for name in (*RESULT_FILES, "meta.json") if (out / name).exists()]
     if existing and not (overwrite or keep):
         raise BenchmarkError(
             f"{out} already holds benchmark results ({', '.join(existing)}); choose another "
@@ -224,9 +228,16 @@ def run_benchmark(
     kept = {}
     if keep_other_methods:
         downstream, fidelity, kept = keep_saved_rows(out, downstream, fidelity, seed_list, types)
+    # Results replace earlier ones only where the run was allowed to (checked before any
+    # work); files that appeared meanwhile are kept, and these are written beside them.
+    replace = overwrite or keep_other_methods
     for frame, file in zip((downstream, fidelity), RESULT_FILES, strict=True):
         if frame is not None:
-            atomic_write(out / file, lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
+            atomic_write(
+                out / file,
+                lambda tmp, frame=frame: frame.to_csv(tmp, index=False),
+                overwrite=replace,
+            )
     meta = {
         "data": f"{name}: {X.shape[0]} cells x {X.shape[1]} genes, {len(set(y))} types",
         "seeds": seed_list,
@@ -245,7 +256,7 @@ def run_benchmark(
         "command": command,
     }
     text = json.dumps({"dataset": name, **meta}, indent=1, default=str)
-    atomic_write(out / "meta.json", lambda tmp: tmp.write_text(text))
+    atomic_write(out / "meta.json", lambda tmp: tmp.write_text(text), overwrite=replace)
     return _report_and_track(out, name, downstream, fidelity, meta, tracking)
 
 

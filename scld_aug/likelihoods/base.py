@@ -23,6 +23,29 @@ class GeneStatistics(NamedTuple):
     candidates: np.ndarray  # genes that may be modelled at all
 
 
+def holding_counts(dtype: np.dtype) -> np.dtype:
+    """``dtype``, widened to 32 bits when it is narrower (``int8``, ``uint8``, ``int16``,
+    ``uint16``, ``bool``, ``float16``), so that synthetic counts beyond the input's largest
+    value never wrap around or overflow to infinity. The widening depends on the dtype
+    only, not on the cells drawn: a pipeline always sees the same output dtype.
+
+    Examples
+    --------
+    >>> [str(holding_counts(np.dtype(t))) for t in ("uint8", "int16", "float16", "int64")]
+    ['uint32', 'int32', 'float32', 'int64']
+    """
+    dtype = np.dtype(dtype)
+    if dtype.itemsize >= 4:
+        return dtype
+    if dtype.kind == "u":
+        return np.dtype(np.uint32)
+    if dtype.kind in "ib":
+        return np.dtype(np.int32)
+    if dtype.kind == "f":
+        return np.dtype(np.float32)
+    return dtype
+
+
 class Likelihood:
     """The decoder's likelihood, and everything that follows from it.
 
@@ -45,11 +68,15 @@ class Likelihood:
 
     # ------------------------------------------------------------------ input
 
-    def check_values(self, values: np.ndarray) -> None:
-        """Raise a ValueError (saying how to fix it) for stored values it cannot model."""
+    def check_values(self, non_count: np.generic | None) -> None:
+        """Raise a ValueError (saying how to fix it) for data it cannot model, given a
+        value of them that is not a count (``scld_aug.data.first_non_count``) or None for
+        count data."""
 
     def output_dtype(self, input_dtype: np.dtype, output: str) -> np.dtype:
-        """dtype of generated cells: the input's, unless the values need a float dtype."""
+        """dtype of generated cells (and of the resampled matrix): the input's, unless the
+        values need a float dtype or a wider one
+        (:func:`~scld_aug.likelihoods.base.holding_counts`)."""
         raise NotImplementedError
 
     def check_output(self, output: str) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from scld_aug.likelihoods.base import GeneStatistics, Likelihood
+from scld_aug.likelihoods.base import GeneStatistics, Likelihood, holding_counts
 from scld_aug.statistics import TARGET_SUM, class_composition, weighted_moments
 
 if TYPE_CHECKING:
@@ -146,25 +146,20 @@ class NegativeBinomial(Likelihood):
     uses_library = True
     dispersion_init = 1.0  # inverse dispersion theta = e
 
-    def check_values(self, values: np.ndarray) -> None:
-        if (values < 0).any():
+    def check_values(self, non_count: np.generic | None) -> None:
+        from scld_aug.data import non_count_message
+
+        if non_count is not None:
             raise ValueError(
-                f"likelihood='nb' needs raw counts, but X has negative values (min "
-                f"{values.min():g}). Pass raw counts (e.g. adata.layers['counts']) or use "
-                "likelihood='gaussian' for normalized or scaled data."
-            )
-        fractional = values != np.round(values)
-        if fractional.any():
-            raise ValueError(
-                f"likelihood='nb' needs integer counts, but X has non-integer values "
-                f"(e.g. {values[fractional][0]:g}). Pass raw counts, or use "
-                "likelihood='gaussian' for log-normalized data."
+                f"likelihood='nb' models raw counts, but {non_count_message(non_count)}. Pass "
+                "raw counts (e.g. adata.layers['counts']) or use likelihood='gaussian' for "
+                "normalized or scaled data."
             )
 
     def output_dtype(self, input_dtype: np.dtype, output: str) -> np.dtype:
         if output == "mean" and not np.issubdtype(input_dtype, np.floating):
             return np.dtype(np.float64)
-        return np.dtype(input_dtype)
+        return holding_counts(input_dtype)
 
     def gene_statistics(self, X, weights, library):
         mean, var, log_mean, log_var = weighted_moments(X, weights, library)

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from scld_aug import likelihoods
-from scld_aug.model.layers import mlp
+from scld_aug.model.layers import StochasticModule, mlp
 
 
-class Autoencoder(nn.Module):
+class Autoencoder(StochasticModule):
     """MLP encoder and decoder with the likelihood of :mod:`scld_aug.likelihoods` named
     ``likelihood``.
 
@@ -20,8 +20,9 @@ class Autoencoder(nn.Module):
 
     With ``variational=True`` the encoder also outputs a per-cell log-variance: a cell is
     encoded as a Gaussian posterior ``N(mean, var)`` (a VAE; the KL term to ``N(0, I)`` is
-    weighted by the caller), and training decodes a draw from it. ``encode`` always returns
-    the posterior mean.
+    weighted by the caller), and training decodes a draw from it, taken from
+    :attr:`generator` (:class:`~scld_aug.model.layers.StochasticModule`), as are the
+    dropout masks of its layers. ``encode`` always returns the posterior mean.
     """
 
     def __init__(
@@ -42,9 +43,13 @@ class Autoencoder(nn.Module):
         # The mean keeps the plain encoder's layers, so deterministic generators load as before.
         self.encoder_log_var = nn.Linear(hidden_dim, latent_dim) if variational else None
         # NB: log inverse dispersion; Gaussian: log standard deviation.
-        self.log_dispersion = nn.Parameter(
-            torch.full((n_output,), self.distribution.dispersion_init)
-        )
+        self.log_dispersion = nn.Parameter(torch.empty(n_output))
+        self.init_fixed_parameters()
+
+    def init_fixed_parameters(self) -> None:
+        """Start every gene's dispersion at the likelihood's default."""
+        with torch.no_grad():
+            self.log_dispersion.fill_(self.distribution.dispersion_init)
 
     @property
     def variational(self) -> bool:
@@ -87,7 +92,10 @@ class Autoencoder(nn.Module):
         if self.encoder_log_var is None:
             return -self.log_likelihood(self.decode(self.encode(x)), target, library).mean()
         mean, log_var = self.posterior(x)
-        z = mean + torch.randn_like(mean) * (0.5 * log_var).exp()
+        noise = torch.randn(
+            mean.shape, generator=self.training_generator(), device=mean.device, dtype=mean.dtype
+        )
+        z = mean + noise * (0.5 * log_var).exp()
         nll = -self.log_likelihood(self.decode(z), target, library)
         kl = 0.5 * (mean.square() + log_var.exp() - 1.0 - log_var).sum(-1)
         return (nll + kl_weight * kl).mean()

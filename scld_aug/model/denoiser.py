@@ -34,8 +34,13 @@ class Denoiser(nn.Module):
         self.output = nn.Sequential(
             nn.LayerNorm(hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, latent_dim)
         )
-        nn.init.zeros_(self.output[-1].weight)
-        nn.init.zeros_(self.output[-1].bias)
+        self.init_fixed_parameters()
+
+    def init_fixed_parameters(self) -> None:
+        """Zero the output layer: an untrained denoiser predicts no noise."""
+        with torch.no_grad():
+            self.output[-1].weight.zero_()
+            self.output[-1].bias.zero_()
 
     @property
     def null_class(self) -> int:

@@ -15,9 +15,13 @@ returns the generated cells (a ``cell_type`` column, then one column per gene).
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import stat
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -106,10 +110,59 @@ def _not_scld(name: str, why: str) -> ValueError:
     )
 
 
+def _open_inside(root: Path, relative: str | os.PathLike, name: str) -> IO[bytes]:
+    """The regular file ``root / relative``, opened for reading without following a
+    symbolic link anywhere below ``root``.
+
+    Each folder on the way is opened relative to the one before it with ``O_NOFOLLOW``, so
+    a link planted after :func:`check_model_dir` looked is refused, never followed (where
+    the platform cannot do that, each step is checked, then the file is opened). Named
+    pipes and devices are refused without blocking on them.
+    """
+    parts = Path(relative).parts
+    if not parts or Path(relative).is_absolute() or ".." in parts:
+        raise _not_scld(name, f"{os.fspath(relative)!r} is not a path inside the model")
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    if not nofollow or os.open not in os.supports_dir_fd:
+        path = root
+        for part in parts:
+            path = path / part
+            if path.is_symlink():
+                raise _not_scld(name, f"it holds a symbolic link, {path.relative_to(root)}")
+        if not path.is_file():
+            raise _not_scld(name, f"{path.relative_to(root)} is not a file")
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    folder_flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | nofollow
+    fd = None
+    walked = Path()
+    try:
+        # `root` is resolved: a link there now was swapped in after check_model_dir looked.
+        fd = os.open(root, folder_flags)
+        for part in parts[:-1]:
+            walked /= part
+            inner = os.open(part, folder_flags, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        walked /= parts[-1]
+        file_fd = os.open(parts[-1], os.O_RDONLY | nofollow | os.O_NONBLOCK, dir_fd=fd)
+    except OSError as err:
+        link = err.errno == errno.ELOOP or (root / walked).is_symlink()
+        why = "it holds a symbolic link" if link else f"cannot read it ({err.strerror})"
+        raise _not_scld(name, f"{why}, {walked.as_posix()}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+        os.close(file_fd)
+        raise _not_scld(name, f"{walked.as_posix()} is not a regular file")
+    return os.fdopen(file_fd, "rb")
+
+
 def check_model_dir(folder: str | os.PathLike, name: str | None = None) -> Path:
     """Check that ``folder`` (a downloaded MLflow model) is an scld-aug model, holding data only.
 
-    Reads ``MLmodel`` as plain YAML; imports and runs nothing from the folder.
+    Reads ``MLmodel`` as plain YAML; imports and runs nothing from the folder, and reads
+    nothing outside it (a folder that holds a symbolic link is refused).
 
     Parameters
     ----------
@@ -127,7 +180,8 @@ def check_model_dir(folder: str | os.PathLike, name: str | None = None) -> Path:
     ValueError
         When the folder holds code or pickle files, or its ``MLmodel`` does not name
         ``scld_aug.tracking.flavor`` as the pyfunc loader module (another flavor, a model
-        from code, a pickled Python model), names code paths, or points outside the folder.
+        from code, a pickled Python model), names code paths, points outside the folder,
+        or holds a symbolic link.
     """
     import yaml
 
@@ -143,7 +197,8 @@ def check_model_dir(folder: str | os.PathLike, name: str | None = None) -> Path:
         if path.suffix.lower() in CODE_OR_PICKLE_SUFFIXES or "python_model" in path.name:
             raise _not_scld(name, f"it holds code or a pickle, {path.relative_to(root)}")
     try:
-        config = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))
+        with _open_inside(root, "MLmodel", name) as file:
+            config = yaml.safe_load(file.read().decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise _not_scld(name, f"MLmodel is not valid YAML: {err}") from err
     flavors = config.get("flavors") if isinstance(config, dict) else None
@@ -176,8 +231,24 @@ def load_model_dir(folder: str | os.PathLike, device: str = "auto", name: str | 
     """The sampler of a downloaded scld-aug model, after :func:`check_model_dir`.
 
     The sampler file is read with :meth:`SCLDSampler.load` (``torch.load`` with
-    ``weights_only=True``: tensors and JSON).
+    ``weights_only=True``: tensors and JSON), from a private copy taken without following
+    any link (:func:`_open_inside`): a link planted in the folder after the check, by
+    whoever else can write there, is refused rather than read.
     """
     from scld_aug.sampler import SCLDSampler
 
-    return SCLDSampler.load(check_model_dir(folder, name), device=device)
+    sampler_file = check_model_dir(folder, name)
+    root = Path(folder).resolve()
+    label = repr(name if name is not None else str(folder))
+    with (
+        _open_inside(root, sampler_file.relative_to(root), label) as source,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        copy = Path(tmp) / SAMPLER_FILE
+        with open(copy, "wb") as target:
+            shutil.copyfileobj(source, target)
+        try:
+            return SCLDSampler.load(copy, device=device)
+        except ValueError as err:
+            # Name the model's own file, not the private copy.
+            raise ValueError(str(err).replace(str(copy), str(sampler_file))) from None

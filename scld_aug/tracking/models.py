@@ -6,13 +6,14 @@ scld-aug package (the model's requirements pin its version). No code and no pick
 stored with a model.
 
 What is safe to load from an untrusted store. :func:`load_sampler` reads tensors and JSON
-only: it downloads the model, refuses it unless its ``MLmodel`` names
-``scld_aug.tracking.flavor`` as the loader and the folder holds no code or pickle file (so
-models of other flavors, models from code and pickled Python models are refused), and
-reads the sampler file with ``torch.load(weights_only=True)``. It runs nothing that is
-stored in the tracking store. ``mlflow.pyfunc.load_model`` on a model from a store you do
-not trust is unsafe in general: MLflow imports whatever loader module the ``MLmodel`` names
-(after putting any code stored with the model on ``sys.path``), and other flavors unpickle
+only: it downloads the model (a local folder is read in place), refuses it unless its
+``MLmodel`` names ``scld_aug.tracking.flavor`` as the loader and the folder holds no code
+or pickle file and no symbolic link (so models of other flavors, models from code and
+pickled Python models are refused, and no file outside the model is read), and reads the
+sampler file with ``torch.load(weights_only=True)``. It runs nothing that is stored in the
+tracking store. ``mlflow.pyfunc.load_model`` on a model from a store you do not trust is
+unsafe in general: MLflow imports whatever loader module the ``MLmodel`` names (after
+putting any code stored with the model on ``sys.path``), and other flavors unpickle
 objects, which runs code. Use :func:`load_sampler` for untrusted stores.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import tempfile
 import urllib.parse
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -34,6 +36,8 @@ from scld_aug.tracking.transport import (
     _require_mlflow,
     _resolve_uri,
     _using_uri,
+    check_local_store,
+    local_database,
 )
 
 MODEL_NAME = "generator"
@@ -135,11 +139,16 @@ def load_sampler(
     model holding data only (``scld_aug.tracking.flavor.check_model_dir``), and its
     sampler file is read with ``torch.load(weights_only=True)``.
 
+    A local folder (or ``file:`` URI) is read in place, never copied through MLflow, whose
+    copy follows symbolic links: nothing outside the folder is read, and a folder that holds
+    a link is refused. From a tracking store, the model is downloaded to a temporary folder
+    first (MLflow refuses links that lead out of a local store's model folder).
+
     Parameters
     ----------
     model_uri : str or path-like
         ``models:/<model_id>``, ``runs:/<run_id>/generator``, or a local folder (a
-        downloaded copy of such a model).
+        downloaded copy of such a model) or its ``file:`` URI.
     device : str, default="auto"
     tracking_uri : str or None
         See :func:`tracking_uri`.
@@ -147,9 +156,13 @@ def load_sampler(
     Raises
     ------
     ConnectionError
-        Within seconds, when ``model_uri`` needs a tracking server that does not answer.
+        Within seconds, when ``model_uri`` needs a tracking server that does not answer,
+        or a local SQLite store that cannot be read (no database there, a folder, ...).
+    FileNotFoundError
+        When the local folder ``model_uri`` does not exist.
     ValueError
-        When the model is not an scld-aug model or holds code or pickle files.
+        When the model is not an scld-aug model, holds code or pickle files, or holds a
+        symbolic link.
 
     See :func:`log_fit` for an example that logs a sampler and loads it back.
     """
@@ -157,9 +170,18 @@ def load_sampler(
     from scld_aug.tracking.flavor import load_model_dir
 
     uri = _resolve_uri(tracking_uri)
+    folder = _local_folder(model_uri)
+    if folder is not None:
+        if not folder.exists():
+            raise FileNotFoundError(f"No model folder at {str(folder)!r}.")
+        return load_model_dir(folder, device=device, name=str(model_uri))
     model_uri = str(model_uri)
     parsed = urllib.parse.urlparse(model_uri)
     if parsed.scheme in TRACKING_SCHEMES and not parsed.netloc:
+        database = local_database(uri)
+        if database is not None:
+            # Before MLflow opens it: it retries a database it cannot open for ~100 s.
+            check_local_store(database, write=False)
         try:
             _check_reachable(uri)
         except Exception as err:  # noqa: BLE001 - reported as one clear error
@@ -172,3 +194,17 @@ def load_sampler(
         with _using_uri(uri), _quiet_mlflow():
             local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
         return load_model_dir(local, device=device, name=model_uri)
+
+
+def _local_folder(model_uri: str | os.PathLike) -> Path | None:
+    """The folder on this machine that ``model_uri`` names (a path or a ``file:`` URI),
+    else None (a URI that MLflow resolves: ``models:/``, ``runs:/``, a remote store)."""
+    if isinstance(model_uri, os.PathLike):
+        return Path(model_uri)
+    parsed = urllib.parse.urlparse(model_uri)
+    # A one-letter scheme is a Windows drive ("C:/models/m").
+    if parsed.scheme == "" or len(parsed.scheme) == 1:
+        return Path(model_uri)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        return Path(urllib.request.url2pathname(parsed.path))
+    return None

@@ -10,6 +10,11 @@ store in the folder ``mlruns/`` of the working directory (``mlflow ui --backend-
 sqlite:///mlruns/mlflow.db`` shows it). With a local SQLite store, the files of the runs
 (plots, reports, models) go beside the database, into ``<database name>_artifacts/``, so
 that the store is one folder wherever the process runs.
+
+A local SQLite store is checked before MLflow connects to it (:func:`check_local_store`):
+MLflow retries a database it cannot open for about 100 s, so an unusable store (its folder
+read-only or a file, the database a folder, read-only or not SQLite) would otherwise stall
+the work that long before the warning.
 """
 
 from __future__ import annotations
@@ -51,13 +56,126 @@ _resolve_uri = tracking_uri  # for functions whose own argument is named trackin
 def local_database(uri: str) -> Path | None:
     """The database file of a local SQLite tracking URI, else None.
 
+    None also for an in-memory database and for SQLite's own ``file:`` URIs.
+
     Examples
     --------
     >>> local_database("sqlite:///mlruns/mlflow.db"), local_database("http://127.0.0.1:5000")
     (PosixPath('mlruns/mlflow.db'), None)
+    >>> local_database("sqlite:////data/runs.db?timeout=30"), local_database("sqlite://")
+    (PosixPath('/data/runs.db'), None)
     """
     prefix = "sqlite:///"
-    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
+    if not uri.startswith(prefix):
+        return None
+    path = uri[len(prefix) :].split("?", 1)[0]
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return None
+    return Path(path)
+
+
+class TrackingStoreError(ConnectionError):
+    """A local SQLite tracking store that cannot be used, found before connecting to it."""
+
+
+# The first 16 bytes of every SQLite database file (an empty file is a new database).
+SQLITE_HEADER = b"SQLite format 3\x00"
+_FIX_WRITE = (
+    "Set MLFLOW_TRACKING_URI (or pass a tracking URI) to a store you can write, e.g. "
+    "'sqlite:////path/to/writable/folder/mlflow.db', or to a tracking server."
+)
+_FIX_READ = "Check the tracking URI (MLFLOW_TRACKING_URI or the tracking URI passed)."
+
+
+def _may(path: Path, mode: int) -> bool:
+    """Whether this process may access ``path`` with ``mode`` (a read-only file system
+    counts as not writable)."""
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+
+
+def check_local_store(database: str | os.PathLike, write: bool = True) -> None:
+    """Check that the SQLite database of a local tracking store can be used, before MLflow
+    connects to it.
+
+    MLflow retries a database it cannot open for about 100 s before it gives up; this
+    check takes milliseconds. It looks at permissions and file types only (and the first
+    bytes of an existing database), never at the database's contents.
+
+    Parameters
+    ----------
+    database : str or path-like
+        The database file (:func:`local_database` of the tracking URI).
+    write : bool, default=True
+        Whether runs will be written. The database must then be a writable SQLite file in
+        a writable folder (SQLite writes its journal beside the database, and runs' files
+        go into ``<database name>_artifacts/`` there), or, before it exists, the nearest
+        existing folder above it must be a writable folder. Without ``write``, the database
+        must exist and be readable.
+
+    Raises
+    ------
+    TrackingStoreError
+        Saying what is wrong with the store, and how to point tracking elsewhere.
+
+    Examples
+    --------
+    >>> check_local_store("mlruns/mlflow.db")  # fine: created, with mlruns/, on first use
+    >>> try:
+    ...     check_local_store(".")  # a folder where the database should be
+    ... except TrackingStoreError as err:
+    ...     print(str(err).split("' ", 1)[1])
+    is a folder, not a database file. Set MLFLOW_TRACKING_URI (or pass a tracking URI) to a store you can write, e.g. 'sqlite:////path/to/writable/folder/mlflow.db', or to a tracking server.
+    """  # noqa: E501 - the message of the doctest is one line
+    path = Path(os.path.abspath(database))
+    fix = _FIX_WRITE if write else _FIX_READ
+
+    def unusable(why: str) -> TrackingStoreError:
+        return TrackingStoreError(f"The SQLite tracking store {str(path)!r} {why}. {fix}")
+
+    try:
+        if path.exists():
+            if path.is_dir():
+                raise unusable("is a folder, not a database file")
+            if not path.is_file():
+                raise unusable("is not a regular file")
+            if not _may(path, os.R_OK | (os.W_OK if write else 0)):
+                raise unusable("is read-only" if write else "cannot be read (no permission)")
+            with open(path, "rb") as file:
+                header = file.read(len(SQLITE_HEADER))
+            if header and header != SQLITE_HEADER:
+                raise unusable("is not a SQLite database")
+            if write and not _may(path.parent, os.W_OK | os.X_OK):
+                raise unusable(
+                    f"is in a folder that is read-only, {str(path.parent)!r} (SQLite writes "
+                    "its journal, and MLflow the runs' files, beside the database)"
+                )
+            return
+        if path.is_symlink():
+            raise unusable("is a broken symbolic link")
+        if not write:
+            raise unusable("does not exist (no database there)")
+        # The database and any missing folders above it will be created in the nearest
+        # folder that exists: it must be a folder, and writable.
+        existing = path.parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise unusable(f"cannot be created: {str(existing)!r} is a file, not a folder")
+        if not _may(existing, os.W_OK | os.X_OK):
+            raise unusable(f"cannot be created: the folder {str(existing)!r} is read-only")
+    except OSError as err:
+        if isinstance(err, TrackingStoreError):
+            raise
+        raise unusable(f"cannot be reached ({type(err).__name__}: {err})") from err
+
+
+def prepare_local_store(uri: str) -> None:
+    """For a local SQLite tracking URI: :func:`check_local_store`, then create the folders
+    of the database; nothing for other URIs."""
+    database = local_database(uri)
+    if database is not None:
+        check_local_store(database)
+        database.parent.mkdir(parents=True, exist_ok=True)
 
 
 def ensure_experiment(client, uri: str, name: str) -> str:
@@ -184,9 +302,7 @@ class RunLogger:
             mlflow = _require_mlflow()
             if parent is None:
                 _check_reachable(self.uri)
-                database = local_database(self.uri)
-                if database is not None:
-                    database.parent.mkdir(parents=True, exist_ok=True)
+                prepare_local_store(self.uri)
                 self.client = mlflow.MlflowClient(tracking_uri=self.uri)
                 outer = mlflow.active_run()
                 if outer is not None and mlflow.get_tracking_uri() == self.uri:
