@@ -39,12 +39,13 @@ def pyplot():
 def _save(fig, path: str | os.PathLike, overwrite: bool, dpi: int = 110, **kwargs) -> Path:
     """Write the figure atomically (``scld_aug.files.atomic_write``: an existing file is
     replaced only with ``overwrite``), in the format its suffix names (PNG by default)."""
-    from scld_aug.files import atomic_write
+    from scld_aug.files import atomic_write, check_output_path
 
     plt = pyplot()
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
     try:
+        check_output_path(path, overwrite=overwrite, what="figure")
         atomic_write(
             path,
             lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, **kwargs),

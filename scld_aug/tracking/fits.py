@@ -26,7 +26,13 @@ LOSS_LOG_EVERY = 10
 
 
 def plot_embedding(
-    X_real, y_real, X_synthetic, y_synthetic, path: str | os.PathLike, max_real: int = 5000
+    X_real,
+    y_real,
+    X_synthetic,
+    y_synthetic,
+    path: str | os.PathLike,
+    max_real: int = 5000,
+    overwrite: bool = False,
 ) -> Path:
     """Real vs synthetic cells on the first two principal components of the real cells.
 
@@ -34,7 +40,8 @@ def plot_embedding(
     real cells only), so synthetic cells are placed in the real cells' coordinates; drawn
     by :func:`scld_aug.plotting.real_vs_synthetic`, one panel per synthetic type. Takes any
     matrix ``fit_resample`` takes (arrays, lists of rows, sparse matrices, DataFrames);
-    with a single gene there is one component, drawn against 0.
+    with a single gene there is one component, drawn against 0. An existing file at
+    ``path`` is replaced only with ``overwrite=True``.
 
     Examples
     --------
@@ -63,6 +70,7 @@ def plot_embedding(
         list(dict.fromkeys(y_syn.tolist())),
         path,
         axis_label="PC of real cells",
+        overwrite=overwrite,
     )
 
 
