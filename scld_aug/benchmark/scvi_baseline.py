@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 from imblearn.over_sampling.base import BaseOverSampler
 from sklearn.utils._param_validation import Interval
-from sklearn.utils.validation import check_random_state
+from sklearn.utils.validation import check_is_fitted, check_random_state
 
 from scld_aug.data import as_csr, fingerprint, is_count_matrix
 from scld_aug.store import is_seeded
@@ -143,7 +143,13 @@ class SCVISampler(BaseOverSampler):
                 except OSError:  # another process saved the same model first
                     shutil.rmtree(tmp, ignore_errors=True)
         self.model_ = model
-        # Reseed so that a cached model samples exactly what a freshly trained one does.
+        return self._draw(adata, X, y, seed)
+
+    def _draw(self, adata, X: sp.csr_matrix, y: np.ndarray, seed: int):
+        """``X, y`` followed by the synthetic cells of ``sampling_strategy_``, drawn from
+        ``model_`` with ``seed`` (reseeded, so a cached model samples exactly what a freshly
+        trained one does)."""
+        scvi = _import_scvi()
         scvi.settings.seed = seed
         rng = np.random.default_rng(seed)
         blocks, labels = [X], [y]
@@ -152,7 +158,23 @@ class SCVISampler(BaseOverSampler):
                 continue
             members = np.flatnonzero(y == label)
             picks = np.sort(rng.choice(members, size=n, replace=True))
-            sample = model.posterior_predictive_sample(adata, indices=picks.tolist())
+            sample = self.model_.posterior_predictive_sample(adata, indices=picks.tolist())
             blocks.append(sp.csr_matrix(sample.to_scipy_sparse()).astype(X.dtype))
             labels.append(np.full(n, label, dtype=y.dtype))
         return sp.vstack(blocks, format="csr"), np.concatenate(labels)
+
+    def redraw(self, X, y, random_state: int):
+        """Draw the cells of the last ``fit_resample`` again from the trained model, with
+        another ``random_state`` (no training): the resampled ``X, y`` of another draw.
+
+        ``X, y`` must be the data of that fit. Draws of one trained model tell how much of
+        a difference between methods is the random draw of the cells.
+        """
+        import anndata
+
+        check_is_fitted(self, "model_")
+        X = as_csr(X)
+        y = np.asarray(y)
+        adata = anndata.AnnData(X.astype(np.float32))
+        self.model_.__class__.setup_anndata(adata)
+        return self._draw(adata, X, y, int(random_state))
