@@ -481,6 +481,106 @@ def panel_summary(down: pd.DataFrame, fid: pd.DataFrame, fit: pd.DataFrame) -> p
     return pd.DataFrame(rows)
 
 
+#: Each automatic mechanism (or default) and its options, as the methods that run them: the
+#: first option is the sampler's default (plain ``SCLD``).
+MECHANISMS = {
+    "latent_noise": {"auto": "SCLD", "0": "SCLD latent_noise=0"},
+    "latent_interpolation": {"auto": "SCLD", "0": "SCLD latent_interpolation=0"},
+    "guidance_scale": {"2": "SCLD", "auto": "SCLD guidance_scale=auto"},
+    "kl_weight": {"auto": "SCLD", "0": "SCLD kl_weight=0", "1": "SCLD kl_weight=1"},
+}
+#: The acceptance classifiers, whose rare-type F1 (mean over both protocols) is the score by
+#: which options are compared.
+SCORED = ("logreg", "knn")
+
+
+def option_scores(results: pd.DataFrame, options: dict[str, str]) -> pd.DataFrame:
+    """Per dataset (rows) and option (columns): rare-type F1 averaged over the acceptance
+    classifiers, protocols, seeds and draws; plus ``noise``, the largest draw sd of those
+    means among the options (how far apart two options can be by the draw alone)."""
+    scores = results[
+        (results["metric"] == "rare_macro_f1")
+        & results["classifier"].isin(SCORED)
+        & results["method"].isin(options.values())
+    ]
+    if scores.empty:
+        return pd.DataFrame()
+    by_option = scores.groupby(["dataset", "method"])["value"].mean().unstack()
+    draw_means = scores.groupby(["dataset", "method", "draw"])["value"].mean()
+    noise = draw_means.groupby(["dataset", "method"]).std().unstack().max(axis=1)
+    names = {method: option for option, method in options.items()}
+    table = by_option.rename(columns=names)[[o for o, m in options.items() if m in by_option]]
+    table["noise"] = noise
+    return table.dropna(subset=[o for o in options if o in table])
+
+
+def leave_one_dataset_out(table: pd.DataFrame, options: list[str]) -> pd.DataFrame:
+    """For each dataset: the option with the best mean score over the *other* datasets, and
+    what that choice and the default give on the dataset left out."""
+    rows = []
+    default = options[0]
+    if len(table) < 2:
+        return pd.DataFrame()  # nothing to choose on without the dataset
+    for dataset in table.index:
+        others = table.drop(index=dataset)
+        chosen = others[options].mean().idxmax()
+        rows.append(
+            {
+                "dataset": dataset,
+                "chosen without it": chosen,
+                "score (chosen)": table.loc[dataset, chosen],
+                f"score ({default}, default)": table.loc[dataset, default],
+                "chosen - default": table.loc[dataset, chosen] - table.loc[dataset, default],
+                "draw noise": table.loc[dataset, "noise"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def mechanism_verdict(table: pd.DataFrame, options: list[str]) -> str:
+    """Whether the default option earns its place against each alternative: better on most
+    datasets, and worse by more than the draw noise on none."""
+    default = options[0]
+    lines = []
+    for other in options[1:]:
+        diff = table[default] - table[other]
+        helps = int((diff > 0).sum())
+        hurts = list(diff[diff < -table["noise"]].index)
+        keep = helps > len(diff) / 2 and not hurts
+        lines.append(
+            f"`{default}` vs `{other}`: better on {helps} of {len(diff)} datasets, mean "
+            f"{diff.mean():+.3f}; worse by more than the draw noise on "
+            f"{', '.join(hurts) if hurts else 'none'} -> "
+            + ("**keeps its place**" if keep else "**does not earn its place**")
+        )
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def lodo_report(results: pd.DataFrame) -> str:
+    """The leave-one-dataset-out table and verdict of every mechanism that was run."""
+    parts = ["# Leave-one-dataset-out choice of each mechanism", ""]
+    parts += [
+        "Score: rare-type F1 averaged over logistic regression and kNN, both protocols, "
+        "seeds and draws. For each dataset, the option chosen on the other datasets, and "
+        "what it and the default give on the dataset left out; `draw noise`: the largest sd "
+        "over draws of the options' means on that dataset.",
+        "",
+    ]
+    for mechanism, options in MECHANISMS.items():
+        table = option_scores(results, options)
+        present = [o for o in options if o in table]
+        if len(present) < 2:
+            continue
+        parts += [f"## {mechanism}", "", table.round(3).to_markdown(), ""]
+        lodo = leave_one_dataset_out(table, present)
+        if lodo.empty:
+            parts += ["(Leaving one dataset out needs at least two datasets.)", ""]
+        else:
+            parts += [lodo.round(3).to_markdown(index=False), ""]
+        parts += [mechanism_verdict(table, present), ""]
+    return "\n".join(parts) + "\n"
+
+
 def write_reports(output: Path, methods: list) -> pd.DataFrame:
     from scld_aug.files import atomic_write
 
@@ -510,6 +610,8 @@ def write_reports(output: Path, methods: list) -> pd.DataFrame:
         + "\n"
     )
     atomic_write(output / "summary.md", lambda tmp: tmp.write_text(text), overwrite=True)
+    lodo = lodo_report(results)
+    atomic_write(output / "lodo.md", lambda tmp: tmp.write_text(lodo), overwrite=True)
     return table
 
 

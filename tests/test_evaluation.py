@@ -457,3 +457,68 @@ def test_draws_redraws_the_cells_of_one_generator_and_draw_0_is_the_benchmarks(t
     assert row["sd over draws"] == pytest.approx(scld["value"].std(), abs=1e-3)
     with pytest.raises(SystemExit):
         draws.main(["--protocol", "natural", "--generators", str(tmp_path), "--output", str(out)])
+
+
+def test_panel_runs_every_method_resumes_and_reports(tmp_path, monkeypatch):
+    from evaluation import panel
+
+    argv = ["--datasets", "pbmc68k_subset", "--protocols", "downsample", "--seeds", "1"]
+    argv += ["--draws", "2", "--quick", "--methods", "none", "RandomOverSampler", "SCLD"]
+    argv += ["--variants", "latent_noise=0", "--classifiers", "logreg", "--jobs", "1"]
+    argv += ["--output", str(tmp_path)]
+    assert panel.main(argv) == 0
+    files = sorted(p.name for p in (tmp_path / "units" / "pbmc68k_subset").iterdir())
+    assert files == [
+        f"downsample_seed0_{m}.csv.gz"
+        for m in ("RandomOverSampler", "SCLD", "SCLD_latent_noise-0", "none", "real_held-out")
+    ]
+    results = panel.collect(tmp_path)
+    scores = results[results["metric"] == "rare_macro_f1"]
+    # Two draws of each sampler, one of "none"; the variant draws from the default's generator.
+    assert scores.groupby("method")["draw"].nunique().to_dict() == {
+        "RandomOverSampler": 2, "SCLD": 2, "SCLD latent_noise=0": 2, "none": 1,
+    }  # fmt: skip
+    fits = results[results["metric"] == "fit_seconds"].set_index("method")["value"]
+    assert fits["SCLD"] > 0 and fits["SCLD latent_noise=0"] == 0
+    recognised = results[results["metric"] == "recognised"]
+    assert {"SCLD", REAL_HELD_OUT} <= set(recognised["method"])
+    assert (tmp_path / "summary.md").exists() and (tmp_path / "pbmc68k_subset.md").exists()
+    assert "## latent_noise" in (tmp_path / "lodo.md").read_text()
+    # A rerun computes nothing that is saved; --rerun computes one method again.
+    monkeypatch.setattr(panel, "run_unit", mock.Mock(side_effect=AssertionError("ran")))
+    assert panel.main(argv) == 0
+    calls = []
+    monkeypatch.setattr(
+        panel, "run_unit", lambda unit, settings, methods: calls.append(methods) or {}
+    )
+    assert panel.main([*argv, "--rerun", "SCLD"]) == 0
+    assert calls == [["SCLD"]]
+
+
+def test_panel_chooses_each_mechanism_without_the_dataset_it_is_judged_on():
+    from evaluation import panel
+
+    def rows(dataset, method, values):
+        return [
+            {"dataset": dataset, "method": method, "metric": "rare_macro_f1", "classifier": c,
+             "draw": d, "value": v}
+            for d, v in enumerate(values)
+            for c in ("logreg", "knn")
+        ]  # fmt: skip
+
+    data = []
+    # "auto" wins on a and b, loses clearly on c (beyond its draw noise of ~0.01).
+    for dataset, auto, zero in (("a", 0.80, 0.70), ("b", 0.60, 0.55), ("c", 0.50, 0.70)):
+        data += rows(dataset, "SCLD", [auto, auto + 0.01])
+        data += rows(dataset, "SCLD latent_noise=0", [zero, zero + 0.01])
+    results = pd.DataFrame(data)
+    options = panel.MECHANISMS["latent_noise"]
+    table = panel.option_scores(results, options)
+    lodo = panel.leave_one_dataset_out(table, ["auto", "0"]).set_index("dataset")
+    # Without a, "0" wins on b and c (0.625 against 0.555); without c, "auto" wins.
+    assert lodo.loc["a", "chosen without it"] == "0"
+    assert lodo.loc["c", "chosen without it"] == "auto"
+    verdict = panel.mechanism_verdict(table, ["auto", "0"])
+    assert "better on 2 of 3 datasets" in verdict
+    assert "worse by more than the draw noise on c ->" in verdict
+    assert "does not earn its place" in verdict
