@@ -314,6 +314,12 @@ def _choices(base: dict, method: str, sampler) -> list[dict]:
     """What SCLD's automatic choices decided on this split (per type, and the encoder)."""
     kl = sampler.generator_.config.get("kl_weight")
     rows = [{**base, "method": method, "metric": "kl_weight", "value": kl}]
+    # Optimizer steps each network trained for (fewer than its maximum where it stopped early).
+    rows += [
+        {**base, "method": method, "cell_type": name, "metric": "steps", "value": len(losses)}
+        for name, losses in sampler.generator_.history.items()
+        if name in ("autoencoder", "diffusion", "classifier")
+    ]
     for metric, levels in (
         ("guidance_scale", sampler.guidance_scales_),
         ("latent_noise", sampler.latent_noises_),
