@@ -522,3 +522,31 @@ def test_panel_chooses_each_mechanism_without_the_dataset_it_is_judged_on():
     assert "better on 2 of 3 datasets" in verdict
     assert "worse by more than the draw noise on c ->" in verdict
     assert "does not earn its place" in verdict
+
+
+def test_panel_acceptance_names_every_row_that_misses_a_bar():
+    from evaluation import panel
+
+    def row(dataset, clf, ros, scld, sd=0.01, macro=(0.8, 0.85), gap=0.0, memo=0.9):
+        return {
+            "dataset": dataset, "protocol": "natural", "classifier": clf, "ROS": ros,
+            "SCLD": scld, "SCLD-ROS": scld - ros, "draw_sd": sd, "macro none": macro[0],
+            "macro SCLD": macro[1], "worst recognition gap": gap, "memorization": memo,
+        }  # fmt: skip
+
+    summary = pd.DataFrame(
+        [
+            row("a", "logreg", 0.80, 0.796),  # within the draw sd: not a miss
+            row("a", "knn", 0.50, 0.70),
+            row("b", "logreg", 0.80, 0.74, macro=(0.9, 0.89), gap=-0.06, memo=0.7),
+            row("b", "knn", 0.50, 0.60),
+            row("b", "random_forest", 0.9, 0.1, macro=(0.9, 0.1), gap=-1, memo=0),  # not judged
+        ]
+    )
+    lines = panel.acceptance(summary).splitlines()
+    assert lines[0].endswith("**missed** on b natural logreg")
+    assert "knn +0.150 (met)" in lines[1] and "logreg -0.032 (**missed**)" in lines[1]
+    assert lines[2].endswith("**missed** on b natural logreg")
+    assert lines[3].endswith("**missed** on b natural logreg")
+    assert lines[4].endswith("**missed** on b natural logreg")
+    assert panel.acceptance(summary[summary["dataset"] == "a"]).count("**missed**") == 1
