@@ -238,13 +238,24 @@ def test_fit_time_variants_are_read_as_parameters():
         parse("kl_weight")
 
 
-def test_fit_time_baseline_times_only_the_checkout_it_is_given(tmp_path):
-    """A folder without the project would time the installed ``scld_aug`` instead: refused
-    before any fit."""
-    from evaluation.fit_time import time_checkout
+def test_fit_time_reads_each_phase_and_times_only_the_checkout_it_is_given(tmp_path):
+    """Each phase's seconds and steps come from the fit's own log; a folder without the
+    project would time the installed ``scld_aug`` instead: refused."""
+    from evaluation.fit_time import ROOT, row, save_cells, time_fit
+    from scld_aug import datasets
 
+    adata = datasets.baron_pancreas()[:300, :400]
+    cells = tmp_path / "cells.npz"
+    save_cells(adata.X, adata.obs["cell_type"].astype(str).to_numpy(), cells)
+    tiny = dict(hidden_dim=16, latent_dim=4, n_top_genes=50, kl_weight=0.0)
+    steps = dict(autoencoder_steps=60, diffusion_steps=70, classifier_steps=80)
+    fit = time_fit(ROOT, cells, {**tiny, **steps})
+    line = row("this", "tiny", (300, 400), fit)
+    for name, cap in zip(("autoencoder", "diffusion", "classifier"), steps.values(), strict=True):
+        assert 0 < line[f"{name} steps"] <= cap and line[f"{name} s"] > 0
+    assert line["trainings"] == 1 and 0 < line["other s"] < line["fit s"]
     with pytest.raises(SystemExit, match="not from"):
-        time_checkout(str(tmp_path))
+        time_fit(tmp_path, cells, tiny)
 
 
 def test_gpu_check_measures_each_goal_and_its_gpu_only_checks_run(tmp_path):
