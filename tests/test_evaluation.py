@@ -561,3 +561,30 @@ def test_panel_acceptance_names_every_row_that_misses_a_bar():
     assert lines[3].endswith("**missed** on b natural logreg")
     assert lines[4].endswith("**missed** on b natural logreg")
     assert panel.acceptance(summary[summary["dataset"] == "a"]).count("**missed**") == 1
+
+
+def test_panel_reuses_the_default_rows_where_auto_chose_the_variant_weight(tmp_path):
+    """A kl_weight variant on a split where kl_weight="auto" chose that weight draws the
+    default's very cells: its rows are the default's, renamed, with no training time."""
+    from evaluation import panel
+
+    unit = panel.Unit("pbmc3k", "natural", 0)
+    path = panel._unit_file(tmp_path, unit, "SCLD")
+    path.parent.mkdir(parents=True)
+    rows = pd.DataFrame(
+        [
+            {"method": "SCLD", "metric": "kl_weight", "value": 0.0},
+            {"method": "SCLD", "metric": "fit_seconds", "value": 80.0},
+            {"method": "SCLD", "metric": "rare_macro_f1", "value": 0.7},
+        ]
+    )
+    rows.to_csv(path, index=False, compression="gzip")
+    same = panel.same_as_default(tmp_path, unit, "SCLD kl_weight=0")
+    assert list(same["method"]) == ["SCLD kl_weight=0"] * 3
+    assert list(same["value"]) == [0.0, 0.0, 0.7]
+    assert panel.same_as_default(tmp_path, unit, "SCLD kl_weight=1") is None
+    assert panel.same_as_default(tmp_path, unit, "SCLD kl_weight=0 latent_noise=0") is None
+    assert (
+        panel.same_as_default(tmp_path, panel.Unit("pbmc3k", "natural", 1), "SCLD kl_weight=0")
+        is None
+    )
