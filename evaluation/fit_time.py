@@ -60,7 +60,7 @@ sampler = SCLDSampler(random_state=0, **json.loads(sys.argv[3])).fit(X, y)
 total = time.perf_counter() - start
 phases = {}
 for message in records:
-    found = re.match(r"\s*(\w+): (\d+) (?:of at most \d+ )?steps in ([\d.]+) s", message)
+    found = re.match(r"\s*(\w+): (\d+) steps in ([\d.]+) s", message)
     if found:
         name, steps, seconds = found.group(1), int(found.group(2)), float(found.group(3))
         old = phases.get(name, [0, 0.0, 0])

@@ -314,7 +314,7 @@ def _choices(base: dict, method: str, sampler) -> list[dict]:
     """What SCLD's automatic choices decided on this split (per type, and the encoder)."""
     kl = sampler.generator_.config.get("kl_weight")
     rows = [{**base, "method": method, "metric": "kl_weight", "value": kl}]
-    # Optimizer steps each network trained for (fewer than its maximum where it stopped early).
+    # Optimizer steps each network trained for.
     rows += [
         {**base, "method": method, "cell_type": name, "metric": "steps", "value": len(losses)}
         for name, losses in sampler.generator_.history.items()
