@@ -4,11 +4,14 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU wheel of this torch version is available on our build machines; on a machine
-# with a GPU, set TORCH_SPEC="torch>=2.4" (or install torch first) to keep its CUDA build.
-TORCH_SPEC ?= torch==2.13.0
+# Which torch to install when .venv has none: where an NVIDIA driver answers, the default
+# build of torch>=2.4 (CUDA); elsewhere the pinned torch==2.13.0 (a CPU wheel where the
+# package index offers one, as on our build machines; plain PyPI's build runs on CPUs too). Override with TORCH_SPEC=... (e.g. a CUDA version
+# of your choice), or install torch into .venv first: an existing torch is left alone.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.4,torch==2.13.0)
 
-.PHONY: demo test test-slow lint format docs clean
+.PHONY: demo test test-slow lint format docs wheel-check clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -47,5 +50,20 @@ format: $(VENV)/.installed
 docs: $(VENV)/.docs-installed
 	$(BIN)/python -m sphinx -E -W --keep-going -n -b html docs docs/_build/html
 
+# The package as users install it: build the wheel and sdist, check them with twine, install
+# the wheel (with its extras) into a fresh virtual environment outside the checkout, import
+# every module from it and run the quick demo there.
+WHEEL_DIR := build/wheel-check
+wheel-check: $(VENV)/.installed
+	rm -rf $(WHEEL_DIR)
+	$(BIN)/python -m pip install --quiet build twine
+	$(BIN)/python -m build --outdir $(WHEEL_DIR)/dist .
+	$(BIN)/python -m twine check --strict $(WHEEL_DIR)/dist/*
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(WHEEL_DIR)/venv/bin/python -m pip install --quiet "$$(ls $(WHEEL_DIR)/dist/*.whl)[all]"
+	cd $(WHEEL_DIR) && venv/bin/python $(CURDIR)/.ci/import_all.py
+	cd $(WHEEL_DIR) && venv/bin/scld-aug demo --quick --output-dir demo
+
 clean:
-	rm -rf $(VENV) scld_demo_output .pytest_cache .ruff_cache docs/_build
+	rm -rf $(VENV) scld_demo_output .pytest_cache .ruff_cache docs/_build build

@@ -193,6 +193,45 @@ class CliHelp(SphinxDirective):
         return [block]
 
 
+# -- The package's modules, rendered at build time from their docstrings --------------------
+
+
+def module_summaries(package: Path = ROOT / "scld_aug") -> list[tuple[str, str]]:
+    """``(name, first line of its docstring)`` of every module and subpackage directly in
+    ``package`` (files read, nothing imported), in alphabetical order."""
+    import ast
+
+    entries = []
+    for path in sorted(package.iterdir()):
+        if path.is_dir() and (path / "__init__.py").is_file():
+            name, source = f"{path.name}/", path / "__init__.py"
+        elif path.suffix == ".py" and path.name != "__init__.py":
+            name, source = path.name, path
+        else:
+            continue
+        doc = ast.get_docstring(ast.parse(source.read_text())) or ""
+        paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+        sentence = re.split(r"(?<=\.)\s", paragraph, maxsplit=1)[0]
+        # Plain text: roles and double backticks of the docstrings are markup here.
+        sentence = re.sub(r":[a-z]+:`~?\.?([^`]+)`", r"\1", sentence).replace("``", "")
+        entries.append((name, sentence))
+    return entries
+
+
+class ModuleTree(SphinxDirective):
+    """The modules of ``scld_aug`` with the first line of each docstring, as a literal
+    block: the tree in the developer guide cannot drift from the code."""
+
+    def run(self):
+        entries = module_summaries()
+        width = max(len(name) for name, _ in entries) + 2
+        lines = ["scld_aug/"] + [f"  {name:<{width}}{summary}" for name, summary in entries]
+        text = "\n".join(lines)
+        block = nodes.literal_block(text, text)
+        block["language"] = "text"
+        return [block]
+
+
 # -- HTML ------------------------------------------------------------------------------------
 
 html_theme = "pydata_sphinx_theme"
@@ -213,6 +252,7 @@ copybutton_prompt_is_regexp = True
 
 def setup(app):
     app.add_directive("cli-help", CliHelp)
+    app.add_directive("module-tree", ModuleTree)
     app.connect("missing-reference", _resolve_alias)
     app.connect("include-read", _include_read)
     app.connect("source-read", _optional_results)

@@ -17,8 +17,8 @@ Pipeline would (``fit_resample`` with the generator, no retraining) and is score
   ``k`` real training cells, over the same for the type's held-out test cells
   (:func:`scld_aug.metrics.memorization`; 1 = as novel as new real cells, 0 = copies);
 * ``precision`` and ``recall`` of each cut type on the test cells, per classifier;
-* ``guidance_scale`` per cut type (the scale ``guidance_scale="auto"`` chose, or the number
-  given) and ``sampling_seconds`` (choice, sampling and decoding, no training).
+* ``guidance_scale`` (the number given) and ``sampling_seconds`` (sampling and decoding,
+  no training).
 
 ``none``, ``RandomOverSampler`` and ``SMOTE`` are scored the same way in the same run.
 Variants are written as in the benchmark's method names: ``"balance=0 kl=1"``,
@@ -31,13 +31,11 @@ import argparse
 import time
 import warnings
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pandas as pd
 
 from evaluation.__main__ import load
-from scld_aug import noise_choice
 from scld_aug.benchmark.methods import make_pipeline
 from scld_aug.benchmark.protocols import (
     REAL_HELD_OUT,
@@ -61,9 +59,8 @@ def parse(variant: str) -> dict:
 
 def resample(generator, targets: dict, seed: int, threads: int, X, y, **params):
     """``fit_resample`` of the split's training cells with a trained ``generator`` (no
-    retraining), as a Pipeline would draw them: ``(sampler, X_res, y_res)``, the sampler
-    holding its choices. The warning about too-small classes is expected in these
-    protocols and silenced."""
+    retraining), as a Pipeline would draw them: ``(sampler, X_res, y_res)``. The warning
+    about too-small classes is expected in these protocols and silenced."""
     from scld_aug import SCLDSampler
 
     sampler = SCLDSampler(
@@ -262,20 +259,9 @@ def run(args) -> pd.DataFrame:
                     {"seed": seed, "method": method, "metric": "sampling_seconds",
                      "value": sampling_seconds}
                 )  # fmt: skip
-                rows.extend(
-                    {"seed": seed, "method": method, "cell_type": t, "metric": "guidance_scale",
-                     "value": w}
-                    for t, w in sampler.guidance_scales_.items()
-                )  # fmt: skip
-                rows.extend(
-                    {"seed": seed, "method": method, "cell_type": t, "metric": "latent_noise",
-                     "value": v}
-                    for t, v in sampler.latent_noises_.items()
-                )  # fmt: skip
-                rows.extend(
-                    {"seed": seed, "method": method, "cell_type": t,
-                     "metric": "latent_interpolation", "value": v}
-                    for t, v in sampler.latent_interpolations_.items()
+                rows.append(
+                    {"seed": seed, "method": method, "metric": "guidance_scale",
+                     "value": float(sampler.guidance_scale)}
                 )  # fmt: skip
             print(f"seed {seed} [{training}]: fit {fit_seconds:.0f} s", flush=True)
         pd.DataFrame(rows).to_csv(out, index=False)  # every seed saved as it finishes
@@ -355,21 +341,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--output", required=True, help="CSV of every number")
     parser.add_argument("--summary-only", action="store_true", help="summarise an existing CSV")
-    parser.add_argument(
-        "--noise-guard",
-        default=None,
-        help="the fidelity guard of latent_noise='auto' (noise_choice.MAX_RECOGNITION_DROP) "
-        "for this run: a number, or 'none' to measure the rule without it",
-    )
     args = parser.parse_args(argv)
-    if args.summary_only:
-        results = pd.read_csv(args.output)
-    else:
-        guard = noise_choice.MAX_RECOGNITION_DROP
-        if args.noise_guard is not None:
-            guard = None if args.noise_guard == "none" else float(args.noise_guard)
-        with mock.patch.object(noise_choice, "MAX_RECOGNITION_DROP", guard):
-            results = run(args)
+    results = pd.read_csv(args.output) if args.summary_only else run(args)
     with pd.option_context("display.width", 250, "display.max_columns", 40):
         print(summary(results).to_string())
         errors = per_type_summary(results)

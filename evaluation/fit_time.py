@@ -10,9 +10,10 @@ another version too (a checkout, e.g. ``git worktree add /tmp/before <commit>``)
 before this version's on each dataset.
 
 Phases, read from the training log of each fit: the autoencoder, the diffusion model and
-the latent classifier (summed over trainings when ``kl_weight="auto"`` trains a second
-generator), their optimizer steps, and ``other``: the rest of the fit (data preparation and
-the automatic choices' probes).
+the latent classifier, their optimizer steps, and ``other``: the rest of the fit (data
+preparation and everything outside the three training loops). A fit trains one generator
+(``trainings`` is 1); a ``--baseline`` version that trained more than one per fit has its
+phases summed over its trainings and counted in ``trainings``.
 
 Datasets: ``baron`` is the shipped Baron pancreas data, whole (what the README quotes); the
 panel's datasets are fitted on the training rows of their natural-protocol split, seed 0

@@ -17,9 +17,7 @@ per type). This script runs ``evaluation.ablation`` with the second one changed:
 
 Methods are written ``SCLD <codes> [<training>] [<sampling>]``; compare them with the
 plain variants of ``evaluation.ablation`` on the same seeds. Generators are not saved (the
-change is in training, and a saved file would not record it). The spread added at sampling
-time instead is the sampler's ``latent_noise`` (``evaluation.ablation --sampling
-"latent_noise=0.6"``).
+change is in training, and a saved file would not record it).
 """
 
 from __future__ import annotations

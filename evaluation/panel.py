@@ -12,8 +12,9 @@ method over-samples the training cells, and logistic regression, kNN and a rando
 The samplers' cells are random: each sampler is fitted once per split and its cells are
 drawn ``--draws`` times (draw ``d`` uses the random state ``seed + 1000 d``; draw 0 is what
 the sampler itself draws), so that a difference between methods can be told from the draw.
-SCLD's variants (``--variants``: sampling-time parameters such as ``latent_noise=0``) draw
-from the default's trained generator; variants that change training train their own.
+SCLD's variants (``--variants``: sampling-time parameters such as ``guidance_scale=3``) draw
+from the default's trained generator; variants that change training (``kl_weight=1``) train
+their own.
 
 Per split and SCLD variant (and scVI, SMOTE), draw 0 is also judged for **conditional
 fidelity**: the share of each augmented type's synthetic cells that a logistic regression
@@ -62,6 +63,9 @@ CLASSIFIERS = ("logreg", "knn", "random_forest")
 #: Random state of draw ``d`` of seed ``s``: ``s + DRAW_STRIDE * d``.
 DRAW_STRIDE = 1000
 REAL_HELD_OUT = "real (held-out)"
+#: Unit files are gzip without a timestamp: a rerun that computes the same rows writes the
+#: same bytes, so git sees only what changed.
+GZIP = {"method": "gzip", "mtime": 0}
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,8 @@ def _scld_draws(unit, settings, Xk, yk, targets, variant: str, generators: dict)
         return training, {k: v for k, v in params.items() if k not in TRAINING_PARAMS}
 
     def generator_for(training: dict):
-        """The generator of these training parameters, and the seconds trained for it now."""
+        """The generator of these training parameters, and the seconds trained for it now
+        (NaN when it came from the cache: no training time was measured)."""
         key = tuple(sorted(training.items()))
         if key in generators:
             return generators[key], 0.0
@@ -142,22 +147,11 @@ def _scld_draws(unit, settings, Xk, yk, targets, variant: str, generators: dict)
             sampling_strategy=targets, random_state=unit.seed, memory=settings.cache, **training
         ).fit(Xk, yk)
         generators[key] = fitted.generator_
-        return fitted.generator_, time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        return fitted.generator_, np.nan if fitted.generator_source_ == "memory" else seconds
 
-    default_training, _ = split_params(dict(settings.scld_params))
     training, sampling = split_params({**settings.scld_params, **variant_params(variant)})
-    kl = training.get("kl_weight", "auto")
-    chosen = None
-    if kl != "auto" and {**training, "kl_weight": "auto"} == {
-        "kl_weight": "auto",
-        **default_training,
-    }:
-        # kl_weight="auto" ends with exactly the generator of the number it chose: where it
-        # chose this variant's, that generator is reused instead of trained again.
-        default, _ = generator_for(default_training)
-        if float(default.config["kl_weight"]) == float(kl):
-            chosen = (default, 0.0)
-    generator, seconds = chosen or generator_for(training)
+    generator, seconds = generator_for(training)
     results = []
     for draw in range(settings.draws):
         sampler = SCLDSampler(
@@ -311,24 +305,15 @@ def run_unit(unit: Unit, settings: Settings, methods: list[str]) -> dict[str, pd
 
 
 def _choices(base: dict, method: str, sampler) -> list[dict]:
-    """What SCLD's automatic choices decided on this split (per type, and the encoder)."""
+    """How SCLD's generator was trained on this split: the encoder's KL weight and the
+    optimizer steps of each network."""
     kl = sampler.generator_.config.get("kl_weight")
     rows = [{**base, "method": method, "metric": "kl_weight", "value": kl}]
-    # Optimizer steps each network trained for.
     rows += [
         {**base, "method": method, "cell_type": name, "metric": "steps", "value": len(losses)}
         for name, losses in sampler.generator_.history.items()
         if name in ("autoencoder", "diffusion", "classifier")
     ]
-    for metric, levels in (
-        ("guidance_scale", sampler.guidance_scales_),
-        ("latent_noise", sampler.latent_noises_),
-        ("latent_interpolation", sampler.latent_interpolations_),
-    ):
-        rows += [
-            {**base, "method": method, "cell_type": t, "metric": metric, "value": v}
-            for t, v in levels.items()
-        ]
     return rows
 
 
@@ -348,44 +333,15 @@ def _missing(output: Path, unit: Unit, settings: Settings) -> list[str]:
     return [m for m in method_names(settings) if not _unit_file(output, unit, m).exists()]
 
 
-def same_as_default(output: Path, unit: Unit, method: str) -> pd.DataFrame | None:
-    """The rows of a ``kl_weight`` variant on a split where the default's
-    ``kl_weight="auto"`` chose that weight, or None.
-
-    There the variant has the default's generator, sampling parameters and random states,
-    so it draws the default's very cells (a fit is reproducible for a given
-    ``random_state``): its rows are the default's saved rows, under its name and with no
-    training time, instead of the same draws and scores computed again.
-    """
-    from scld_aug.benchmark.protocols import variant_params
-
-    params = variant_params(method)
-    default = _unit_file(output, unit, "SCLD")
-    if set(params) != {"kl_weight"} or not default.exists():
-        return None
-    rows = pd.read_csv(default)
-    chosen = rows.loc[rows["metric"] == "kl_weight", "value"]
-    if len(chosen) != 1 or float(chosen.iloc[0]) != float(params["kl_weight"]):
-        return None
-    rows["method"] = method
-    rows.loc[rows["metric"] == "fit_seconds", "value"] = 0.0
-    return rows
-
-
 def _run_and_save(unit: Unit, settings: Settings, output: Path, methods: list[str]):
     from scld_aug.files import atomic_write
 
     start = time.perf_counter()
-    frames = {}
-    if "SCLD" not in methods:  # the default's rows are saved: variants may reuse them
-        frames = {m: f for m in methods if (f := same_as_default(output, unit, m)) is not None}
-    rest = [m for m in methods if m not in frames]
-    if rest:
-        frames.update(run_unit(unit, settings, rest))
+    frames = run_unit(unit, settings, methods)
     for method, frame in frames.items():
         atomic_write(
             _unit_file(output, unit, method),
-            lambda tmp, f=frame: f.to_csv(tmp, index=False, compression="gzip"),
+            lambda tmp, f=frame: f.to_csv(tmp, index=False, compression=GZIP),
             overwrite=True,
         )
     return unit, methods, time.perf_counter() - start
@@ -602,10 +558,8 @@ def acceptance(summary: pd.DataFrame) -> str:
 #: Each automatic mechanism (or default) and its options, as the methods that run them: the
 #: first option is the sampler's default (plain ``SCLD``).
 MECHANISMS = {
-    "latent_noise": {"auto": "SCLD", "0": "SCLD latent_noise=0"},
-    "latent_interpolation": {"auto": "SCLD", "0": "SCLD latent_interpolation=0"},
-    "guidance_scale": {"2": "SCLD", "auto": "SCLD guidance_scale=auto"},
-    "kl_weight": {"auto": "SCLD", "0": "SCLD kl_weight=0", "1": "SCLD kl_weight=1"},
+    "kl_weight": {"0": "SCLD", "1": "SCLD kl_weight=1"},
+    "guidance_scale": {"2": "SCLD", "1": "SCLD guidance_scale=1", "3": "SCLD guidance_scale=3"},
 }
 
 
@@ -753,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         nargs="*",
         default=[],
-        help="SCLD variants, e.g. 'latent_noise=0' 'latent_interpolation=0' 'kl=1'",
+        help="SCLD variants, e.g. 'kl_weight=1' 'guidance_scale=3'",
     )
     parser.add_argument("--classifiers", nargs="+", default=list(CLASSIFIERS))
     parser.add_argument(

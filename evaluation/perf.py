@@ -137,7 +137,7 @@ def _one(n_cells: int, n_genes: int, mode: str, data_dir: Path, device: str) -> 
     finally:
         training._loop = original
     start = time.perf_counter()
-    blocks = generator.sample("type0", 2000, SamplingParams(latent_noise=0.0), seed=0)
+    blocks = generator.sample("type0", 2000, SamplingParams(), seed=0)
     n_sampled = sum(b.shape[0] for b in blocks)
     sample_s = time.perf_counter() - start
     return {

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["SCLDGenerator", "SCLDSampler", "datasets", "__version__"]
+__all__ = ["SCLDGenerator", "SCLDSampler", "augment", "datasets", "__version__"]
 
 # Progress and what was done go to this logger at INFO level; silent unless the program
 # configures logging (the scld-aug command line shows it).
@@ -16,6 +16,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from scld_aug import datasets
+    from scld_aug.apps.augment import augment
     from scld_aug.generator import SCLDGenerator
     from scld_aug.sampler import SCLDSampler
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "SCLDGenerator": "scld_aug.generator",
     "SCLDSampler": "scld_aug.sampler",
+    "augment": "scld_aug.apps.augment",
     "datasets": "scld_aug.datasets",
 }
 

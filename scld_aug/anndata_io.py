@@ -187,25 +187,19 @@ TYPE_INDEX = "cell_type"
 def type_table(rows: dict[Any, dict[str, Any]]) -> pd.DataFrame:
     """``uns["scld_aug"]["cell_types"]``: one row per cell type (the type's name as text in
     the index, where any name is safe, ``/``, ``.`` and empty ones included), columns
-    ``cells`` (real cells), ``n_synthetic``, ``skipped`` (too few cells to generate) and the
-    sampling levels used (``guidance_scale``, ``latent_noise``, ``latent_interpolation``;
-    NaN for types not generated).
+    ``cells`` (real cells), ``n_synthetic`` and ``skipped`` (too few cells to generate).
 
     Examples
     --------
-    >>> table = type_table({"NK/T": {"cells": 5, "n_synthetic": 20, "guidance_scale": 2.0}})
-    >>> table.loc["NK/T"].to_dict()  # doctest: +NORMALIZE_WHITESPACE
-    {'cells': 5, 'n_synthetic': 20, 'skipped': False, 'guidance_scale': 2.0,
-     'latent_noise': nan, 'latent_interpolation': nan}
+    >>> table = type_table({"NK/T": {"cells": 5, "n_synthetic": 20}})
+    >>> table.loc["NK/T"].to_dict()
+    {'cells': 5, 'n_synthetic': 20, 'skipped': False}
     """
     names = [str(label) for label in rows]
     column = {
         "cells": (np.int64, 0),
         "n_synthetic": (np.int64, 0),
         "skipped": (bool, False),
-        "guidance_scale": (np.float64, np.nan),
-        "latent_noise": (np.float64, np.nan),
-        "latent_interpolation": (np.float64, np.nan),
     }
     return pd.DataFrame(
         {
@@ -259,10 +253,13 @@ def augmented(
     layer: str | None,
     record: dict | None = None,
     normalize_x: bool = False,
+    key_added: str = "is_synthetic",
 ) -> Any:
     """New AnnData: the original cells (with their obs) first, then synthetic cells.
 
-    ``obs["is_synthetic"]`` marks the new cells; ``var`` is kept. The resampled matrix goes
+    ``obs[key_added]`` marks the new cells; ``var`` is kept. The synthetic cells' other
+    ``obs`` columns hold the value the column has for every real cell of their type where
+    there is one (e.g. a coarser annotation), else missing values (e.g. batch, donor). The resampled matrix goes
     where it came from (``X`` or ``layers[layer]``); other layers, ``obsm`` and ``obsp``
     cannot be defined for synthetic cells and are left out, and so are the ``uns`` results
     computed from the original cells (``CELL_RESULTS``). ``record`` goes to
@@ -280,7 +277,7 @@ def augmented(
             _synthetic_obs(adata.obs, synthetic_names, labels_key, y_res[n_orig:]),
         ]
     )
-    obs["is_synthetic"] = np.r_[np.zeros(n_orig, bool), np.ones(n_new, bool)]
+    obs[key_added] = np.r_[np.zeros(n_orig, bool), np.ones(n_new, bool)]
     # Deep copies: nothing of the result may be an object the caller's AnnData still holds.
     uns = {
         key: copy.deepcopy(value)
@@ -344,13 +341,22 @@ def _with_missing(obs: pd.DataFrame, labels_key: str, needed: bool) -> pd.DataFr
 
 
 def _synthetic_obs(obs: pd.DataFrame, index: pd.Index, labels_key: str, labels) -> pd.DataFrame:
-    """``obs`` rows of the synthetic cells: their labels, missing values elsewhere (with the
-    columns' own dtypes, so that concatenation keeps them)."""
-    columns = {
-        column: pd.Series(index=index, dtype=_nullable(obs[column].dtype))
-        for column in obs.columns
-        if column != labels_key
-    }
+    """``obs`` rows of the synthetic cells: their labels; in every other column the value
+    all real cells of their type share, where they share one, else a missing value (with
+    the columns' own dtypes, so that concatenation keeps them)."""
+    labels = np.asarray(labels)
+    real = obs[labels_key].astype(object).to_numpy()
+    columns = {}
+    for column in obs.columns:
+        if column == labels_key:
+            continue
+        values = pd.Series(index=index, dtype=_nullable(obs[column].dtype))
+        per_type = obs[column].groupby(real, observed=True, dropna=False)
+        shared = per_type.nunique(dropna=False) == 1
+        for label in np.unique(labels.astype(object)) if len(labels) else []:
+            if shared.get(label, False):
+                values[labels == label] = obs[column][real == label].iloc[0]
+        columns[column] = values
     out = pd.DataFrame(columns, index=index)
     dtype = obs[labels_key].dtype
     # Categorical labels stay categorical, with the original categories and order.

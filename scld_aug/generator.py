@@ -194,10 +194,7 @@ class SCLDGenerator:
     ) -> Iterator[np.ndarray | sp.csr_matrix]:
         """Synthetic cells of class ``label`` as blocks of at most ``batch_size`` rows (CSR
         for sampled counts, dense otherwise), from the guided denoising loop of
-        :mod:`scld_aug.sampling`. ``params.latent_noise`` must be a number: ``"auto"`` is
-        chosen by :class:`~scld_aug.SCLDSampler` from the training cells.
-        ``params.latent_interpolation="auto"`` is measured here, from the generator's own
-        training codes (:func:`scld_aug.sampling.interpolation_level`).
+        :mod:`scld_aug.sampling`.
 
         Deterministic for a given ``seed`` on CPU; global random state is not touched.
         """

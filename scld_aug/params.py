@@ -217,29 +217,19 @@ PARAMS: tuple[Param, ...] = (
     ),
     Param(
         "kl_weight",
-        "auto",
+        0.0,
         "training",
-        [NON_NEGATIVE, StrOptions({"auto"})],
-        'float or "auto"',
+        [NON_NEGATIVE],
+        "float",
         "Weight of the KL term of a variational encoder. 0 trains a deterministic "
         "autoencoder. Above 0, each cell is encoded as a Gaussian posterior (pulled toward "
         "N(0, I) with this weight; 1 is a standard VAE) and the diffusion model learns "
         "codes drawn from the posteriors, so the latent space around the few cells of a "
-        "rare type holds codes that decode to plausible new cells rather than near-copies. "
-        '``"auto"`` trains the deterministic autoencoder first and measures, per class, '
-        "how far its synthetic cells lie from the nearest training cell relative to the "
-        "training cells' own spacing; when the median over the classes is below 0.6 "
-        "(near-copies) it trains again with ``kl_weight=1`` "
-        "(:mod:`scld_aug.encoder_choice`). The weight used is in "
-        '``generator_.config["kl_weight"]``. The variational encoder raised rare-type F1 '
-        'on the PBMC benchmark, where ``"auto"`` chooses it, and lowered it on Baron, '
-        "where it does not; retraining doubles the fit time on such data. With the uniform "
-        "autoencoder of the defaults the variational encoder recognises fewer cells of a "
-        "10-cell type as their type (``autoencoder_class_balance=None`` keeps more of "
-        "them); see the experiments page.",
-        help="KL weight of a variational encoder (0: deterministic autoencoder), or 'auto'",
+        "rare type holds codes that decode to new cells rather than near-copies, at some "
+        "cost in how recognisable they are as their type.",
+        help="KL weight of a variational encoder (0: deterministic autoencoder)",
         commands=BOTH,
-        py_type="float | str",
+        py_type="float",
     ),
     Param(
         "label_dropout",
@@ -365,18 +355,15 @@ PARAMS: tuple[Param, ...] = (
         "guidance_scale",
         2.0,
         "sampling",
-        [NON_NEGATIVE, StrOptions({"auto"})],
-        'float or "auto"',
+        [NON_NEGATIVE],
+        "float",
         "Pre-guidance strength ``w`` in ``eps_u + w (eps_c - eps_u)``: 0 ignores the class, "
         "1 is plain conditional sampling, larger values sharpen class identity at some "
-        'cost in diversity. ``"auto"`` chooses ``w`` per class at fit time from 1, 2, 3, 4 '
-        "and 6: the one whose synthetic latent codes give the best leave-one-out kNN F1 "
-        "of the class on the real cells' codes (:mod:`scld_aug.guidance_choice`); the "
-        "choice is in ``guidance_scales_``.",
-        help='classifier-free guidance strength w, or "auto" (chosen per class)',
+        "cost in diversity.",
+        help="classifier-free guidance strength w",
         commands=AUGMENT,
         search=(0.0, 6.0),
-        py_type="float | str",
+        py_type="float",
     ),
     Param(
         "guidance_reference",
@@ -424,45 +411,6 @@ PARAMS: tuple[Param, ...] = (
         help="1: start from noise; below 1: from noised codes of real cells of the type",
         commands=AUGMENT,
         py_type="float",
-    ),
-    Param(
-        "latent_noise",
-        "auto",
-        "sampling",
-        [NON_NEGATIVE, StrOptions({"auto"})],
-        'float or "auto"',
-        "Gaussian noise added to every sampled latent code before decoding, in standard "
-        "deviations of the training codes per latent dimension: it widens the synthetic "
-        "cells around the few real cells a rare type was learned from. 0 adds none. "
-        '``"auto"`` chooses per class at fit time from 0, 0.2, 0.4 and 0.6, measured on '
-        "the training cells: the smallest level at which the synthetic cells are at least "
-        "0.6 times as far from the class's real cells as those are from each other, among "
-        "the levels that keep the synthetic cells as recognisable as the class's type as "
-        "without noise (:mod:`scld_aug.noise_choice`); the choice is in "
-        "``latent_noises_``.",
-        help='noise added to sampled latent codes (in code standard deviations), or "auto"',
-        commands=AUGMENT,
-        py_type="float | str",
-    ),
-    Param(
-        "latent_interpolation",
-        "auto",
-        "sampling",
-        [UNIT, StrOptions({"auto"})],
-        'float in [0, 1] or "auto"',
-        "Moves each sampled latent code a uniform random fraction, up to this value, of the "
-        "way toward a random training code of its class before decoding (SMOTE between the "
-        "class's cells, in the latent space; :mod:`scld_aug.interpolation`). A diffusion "
-        "model reproduces the codes of a class of a few cells almost exactly, and this "
-        'fills the space between them. 0 moves nothing. ``"auto"`` is 1 for a class '
-        "whose sampled codes sit less than half as far from its training codes as those "
-        "are from each other (memorized), 0 otherwise (e.g. with a variational encoder); "
-        "it is measured on a fixed probe of the class's codes when sampling, and is 0 for "
-        "anchored starts (``anchor_strength < 1``). Needs the generator's training codes "
-        "(``include_anchors=True``, the default).",
-        help='interpolate sampled codes toward the class\'s training codes (0 to 1), or "auto"',
-        commands=AUGMENT,
-        py_type="float | str",
     ),
     Param(
         "n_sampling_steps",

@@ -16,15 +16,13 @@ RARE_FRACTION = 0.02
 MIN_CELLS = 3
 
 #: A small model with few steps: the smoke-test mode of the demo, the command line
-#: (``--quick``) and the recipes (``--smoke``). Tens of seconds on the shipped data. The
-#: quick configurations keep the deterministic encoder: ``kl_weight="auto"`` may train twice.
+#: (``--quick``) and the recipes (``--smoke``). Tens of seconds on the shipped data.
 QUICK = dict(
     autoencoder_steps=40,
     diffusion_steps=60,
     classifier_steps=20,
     n_sampling_steps=5,
     hidden_dim=64,
-    kl_weight=0.0,
 )
 
 #: A tiny model for API tests and examples: a second or two per fit.
@@ -37,7 +35,6 @@ TINY = dict(
     latent_dim=8,
     batch_size=32,
     n_top_genes=50,
-    kl_weight=0.0,
 )
 
 

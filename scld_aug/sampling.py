@@ -5,9 +5,7 @@ noise, or from noised latent codes of real cells of the class (anchored generati
 every step combine the conditional and unconditional noise predictions (classifier-free
 guidance, pre-guidance) and optionally push along the latent classifier's gradient
 (post-guidance); optionally reject latents the classifier does not assign to the class and
-draw again (the filter); spread the codes of a class the model has memorized between its
-training codes (``latent_interpolation``, :mod:`scld_aug.interpolation`); optionally widen them
-with Gaussian noise (``latent_noise``); finally decode the latents to cells.
+draw again (the filter); finally decode the latents to cells.
 """
 
 from __future__ import annotations
@@ -15,14 +13,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from scld_aug import interpolation
 from scld_aug.data import plain_scalar
 from scld_aug.guidance import (
     classifier_free_guidance,
@@ -121,8 +117,7 @@ def latents(
     params: SamplingParams,
     rng: torch.Generator,
 ) -> np.ndarray:
-    """``n`` standardized latent codes of class ``code``, filtered when asked, then
-    interpolated between the class's training codes (:func:`interpolation_level`)."""
+    """``n`` standardized latent codes of class ``code``, filtered when asked."""
     accepted: list[torch.Tensor] = []
     rejected: list[tuple[torch.Tensor, torch.Tensor]] = []
     n_accepted = 0
@@ -161,46 +156,7 @@ def latents(
             stacklevel=4,
         )
         chosen = torch.cat([chosen, z_rej[best]])
-    codes = chosen.cpu().numpy()
-    level = interpolation_level(generator, code, params)
-    if level:
-        # Drawn after the codes from the same stream: the codes themselves do not change.
-        codes = interpolation.interpolate(codes, generator.class_anchors(code), level, rng)
-    return codes
-
-
-def interpolation_level(generator: SCLDGenerator, code: int, params: SamplingParams) -> float:
-    """The latent interpolation of class ``code`` under ``params``: the number itself, or
-    for ``"auto"`` :func:`~scld_aug.interpolation.auto_level` of the latent novelty of a
-    fixed probe of the class's codes (drawn with ``params``, without interpolation) against
-    its training codes; ``"auto"`` is 0 for anchored starts (``anchor_strength < 1``), which
-    are close to real cells by request. A generator saved without its training codes
-    (``include_anchors=False``) has nothing to interpolate toward: ``"auto"`` is 0 there and
-    a number above 0 is refused."""
-    value = params.latent_interpolation
-    if generator.anchors is None:
-        if value == "auto" or not value:
-            return 0.0
-        raise ValueError(
-            f"latent_interpolation={value!r} moves codes toward the training codes of the "
-            "class, and this generator was saved without them (include_anchors=False). Pass "
-            "latent_interpolation=0 (or 'auto', which is 0 here), or save the generator "
-            "with its training cells."
-        )
-    if value != "auto":
-        return float(value)
-    if params.anchor_strength < 1:
-        # Anchored starts stay near real cells by request (0 decodes their codes unchanged).
-        return 0.0
-    training = generator.class_anchors(code)
-    probe = latents(
-        generator,
-        code,
-        interpolation.PROBE_CODES,
-        replace(params, latent_interpolation=0.0),
-        torch.Generator().manual_seed(interpolation.PROBE_SEED),
-    )
-    return interpolation.auto_level(interpolation.latent_novelty(probe, training))
+    return chosen.cpu().numpy()
 
 
 def sample(
@@ -220,19 +176,8 @@ def sample(
     """
     code = generator.class_code(label)
     generator.panel.distribution.check_output(params.output)
-    if isinstance(params.latent_noise, str):
-        raise ValueError(
-            f"latent_noise={params.latent_noise!r}: a generator samples with a number. "
-            "'auto' is chosen per class by SCLDSampler from the training cells (its "
-            "latent_noises_ holds the choices); pass e.g. SamplingParams(latent_noise=0.0) "
-            "for no noise."
-        )
     torch_rng = torch.Generator().manual_seed(seed)
     codes = latents(generator, code, n, params, torch_rng)
-    if params.latent_noise:
-        # Drawn after the codes from the same stream: the codes themselves do not change.
-        noise = torch.randn(codes.shape, generator=torch_rng).numpy()
-        codes = codes + np.float32(params.latent_noise) * noise
     starts = range(0, n, batch_size)
     # One seed per block, so that blocks can decode in any order on any number of threads.
     seeds = np.random.SeedSequence(seed).generate_state(len(starts), np.uint64) >> np.uint64(1)

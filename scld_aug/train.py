@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from scld_aug import encoder_choice, likelihoods
+from scld_aug import likelihoods
 from scld_aug._random import derive_seeds, stream_seed
 from scld_aug.data import (
     CellRows,
@@ -163,49 +163,24 @@ def train_generator(
     process calls this with the same data and seed. ``gene_names`` are recorded in the
     generator, so that data given to it later can be checked by name.
 
-    With ``config.kl_weight == "auto"`` the deterministic generator is trained first and,
-    when :mod:`~scld_aug.encoder_choice` finds its cells near-copies of the training cells,
-    the whole generator is trained again with ``kl_weight=1``; ``callback`` then sees both
-    trainings. The generator's ``config`` holds the weight used and the measured
-    ``"kl_weight_auto_novelty"``.
     """
     world = world or World()
     labels = np.asarray(labels)
     classes, codes = np.unique(labels, return_inverse=True)
     seed = derive_seeds(random_state, 2)[0]
 
-    def fit(kl_weight: float) -> SCLDGenerator:
-        # Each training starts from the same seed: kl_weight="auto" ends with exactly the
-        # generator that the chosen number would have trained.
-        return fit_generator(
-            X,
-            codes.astype(np.int64),
-            classes,
-            replace(config, kl_weight=kl_weight),
-            seed,
-            device,
-            verbose=verbose and world.is_main,
-            callback=callback,
-            world=world,
-            compile_networks=compile_networks,
-        )
-
-    if config.kl_weight != "auto":
-        generator = fit(config.kl_weight)
-    else:
-        generator = fit(encoder_choice.DETERMINISTIC)
-        novelty = encoder_choice.median_novelty(generator, X, labels, seed)
-        if world.distributed:  # every process must train the same networks: rank 0 decides
-            novelty = float(world.broadcast(torch.tensor([novelty], device=device)).item())
-        variational = encoder_choice.needs_variational(novelty)
-        logger.info(
-            f"kl_weight='auto': median novelty of the deterministic encoder's cells "
-            f"{novelty:.2f} (target {encoder_choice.TARGET}): "
-            + ("training a variational encoder" if variational else "kept")
-        )
-        if variational:
-            generator = fit(encoder_choice.VARIATIONAL)
-        generator.config["kl_weight_auto_novelty"] = novelty
+    generator = fit_generator(
+        X,
+        codes.astype(np.int64),
+        classes,
+        config,
+        seed,
+        device,
+        verbose=verbose and world.is_main,
+        callback=callback,
+        world=world,
+        compile_networks=compile_networks,
+    )
     generator.gene_names = None if gene_names is None else np.asarray(gene_names, dtype=str)
     return generator
 
@@ -234,8 +209,6 @@ def fit_generator(
     noise, and DDP averages the gradients.
     ``compile_networks`` runs the training forward passes through ``torch.compile``.
     """
-    if config.kl_weight == "auto":
-        raise ValueError("fit_generator trains one encoder: train_generator resolves 'auto'")
     world = world or World()
     mixed_precision = config.mixed_precision and device.type != "mps"
     if config.mixed_precision and not mixed_precision:

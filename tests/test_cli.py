@@ -106,9 +106,12 @@ def test_augment_raises_rare_types_to_the_median(counts_run):
     assert after["type3"] == 100  # the median type size
     assert synthetic[synthetic > 0].index.tolist() == ["type3"]
     assert after["type4"] == 2  # too few cells: left as it was
-    # Columns the synthetic cells lack stay writable, with their types.
+    # Synthetic cells get what every real cell of their type shares (one donor, all passed
+    # QC) and missing values where the type's cells differ; the columns stay writable.
+    new = result.obs.iloc[original.n_obs :]
     assert result.obs["passed_qc"].iloc[: original.n_obs].all()
-    assert result.obs["passed_qc"].iloc[original.n_obs :].isna().all()
+    assert new["passed_qc"].all() and (new["donor"] == "d1").all()
+    assert new["n_genes"].isna().all() and str(result.obs["n_genes"].dtype).startswith("Int")
 
 
 def test_augment_prints_a_table_and_the_output_path(counts_run):
@@ -239,11 +242,11 @@ def test_demo_subcommand_is_kept(capsys):
     [
         (
             ["--guidance-scale", "inf"],
-            "--guidance-scale: expected a float in the range [0.0, inf) or a str among "
-            "{'auto'}, got inf",
+            "--guidance-scale: expected a float in the range [0.0, inf), got inf",
         ),
-        (["--guidance-scale", "nan"], "expected a float in the range [0.0, inf) or a str"),
-        (["--guidance-scale", "x"], "--guidance-scale: expected a number or 'auto', got 'x'"),
+        (["--guidance-scale", "nan"], "expected a float in the range [0.0, inf), got nan"),
+        (["--guidance-scale", "x"], "--guidance-scale: expected a number, got 'x'"),
+        (["--kl-weight", "auto"], "--kl-weight: expected a number, got 'auto'"),
         (["--target", "0"], "--target: expected a positive number, got 0"),
         (["--sampling-steps", "5000"], "expected an int in the range [1, 1000], got 5000"),
         (

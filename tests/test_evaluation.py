@@ -230,9 +230,9 @@ def test_fit_time_variants_are_read_as_parameters():
         "autoencoder_class_balance": None,
         "guidance_reference": "confusable",
     }
-    assert parse("aebalance=None w=auto") == {
+    assert parse("aebalance=None w=3") == {
         "autoencoder_class_balance": None,
-        "guidance_scale": "auto",
+        "guidance_scale": 3,
     }
     with pytest.raises(SystemExit, match="key=value"):
         parse("kl_weight")
@@ -355,27 +355,6 @@ def test_latent_spread_changes_only_what_the_diffusion_model_learns():
         latent_spread.codes_patch("wide")
 
 
-def test_ablation_noise_guard_is_set_for_the_run_only(monkeypatch, tmp_path):
-    from evaluation import ablation
-    from scld_aug import noise_choice
-
-    seen = []
-
-    def run(args):
-        seen.append(noise_choice.MAX_RECOGNITION_DROP)
-        return pd.DataFrame()
-
-    monkeypatch.setattr(ablation, "run", run)
-    monkeypatch.setattr(ablation, "summary", lambda results: pd.DataFrame())
-    monkeypatch.setattr(ablation, "per_type_summary", lambda results: pd.DataFrame())
-    default = noise_choice.MAX_RECOGNITION_DROP
-    out = str(tmp_path / "x.csv")
-    for flag in (["--noise-guard", "none"], ["--noise-guard", "0.1"], []):
-        assert ablation.main(["--output", out, *flag]) == 0
-    assert seen == [None, 0.1, default]
-    assert noise_choice.MAX_RECOGNITION_DROP == default
-
-
 def test_fidelity_table_puts_held_out_real_cells_after_the_training_cells():
     """The held-out real cells carry recognition only: their row follows the training
     cells', the other metrics keep their order and are left empty for them."""
@@ -475,26 +454,26 @@ def test_panel_runs_every_method_resumes_and_reports(tmp_path, monkeypatch):
 
     argv = ["--datasets", "pbmc68k_subset", "--protocols", "downsample", "--seeds", "1"]
     argv += ["--draws", "2", "--quick", "--methods", "none", "RandomOverSampler", "SCLD"]
-    argv += ["--variants", "latent_noise=0", "--classifiers", "logreg", "--jobs", "1"]
+    argv += ["--variants", "guidance_scale=3", "--classifiers", "logreg", "--jobs", "1"]
     argv += ["--output", str(tmp_path)]
     assert panel.main(argv) == 0
     files = sorted(p.name for p in (tmp_path / "units" / "pbmc68k_subset").iterdir())
     assert files == [
         f"downsample_seed0_{m}.csv.gz"
-        for m in ("RandomOverSampler", "SCLD", "SCLD_latent_noise-0", "none", "real_held-out")
+        for m in ("RandomOverSampler", "SCLD", "SCLD_guidance_scale-3", "none", "real_held-out")
     ]
     results = panel.collect(tmp_path)
     scores = results[results["metric"] == "rare_macro_f1"]
     # Two draws of each sampler, one of "none"; the variant draws from the default's generator.
     assert scores.groupby("method")["draw"].nunique().to_dict() == {
-        "RandomOverSampler": 2, "SCLD": 2, "SCLD latent_noise=0": 2, "none": 1,
+        "RandomOverSampler": 2, "SCLD": 2, "SCLD guidance_scale=3": 2, "none": 1,
     }  # fmt: skip
     fits = results[results["metric"] == "fit_seconds"].set_index("method")["value"]
-    assert fits["SCLD"] > 0 and fits["SCLD latent_noise=0"] == 0
+    assert fits["SCLD"] > 0 and fits["SCLD guidance_scale=3"] == 0
     recognised = results[results["metric"] == "recognised"]
     assert {"SCLD", REAL_HELD_OUT} <= set(recognised["method"])
     assert (tmp_path / "summary.md").exists() and (tmp_path / "pbmc68k_subset.md").exists()
-    assert "## latent_noise" in (tmp_path / "lodo.md").read_text()
+    assert "## guidance_scale" in (tmp_path / "lodo.md").read_text()
     # A rerun computes nothing that is saved; --rerun computes one method again.
     monkeypatch.setattr(panel, "run_unit", mock.Mock(side_effect=AssertionError("ran")))
     assert panel.main(argv) == 0
@@ -518,18 +497,19 @@ def test_panel_chooses_each_mechanism_without_the_dataset_it_is_judged_on():
         ]  # fmt: skip
 
     data = []
-    # "auto" wins on a and b, loses clearly on c (beyond its draw noise of ~0.01).
-    for dataset, auto, zero in (("a", 0.80, 0.70), ("b", 0.60, 0.55), ("c", 0.50, 0.70)):
-        data += rows(dataset, "SCLD", [auto, auto + 0.01])
-        data += rows(dataset, "SCLD latent_noise=0", [zero, zero + 0.01])
+    # The default (kl_weight=0) wins on a and b, loses clearly on c (beyond its draw noise
+    # of ~0.01).
+    for dataset, zero, one in (("a", 0.80, 0.70), ("b", 0.60, 0.55), ("c", 0.50, 0.70)):
+        data += rows(dataset, "SCLD", [zero, zero + 0.01])
+        data += rows(dataset, "SCLD kl_weight=1", [one, one + 0.01])
     results = pd.DataFrame(data)
-    options = panel.MECHANISMS["latent_noise"]
+    options = panel.MECHANISMS["kl_weight"]
     table = panel.option_scores(results, options)
-    lodo = panel.leave_one_dataset_out(table, ["auto", "0"]).set_index("dataset")
-    # Without a, "0" wins on b and c (0.625 against 0.555); without c, "auto" wins.
-    assert lodo.loc["a", "chosen without it"] == "0"
-    assert lodo.loc["c", "chosen without it"] == "auto"
-    verdict = panel.mechanism_verdict(table, ["auto", "0"])
+    lodo = panel.leave_one_dataset_out(table, ["0", "1"]).set_index("dataset")
+    # Without a, "1" wins on b and c (0.625 against 0.555); without c, "0" wins.
+    assert lodo.loc["a", "chosen without it"] == "1"
+    assert lodo.loc["c", "chosen without it"] == "0"
+    verdict = panel.mechanism_verdict(table, ["0", "1"])
     assert "better on 2 of 3 datasets" in verdict
     assert "worse by more than the draw noise on c ->" in verdict
     assert "does not earn its place" in verdict
@@ -561,30 +541,3 @@ def test_panel_acceptance_names_every_row_that_misses_a_bar():
     assert lines[3].endswith("**missed** on b natural logreg")
     assert lines[4].endswith("**missed** on b natural logreg")
     assert panel.acceptance(summary[summary["dataset"] == "a"]).count("**missed**") == 1
-
-
-def test_panel_reuses_the_default_rows_where_auto_chose_the_variant_weight(tmp_path):
-    """A kl_weight variant on a split where kl_weight="auto" chose that weight draws the
-    default's very cells: its rows are the default's, renamed, with no training time."""
-    from evaluation import panel
-
-    unit = panel.Unit("pbmc3k", "natural", 0)
-    path = panel._unit_file(tmp_path, unit, "SCLD")
-    path.parent.mkdir(parents=True)
-    rows = pd.DataFrame(
-        [
-            {"method": "SCLD", "metric": "kl_weight", "value": 0.0},
-            {"method": "SCLD", "metric": "fit_seconds", "value": 80.0},
-            {"method": "SCLD", "metric": "rare_macro_f1", "value": 0.7},
-        ]
-    )
-    rows.to_csv(path, index=False, compression="gzip")
-    same = panel.same_as_default(tmp_path, unit, "SCLD kl_weight=0")
-    assert list(same["method"]) == ["SCLD kl_weight=0"] * 3
-    assert list(same["value"]) == [0.0, 0.0, 0.7]
-    assert panel.same_as_default(tmp_path, unit, "SCLD kl_weight=1") is None
-    assert panel.same_as_default(tmp_path, unit, "SCLD kl_weight=0 latent_noise=0") is None
-    assert (
-        panel.same_as_default(tmp_path, panel.Unit("pbmc3k", "natural", 1), "SCLD kl_weight=0")
-        is None
-    )

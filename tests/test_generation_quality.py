@@ -17,9 +17,6 @@ QUALITY = dict(
     latent_dim=16,
     n_top_genes=100,
     n_sampling_steps=25,
-    # The deterministic encoder: the variational one has its own test below, and
-    # kl_weight="auto" (which may train twice) tests/test_encoder_choice.py.
-    kl_weight=0.0,
 )
 
 

@@ -34,9 +34,7 @@ def generator(data):
 
 
 def _cells(generator: SCLDGenerator, label) -> np.ndarray:
-    blocks = generator.sample(
-        label, 20, SamplingParams(n_sampling_steps=5, latent_noise=0.0), seed=3
-    )
+    blocks = generator.sample(label, 20, SamplingParams(n_sampling_steps=5), seed=3)
     return np.vstack([b.toarray() if hasattr(b, "toarray") else b for b in blocks])
 
 
@@ -120,7 +118,7 @@ CRAFTED = {
     "negative n_blocks": (_config(n_blocks=-1), "n_blocks"),
     "nan latent bound": (_config(latent_bound=float("nan")), "latent_bound"),
     "negative latent bound": (_config(latent_bound=-1.0), "latent_bound"),
-    "kl_weight auto": (_config(kl_weight="auto"), "kl_weight"),
+    "kl_weight text": (_config(kl_weight="auto"), "kl_weight"),
     "other likelihood": (_config(likelihood="gaussian"), "config likelihood"),
     "history not losses": (_meta(history={"autoencoder": "low"}), "history"),
     "metadata not an object": (lambda m, s: (m.clear(), m.update(config=[])), "config"),

@@ -43,7 +43,7 @@ def test_conditioning_on_distinct_rows_matches_every_row():
 def test_decoded_blocks_do_not_depend_on_the_number_of_decoding_threads(generator, monkeypatch):
     codes = np.random.default_rng(1).standard_normal((700, generator.latent_mean.shape[0]))
     monkeypatch.setattr(sampling, "latents", lambda *args: codes.astype(np.float32))
-    params = SamplingParams(latent_noise=0.0)
+    params = SamplingParams()
     runs = []
     for n_jobs in (1, 2):
         with torch_threads(n_jobs):
@@ -52,35 +52,12 @@ def test_decoded_blocks_do_not_depend_on_the_number_of_decoding_threads(generato
     assert (runs[0] != runs[1]).nnz == 0
 
 
-def test_a_generator_needs_a_number_as_latent_noise(generator):
-    # "auto" (the sampler's default) is chosen from training cells the generator lacks.
-    with pytest.raises(ValueError, match="SCLDSampler from the training cells"):
-        next(generator.sample("type2", 10, SamplingParams(), seed=3))
-
-
 def test_sampled_counts_come_as_canonical_integer_csr(generator):
-    params = SamplingParams(latent_noise=0.0)
+    params = SamplingParams()
     blocks = list(generator.sample("type2", 300, params, seed=3, batch_size=128))
     assert [b.shape[0] for b in blocks] == [128, 128, 44]
     for block in blocks:
         assert sp.isspmatrix_csr(block) and block.has_canonical_format
         assert (block.data > 0).all() and np.array_equal(block.data, np.round(block.data))
-    mean = generator.sample("type2", 50, SamplingParams(output="mean", latent_noise=0.0), seed=3)
+    mean = generator.sample("type2", 50, SamplingParams(output="mean"), seed=3)
     assert isinstance(next(mean), np.ndarray)
-
-
-def test_files_saved_before_the_solver_parameter_keep_sampling_with_ddim(tmp_path):
-    import json
-
-    X, y = make_counts(n_genes=60)
-    sampler = SCLDSampler(random_state=0, **TINY).fit(X, y)
-    sampler.save(tmp_path / "s.pt")
-    state = torch.load(tmp_path / "s.pt", weights_only=True)
-    params = json.loads(state["params"])
-    assert params["solver"] == "dpm++"
-    del params["solver"], params["n_jobs"]  # as written before these parameters existed
-    state["params"] = json.dumps(params)
-    torch.save(state, tmp_path / "old.pt")
-    loaded = SCLDSampler.load(tmp_path / "old.pt")
-    assert loaded.solver == "ddim" and loaded.n_jobs is None
-    assert SCLDSampler.load(tmp_path / "s.pt").solver == "dpm++"

@@ -36,7 +36,7 @@ from scld_aug.presets import MIN_CELLS, RARE_FRACTION, rare_strategy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AugmentError", "augment_h5ad", "plan_augmentation"]
+__all__ = ["AugmentError", "augment", "augment_h5ad", "plan_augmentation"]
 
 
 class AugmentError(ValueError):
@@ -63,6 +63,7 @@ def plan_augmentation(
     cell_types: Iterable[str] | None = None,
     target: int | None = None,
     min_cells: int = MIN_CELLS,
+    options: tuple[str, str] = ("--types", "--target"),
 ) -> dict:
     """Which cell types to augment and to how many cells, checked before any training.
 
@@ -78,6 +79,8 @@ def plan_augmentation(
         Cells per augmented type after augmentation; ``None`` is the median type size.
     min_cells : int, default=3
         Fewest cells a type needs to be generated.
+    options : tuple of str, default=("--types", "--target")
+        How the caller names ``cell_types`` and ``target``, for the error messages.
 
     Returns
     -------
@@ -99,6 +102,7 @@ def plan_augmentation(
     >>> plan_augmentation(y, cell_types=["alpha", "mast"], target=150)
     {'alpha': 150, 'mast': 150}
     """
+    types_option, target_option = options
     counts = Counter(np.asarray(y).tolist())
     if target is None:
         target = int(np.median(list(counts.values())))
@@ -112,8 +116,8 @@ def plan_augmentation(
             raise AugmentError(
                 f"No rare cell type to augment: no type has under {RARE_FRACTION:.0%} of the "
                 f"{len(y)} cells, at least {min_cells} cells and fewer than the target of "
-                f"{target}. Name the types to augment with --types (and the size to reach "
-                f"with --target). Types: {_listing(counts)}."
+                f"{target}. Name the types to augment with {types_option} (and the size to "
+                f"reach with {target_option}). Types: {_listing(counts)}."
             )
         return strategy
     by_text = {str(label): label for label in counts}
@@ -128,17 +132,17 @@ def plan_augmentation(
         raise AugmentError(
             "Too few cells to learn from: "
             + ", ".join(f"{t!r} has {n}" for t, n in too_small.items())
-            + f"; a type needs at least {min_cells} cells. Leave it out of --types, or merge "
-            "it with a related type in the labels first."
+            + f"; a type needs at least {min_cells} cells. Leave it out of {types_option}, or "
+            "merge it with a related type in the labels first."
         )
     full = {t: counts[by_text[t]] for t in requested if counts[by_text[t]] >= target}
     if full:
         raise AugmentError(
             "Nothing to add: "
             + ", ".join(f"{t!r} already has {n} cells" for t, n in full.items())
-            + f", at least the target of {target}. Raise --target or leave "
+            + f", at least the target of {target}. Raise {target_option} or leave "
             + ("it" if len(full) == 1 else "them")
-            + " out of --types."
+            + f" out of {types_option}."
         )
     return {by_text[t]: target for t in requested}
 
@@ -261,7 +265,7 @@ def _check_result_writable(
         "labels_key": labels_key,
         "matrix": "X" if layer is None else f"layers/{layer}",
         "cell_types": anndata_io.type_table(
-            {label: {"cells": 1, "n_synthetic": 1, "guidance_scale": 1.0} for label in labels}
+            {label: {"cells": 1, "n_synthetic": 1} for label in labels}
         ),
         "generator_source": "trained",
         "generator_id": "0",
@@ -278,6 +282,125 @@ def _check_result_writable(
             "was trained. Check the input's obs, var and uns for entries an .h5ad file cannot "
             "hold."
         ) from err
+
+
+def augment(
+    adata: Any,
+    labels_key: str = "cell_type",
+    *,
+    cell_types: Iterable[str] | None = None,
+    target: int | None = None,
+    layer: str | None = None,
+    key_added: str = "is_synthetic",
+    normalize_x: bool | None = None,
+    random_state: int | None = 0,
+    verbose: bool = False,
+    **sampler_params: Any,
+) -> Any:
+    """Add synthetic cells of the rare (or the named) cell types to an AnnData.
+
+    The function-style entry point for the AnnData you hold, with the defaults of
+    ``scld-aug augment``: the types with under 2% of the cells (and at least
+    ``min_class_size``) are raised to the median type size. It returns a new AnnData (rows
+    are added, so it cannot work in place); ``adata`` is not modified.
+
+    Synthetic cells are for training classifiers. Do not use the result for differential
+    expression, marker genes, cell-type composition or trajectories: statistics over
+    synthetic cells describe the model, not the biology.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Cells x genes, raw counts in ``X`` or in ``layer``.
+    labels_key : str, default="cell_type"
+        Column of ``obs`` with the cell types.
+    cell_types : iterable of str or None, default=None
+        Types to augment; ``None`` picks the rare ones (:func:`plan_augmentation`).
+    target : int or None, default=None
+        Cells per augmented type afterwards; ``None`` is the median type size.
+    layer : str or None, default=None
+        Layer with the expression to model (e.g. ``"counts"``); ``None`` uses ``X``.
+    key_added : str, default="is_synthetic"
+        Boolean column of ``obs`` marking the synthetic cells (must be new).
+    normalize_x : bool or None, default=None
+        With ``layer``: fill ``X`` with the log-normalized augmented layer (``log1p`` of
+        counts per 10,000), so that ``sc.pp.pca`` runs on the result as it is. ``None``
+        does so whenever ``layer`` is given.
+    random_state : int or None, default=0
+        Seed for training and sampling.
+    verbose : bool, default=False
+        Progress bars.
+    **sampler_params
+        Other :class:`~scld_aug.SCLDSampler` parameters (``guidance_scale``, ``device``,
+        ``diffusion_steps``...), but not ``sampling_strategy``: the types and sizes are
+        ``cell_types`` and ``target`` here.
+
+    Returns
+    -------
+    adata_res : anndata.AnnData
+        The original cells, then the synthetic ones, marked by ``obs[key_added]``. What
+        is kept and what is left out is that of
+        :meth:`~scld_aug.SCLDSampler.fit_resample_anndata`: ``var`` and ``uns`` are kept,
+        with ``uns["scld_aug"]`` recording the augmentation; the augmented matrix is where
+        it was (``X`` or ``layers[layer]``); other layers, ``.raw``, ``obsm``, ``obsp`` and
+        the ``uns`` results of the real cells (PCA, neighbours, UMAP) have no rows for the
+        synthetic cells and are left out, with a warning naming the layers and ``.raw``.
+        Synthetic cells' ``obs`` columns hold the value every real cell of their type
+        shares (e.g. a coarser annotation), missing values where the type's cells differ
+        (e.g. batch or donor).
+
+    Raises
+    ------
+    AugmentError
+        For unknown types, types too small or already at the target, or no rare type.
+    ValueError
+        For a ``key_added`` that is already a column, or ``sampling_strategy`` among the
+        sampler parameters. Every error comes before training.
+
+    Examples
+    --------
+    >>> import anndata, numpy as np, pandas as pd
+    >>> import scld_aug
+    >>> counts = np.random.default_rng(0).poisson(2.0, size=(405, 30)).astype(np.float32)
+    >>> obs = pd.DataFrame({"cell_type": ["a"] * 250 + ["b"] * 150 + ["rare"] * 5},
+    ...                    index=[f"cell-{i}" for i in range(405)])
+    >>> adata = anndata.AnnData(X=None, obs=obs, layers={"counts": counts})
+    >>> out = scld_aug.augment(adata, "cell_type", layer="counts", autoencoder_steps=20,
+    ...                        diffusion_steps=20, classifier_steps=10, n_sampling_steps=5)
+    >>> out.obs["cell_type"].value_counts()["rare"], int(out.obs["is_synthetic"].sum())
+    (np.int64(150), 145)
+    >>> out.X is not None  # log-normalized from the layer, ready for sc.pp.pca
+    True
+    """
+    import warnings
+
+    from scld_aug import SCLDSampler
+
+    if "sampling_strategy" in sampler_params:
+        raise ValueError(
+            "augment() chooses the types to augment with cell_types= and their size with "
+            "target=; for imbalanced-learn's sampling_strategy use "
+            "SCLDSampler(sampling_strategy=...).fit_resample_anndata(adata)."
+        )
+    sampler = SCLDSampler(random_state=random_state, verbose=verbose, **sampler_params)
+    sampler._validate_params()  # bad parameters fail before anything else
+    y = anndata_io.labels(adata.obs, labels_key)
+    min_cells = sampler.min_class_size
+    strategy = plan_augmentation(y, cell_types, target, min_cells, ("cell_types", "target"))
+    if normalize_x is None:
+        normalize_x = layer is not None
+    dropped = [name for name in adata.layers if name != layer]
+    if dropped:
+        warnings.warn(
+            f"Layers {dropped} are not carried over to the result: they have no rows for the "
+            "synthetic cells. Keep them from the input for the real cells where you need them.",
+            UserWarning,
+            stacklevel=2,
+        )
+    sampler.set_params(sampling_strategy=strategy)
+    return sampler.fit_resample_anndata(
+        adata, labels_key=labels_key, layer=layer, normalize_x=normalize_x, key_added=key_added
+    )
 
 
 def augment_h5ad(

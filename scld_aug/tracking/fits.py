@@ -311,15 +311,6 @@ def _log_fit_steps(run, step, sampler, X, y, X_res, y_res, log_model, fit_second
         if X_res is not None and y_res is not None and step("writing the class counts"):
             y_res = np.asarray(y_res).ravel()
             table = _class_table(y, y_res)
-            # The scale, noise and interpolation each class was drawn with (per class under
-            # "auto").
-            for column, fitted in (
-                ("guidance_scale", "guidance_scales_"),
-                ("latent_noise", "latent_noises_"),
-                ("latent_interpolation", "latent_interpolations_"),
-            ):
-                values = {str(k): v for k, v in getattr(sampler, fitted, {}).items()}
-                table[column] = table.index.map(values)
             table.to_csv(tmp / "class_counts.csv")
             run.log_artifact(tmp / "class_counts.csv")
             final["n_synthetic"] = int(table["synthetic"].sum())
