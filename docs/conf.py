@@ -83,6 +83,8 @@ numpydoc_use_plots = False
 ALIASES = {
     "scld_aug.sampler.SCLDSampler": "scld_aug.SCLDSampler",
     "scld_aug.generator.SCLDGenerator": "scld_aug.SCLDGenerator",
+    # The other way round: the front door is documented with the module that defines it.
+    "scld_aug.augment": "scld_aug.apps.augment.augment",
 }
 
 
