@@ -17,9 +17,10 @@ __all__ = ["console"]
 
 
 @contextlib.contextmanager
-def console(quiet: bool = False) -> Iterator[None]:
+def console(quiet: bool = False, verbose: bool = False) -> Iterator[None]:
     """Print the ``scld_aug`` logger's INFO messages to stdout while the block runs
-    (nothing when ``quiet``); the logger's handlers and level are restored afterwards.
+    (nothing when ``quiet``; DEBUG messages too when ``verbose``, such as the training
+    losses along the way); the logger's handlers and level are restored afterwards.
 
     Examples
     --------
@@ -35,7 +36,7 @@ def console(quiet: bool = False) -> Iterator[None]:
     level = logger.level
     if not quiet:
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     try:
         yield
     finally:

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 Callback = Callable[[str, int, float], None]
 LOSS_READ_EVERY = 50
+# Steps between the losses reported at DEBUG level (``scld-aug ... --verbose``).
+LOSS_LOG_EVERY = 500
 # Latent codes kept per class for anchored generation: enough to cover a type's variety,
 # bounded so that atlas-sized training sets do not bloat the saved generator.
 MAX_ANCHORS = 4096
@@ -105,6 +107,8 @@ def _loop(
         losses.extend(values)
         pending.clear()
         bar.set_postfix(loss=f"{values[-1]:.4g}", refresh=False)
+        if len(losses) % LOSS_LOG_EVERY == 0:
+            logger.debug(f"    {name} step {len(losses)}/{steps}: loss {values[-1]:.4g}")
 
     bar = tqdm(range(steps), desc=f"train {name}", disable=not verbose, leave=False)
     for _ in bar:

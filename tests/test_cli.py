@@ -334,7 +334,7 @@ def test_tune_runs_a_study_tracks_it_and_saves_the_tuned_sampler(tmp_path, capsy
     _write_input(source)
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     argv = ["tune", str(source), "--n-trials", "2", "--cv", "2", *FAST]
-    argv += ["--tracking", uri, "--save-sampler", str(saved), "--plots-dir", str(tmp_path)]
+    argv += ["--tracking", uri, "--save-sampler", str(saved), "--output-dir", str(tmp_path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "Best f1_macro: " in out and "(defaults: " in out
@@ -361,7 +361,7 @@ BENCH += ["--methods", "none", "SMOTE", "SCLD", "--seeds", "2", "--types", "type
 def test_benchmark_runs_the_protocols_on_a_users_file_and_keeps_its_results(tmp_path, capsys):
     source, out = tmp_path / "in.h5ad", tmp_path / "bench"
     _write_input(source, counts_layer=True)
-    argv = ["benchmark", str(source), "--layer", "counts", "--output", str(out), *BENCH, *FAST]
+    argv = ["benchmark", str(source), "--layer", "counts", "--output-dir", str(out), *BENCH, *FAST]
     assert main(argv) == 0
     assert f"Report: {out / 'report.md'}" in capsys.readouterr().out
     rows = pd.read_csv(out / "results_downstream.csv")
@@ -379,8 +379,10 @@ def test_benchmark_runs_the_protocols_on_a_users_file_and_keeps_its_results(tmp_
     assert (out / "results_downstream.csv").read_bytes() == saved
     # ...and the report can be rebuilt from them without running anything.
     (out / "report.md").unlink()
+    # (--output, the option's former name, still works and says what it is called now.)
     assert main(["benchmark", str(source), "--output", str(out), "--report-only"]) == 0
     assert (out / "report.md").read_text() == report
+    assert "--output is now --output-dir" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -419,7 +421,7 @@ def test_benchmark_input_errors_come_before_any_run(tmp_path, capsys, extra, sta
     _write_input(source, counts_layer=True)
     in_x = not extra or extra[0] in ("--layer", "--likelihood")  # X is log-normalized
     layer = [] if in_x else ["--layer", "counts"]
-    assert main(["benchmark", str(source), "--output", str(out), *layer, *extra]) == status
+    assert main(["benchmark", str(source), "--output-dir", str(out), *layer, *extra]) == status
     err = capsys.readouterr().err
     assert err.startswith("scld-aug benchmark: error: ") and expected in err, err
     assert not out.exists()
@@ -432,7 +434,7 @@ def test_benchmark_says_which_extras_to_install_before_running(tmp_path, capsys,
     monkeypatch.setattr(run, "_installed", lambda module: module not in {"tabulate", "scvi"})
     source = tmp_path / "in.h5ad"
     _write_input(source, counts_layer=True)
-    argv = ["benchmark", str(source), "--layer", "counts", "--output", str(tmp_path / "b")]
+    argv = ["benchmark", str(source), "--layer", "counts", "--output-dir", str(tmp_path / "b")]
     assert main([*argv, "--methods", "none", "scVI"]) == 1
     err = capsys.readouterr().err
     assert "needs tabulate, scvi-tools: pip install 'scld-aug[benchmark]' and " in err, err
@@ -453,6 +455,28 @@ def test_interrupted_benchmark_says_nothing_was_written(tmp_path, capsys, monkey
     monkeypatch.setattr(protocols, "natural_imbalance", interrupt)
     source = tmp_path / "in.h5ad"
     _write_input(source, counts_layer=True)
-    argv = ["benchmark", str(source), "--layer", "counts", "--output", str(tmp_path / "b")]
+    argv = ["benchmark", str(source), "--layer", "counts", "--output-dir", str(tmp_path / "b")]
     assert main([*argv, "--protocols", "natural"]) == 130
     assert "interrupted; no output was written" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["demo", "augment", "train", "tune", "benchmark"])
+def test_every_command_takes_quiet_and_verbose_but_not_both(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert "-q, --quiet" in text and "-v, --verbose" in text
+    argv = [command] + ([] if command == "demo" else ["in.h5ad"])
+    argv += [] if command in ("demo", "tune", "benchmark") else ["out.h5ad"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "-q", "-v"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_verbose_shows_the_training_losses_along_the_way(tmp_path, capsys):
+    source, output = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    _write_input(source)
+    argv = ["augment", str(source), str(output), *FAST, "--autoencoder-steps", "500", "-v"]
+    assert main(argv) == 0
+    assert "autoencoder step 500/500: loss" in capsys.readouterr().out

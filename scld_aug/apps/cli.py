@@ -176,9 +176,32 @@ def _add_run_options(
         "library sizes); use before sharing it",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument(
-        "--quiet", action="store_true", help="no progress bars or tables, only errors"
+    _add_verbosity(parser)
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """``-q/--quiet`` and ``-v/--verbose``, the same on every command."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars or tables, only errors"
     )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also the training losses along the way (the scld_aug logger's DEBUG messages)",
+    )
+
+
+def _add_renamed(parser: argparse.ArgumentParser, old: str, new: str, dest: str) -> None:
+    """``old`` kept as a hidden alias of the option ``new`` (a warning names the new one)."""
+
+    class Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"scld-aug: {old} is now {new}", file=sys.stderr)
+            setattr(namespace, dest, values)
+
+    parser.add_argument(old, dest=dest, action=Renamed, help=argparse.SUPPRESS)
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -301,7 +324,7 @@ TUNE_EPILOG = """\
 examples:
   scld-aug tune pancreas.h5ad --labels-key cell_type --layer counts --n-trials 20
   scld-aug tune in.h5ad --n-trials 40 --storage sqlite:///study.db --study-name pancreas \\
-      --tracking --plots-dir tuning --save-sampler tuned.scld
+      --tracking --output-dir tuning --save-sampler tuned.scld
 
 Each cross-validation fold trains one generator; trials only resample from it, so 20
 trials cost about as much as one. A trial over-samples the rare types (or --types, to
@@ -337,7 +360,10 @@ def _add_tune_parser(sub, with_params: bool) -> None:
     tune.add_argument("--storage", help="Optuna storage, e.g. sqlite:///study.db")
     tune.add_argument("--study-name", help="study name (needed to share a study)")
     _add_tracking_option(tune, "the study")
-    tune.add_argument("--plots-dir", help="save the study's plots and trials.csv there")
+    tune.add_argument(
+        "--output-dir", dest="plots_dir", help="save the study's plots and trials.csv there"
+    )
+    _add_renamed(tune, "--plots-dir", "--output-dir", dest="plots_dir")
     tune.add_argument(
         "--save-sampler", metavar="PATH", help="refit the best sampler on all cells, save it"
     )
@@ -444,8 +470,8 @@ examples:
   scld-aug benchmark pancreas.h5ad --labels-key cell_type --layer counts
   scld-aug benchmark in.h5ad --protocols downsample --k 10 --types "CD14 Monocyte" B \\
       --classifiers logreg knn --seeds 5 --tracking
-  scld-aug benchmark in.h5ad --methods none SMOTE SCLD "SCLD w=4" scVI --output bench
-  scld-aug benchmark in.h5ad --methods "SCLD w=3" --keep-other-methods --output bench
+  scld-aug benchmark in.h5ad --methods none SMOTE SCLD "SCLD w=4" scVI --output-dir bench
+  scld-aug benchmark in.h5ad --methods "SCLD w=3" --keep-other-methods --output-dir bench
 
 Protocols (stratified 70/30 splits, one per seed; augmentation on the training part only,
 classifiers scored on untouched real test cells):
@@ -455,9 +481,9 @@ classifiers scored on untouched real test cells):
   fidelity    synthetic vs held-out real cells per type: MMD, two-sample AUC, gene
               statistics, novelty (memorization ratio) and conditional fidelity
 
-Writes OUTPUT/: results_downstream.csv and results_fidelity.csv (every number),
+Writes OUTPUT_DIR/: results_downstream.csv and results_fidelity.csv (every number),
 meta.json, report.md (mean +- sd over seeds) and plots. Trained generators are cached in
-OUTPUT/.generator_cache, so SCLD variants and reruns share them. The whole benchmark on
+OUTPUT_DIR/.generator_cache, so SCLD variants and reruns share them. The whole benchmark on
 2,000 cells takes about an hour on 2 CPU cores; --quick is a smoke test.
 """
 
@@ -474,7 +500,10 @@ def _add_benchmark_parser(sub, with_params: bool) -> None:
     )
     bench.add_argument("input", help="input .h5ad file with raw counts (in X or --layer)")
     _add_data_options(bench)
-    bench.add_argument("--output", help="results folder (default: <input name>_benchmark)")
+    bench.add_argument(
+        "--output-dir", dest="output", help="results folder (default: <input name>_benchmark)"
+    )
+    _add_renamed(bench, "--output", "--output-dir", dest="output")
     bench.add_argument("--name", help="dataset name in the report (default: input file name)")
     bench.add_argument(
         "--protocols",
@@ -512,7 +541,7 @@ def _add_benchmark_parser(sub, with_params: bool) -> None:
         "downsampled type (default: 10 25)",
     )  # fmt: skip
     bench.add_argument("--types", nargs="+", metavar="TYPE", help="types to downsample")
-    bench.add_argument("--cache", help="generator cache (default: OUTPUT/.generator_cache)")
+    bench.add_argument("--cache", help="generator cache (default: OUTPUT_DIR/.generator_cache)")
     bench.add_argument(
         "--scvi-epochs", type=_positive_int, help="scVI epochs (default: scvi-tools' heuristic)"
     )
@@ -525,15 +554,15 @@ def _add_benchmark_parser(sub, with_params: bool) -> None:
     bench.add_argument(
         "--report-only",
         action="store_true",
-        help="rebuild report.md and the plots from OUTPUT's saved results (runs nothing)",
+        help="rebuild report.md and the plots from OUTPUT_DIR's saved results (runs nothing)",
     )
     bench.add_argument(
         "--quick", action="store_true", help="tiny SCLD model and 2 seeds: a smoke test"
     )
     if with_params:
         _add_param_options(bench, "augment")
-    bench.add_argument("--overwrite", action="store_true", help="replace results in OUTPUT")
-    bench.add_argument("--quiet", action="store_true", help="only errors")
+    bench.add_argument("--overwrite", action="store_true", help="replace results in OUTPUT_DIR")
+    _add_verbosity(bench)
 
 
 def _benchmark(args: argparse.Namespace) -> int:
@@ -707,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--overwrite", action="store_true", help="replace the files of an earlier run there"
     )
+    _add_verbosity(demo)
     # The parameter options import scikit-learn: only the command being run gets them, so
     # that --version and the overview --help answer at once. The first word that is not an
     # option is the command (the top level has no options that take a value).
@@ -720,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     from scld_aug.logs import console
 
-    with console(quiet=getattr(args, "quiet", False)):
+    with console(quiet=args.quiet, verbose=args.verbose):
         if args.command == "demo":
             from scld_aug.apps.demo import run_demo
             from scld_aug.files import OutputPathError
@@ -732,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
                     seed=args.seed,
                     quick=args.quick,
                     overwrite=args.overwrite,
+                    progress=not args.quiet,
                 )
             except OutputPathError as err:
                 _error("demo", err)

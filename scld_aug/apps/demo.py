@@ -44,7 +44,7 @@ OUTPUT_FILES = (
 logger = logging.getLogger(__name__)
 
 
-def _samplers(seed: int, quick: bool) -> dict:
+def _samplers(seed: int, quick: bool, progress: bool = True) -> dict:
     from imblearn.over_sampling import SMOTE, RandomOverSampler
 
     from scld_aug import SCLDSampler
@@ -57,7 +57,7 @@ def _samplers(seed: int, quick: bool) -> dict:
         "SMOTE": SMOTE(sampling_strategy=rare_strategy, k_neighbors=2, random_state=seed),
         # verbose: a progress bar for each fold's training, the longest part of the demo.
         "SCLD": SCLDSampler(
-            sampling_strategy=rare_strategy, random_state=seed, verbose=True, **extra
+            sampling_strategy=rare_strategy, random_state=seed, verbose=progress, **extra
         ),
     }
 
@@ -107,10 +107,12 @@ def cross_validated_predictions(
     return predicted.astype(str)
 
 
-def cross_validated_by_method(X, y, n_folds: int, seed: int, quick: bool) -> dict:
+def cross_validated_by_method(
+    X, y, n_folds: int, seed: int, quick: bool, progress: bool = True
+) -> dict:
     """Pooled out-of-fold predictions of each method's pipeline, on the same folds."""
     predictions = {}
-    for name, sampler in _samplers(seed, quick).items():
+    for name, sampler in _samplers(seed, quick, progress).items():
         start = time.perf_counter()
         predictions[name] = cross_validated_predictions(
             lambda sampler=sampler: _pipeline(sampler), X, y, n_folds, seed
@@ -219,9 +221,11 @@ def run_demo(
     seed: int = 0,
     quick: bool = False,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> dict:
     """Run the main job and return its tables (also written to ``output_dir``, and reported
-    to the ``scld_aug`` logger at INFO level, which ``scld-aug demo`` prints).
+    to the ``scld_aug`` logger at INFO level, which ``scld-aug demo`` prints), with progress
+    bars for the trainings unless ``progress=False``.
 
     The files of an earlier run in ``output_dir`` are replaced only with ``overwrite``
     (checked before any work).
@@ -242,7 +246,10 @@ def run_demo(
 
     logger.info("\n[1/2] Training SCLD on all cells and over-sampling the rare types")
     sampler = SCLDSampler(
-        sampling_strategy=rare_strategy, random_state=seed, verbose=True, **(QUICK if quick else {})
+        sampling_strategy=rare_strategy,
+        random_state=seed,
+        verbose=progress,
+        **(QUICK if quick else {}),
     )
     start = time.perf_counter()
     augmented = sampler.fit_resample_anndata(adata, labels_key="cell_type")
@@ -274,7 +281,7 @@ def run_demo(
     )
     from sklearn.metrics import f1_score
 
-    predictions = cross_validated_by_method(adata.X, y, n_folds, seed, quick)
+    predictions = cross_validated_by_method(adata.X, y, n_folds, seed, quick, progress)
     classes = np.unique(y)
     f1 = pd.DataFrame(
         {
