@@ -81,3 +81,51 @@ def test_the_developer_guide_says_what_every_module_owns():
         f"missing from the table: {sorted(modules - listed)}; "
         f"in the table but not in scld_aug: {sorted(listed - modules - {'recipes/', 'evaluation/'})}"
     )
+
+
+#: How pages quote a parameter's default: "`name` (default 2)" or "`name=2` (the default)".
+QUOTED_DEFAULT = re.compile(
+    r"`([a-z_]+)` \(default:? `?([^`);:]+?)`?(?:[);:]|, )|`([a-z_]+)=([^`]+)` \(the default\)"
+)
+#: Words pages use for a default of None.
+NONE_WORDS = {"none", "off"}
+
+
+def _same_default(quoted: str, default) -> bool:
+    text = quoted.strip().strip("\"'").replace(",", "")
+    if default is None:
+        return text.lower() in NONE_WORDS
+    if isinstance(default, bool):
+        return text.lower() == str(default).lower()
+    if isinstance(default, (int, float)):
+        try:
+            return float(text) == float(default)
+        except ValueError:
+            return False
+    return text == str(default)
+
+
+def test_defaults_quoted_in_user_pages_are_the_parameters_defaults():
+    wrong = []
+    for page in _user_pages():
+        for match in QUOTED_DEFAULT.finditer(page.read_text()):
+            name = match.group(1) or match.group(3)
+            quoted = match.group(2) or match.group(4)
+            if name in params.BY_NAME and not _same_default(quoted, params.BY_NAME[name].default):
+                wrong.append(
+                    f"{page.relative_to(ROOT)}: `{name}` quoted as {quoted!r}, "
+                    f"default {params.BY_NAME[name].default!r}"
+                )
+    assert not wrong, "; ".join(wrong)
+
+
+def test_a_quoted_default_that_differs_is_caught():
+    assert _same_default("2,000", 2000) and _same_default("off", None)
+    assert not _same_default("4", 2.0) and not _same_default("auto", 0.0)
+    found = QUOTED_DEFAULT.findall(
+        "`guidance_scale` (default 4) and `anchor_strength=1` (the default)"
+    )
+    assert [(m[0] or m[2], m[1] or m[3]) for m in found] == [
+        ("guidance_scale", "4"),
+        ("anchor_strength", "1"),
+    ]
