@@ -110,13 +110,19 @@ def test_augmented_anndata_with_bool_and_int_obs_columns_can_be_written(
 ):
     X, y = data
     obs = pd.DataFrame(
-        {"cell_type": y, "doublet": np.zeros(len(y), bool), "n_genes": np.arange(len(y))},
+        {
+            "cell_type": y,
+            "doublet": np.arange(len(y)) % 2 == 0,  # differs within every type
+            "qc": np.ones(len(y), bool),  # shared by every cell of a type
+            "n_genes": np.arange(len(y)),
+        },
         index=[f"c{i}" for i in range(len(y))],
     )
     adata = anndata.AnnData(X=sp.csr_matrix(X), obs=obs)
     out = SCLDSampler(random_state=0, **tiny_params).fit_resample_anndata(adata)
     assert out.obs["doublet"].dtype == "boolean" and out.obs["n_genes"].dtype == "Int64"
     assert out.obs["doublet"].iloc[len(y) :].isna().all()
+    assert out.obs["qc"].iloc[len(y) :].all() and out.obs["n_genes"].iloc[len(y) :].isna().all()
     assert (out.obs["n_genes"].iloc[: len(y)].to_numpy() == np.arange(len(y))).all()
     out.write_h5ad(tmp_path / "out.h5ad")
     back = anndata.read_h5ad(tmp_path / "out.h5ad")
