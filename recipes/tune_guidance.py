@@ -5,7 +5,8 @@ What it does
     into a training part (75%) and a held-out test part (25%), stratified by type.
 
     1. On the training part, :func:`scld_aug.tuning.tune_guidance` runs an Optuna study
-       over the pre-guidance scale, the post-guidance scale and the filter threshold. Each
+       over the pre-guidance scale and reference, the post-guidance scale and the filter
+       threshold. Each
        trial raises the rare types to the median type size inside 3-fold cross-validation
        and scores macro-F1 of a log-normalized logistic regression on the real held-out
        cells of each fold. The generator of each fold is trained once; trials only
@@ -96,8 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     print(
-        f"\n[1/2] Optuna study: {n_trials} trials over guidance_scale, post_guidance_scale, "
-        "filter_threshold; macro-F1 of logistic regression"
+        f"\n[1/2] Optuna study: {n_trials} trials over guidance_scale, guidance_reference, "
+        "post_guidance_scale, filter_threshold; macro-F1 of logistic regression"
     )
     start = time.perf_counter()
     result = tune_guidance(
