@@ -580,6 +580,18 @@ TRAINING_PARAMS = names("training")
 SAMPLING_PARAMS = names("sampling")
 
 
+#: The parameters most users set, listed first in the sampler's docstring.
+FIRST = ("sampling_strategy", "random_state", "guidance_scale", "device", "n_jobs", "memory")
+#: Groups of the sampler's docstring, in order: the parameters most users set, then how cells
+#: are drawn (never retrains), how the generator is trained, and how fitting runs.
+DOC_GROUPS = {
+    "set first": FIRST,
+    "sampling": tuple(n for n in SAMPLING_PARAMS if n not in FIRST),
+    "training": tuple(n for n in TRAINING_PARAMS if n not in FIRST),
+    "fitting": tuple(n for n in names("fit") if n not in FIRST),
+}
+
+
 def parameter_constraints() -> dict[str, list]:
     """``_parameter_constraints`` of the sampler."""
     return {name: BY_NAME[name].constraints for name in SAMPLER_PARAMS}

@@ -45,6 +45,8 @@ class SCLDSampler(BaseOverSampler):
 
     {reuse}
 
+    {groups}
+
     Parameters
     ----------
     {parameters}
@@ -795,6 +797,20 @@ _REUSE = (
     + ", ".join(f"``{name}``" for name in params.SAMPLING_PARAMS)
     + ") may change cheaply. ``memory`` extends this reuse across clones and processes."
 )
-SCLDSampler.__doc__ = SCLDSampler.__doc__.replace(
-    "{reuse}", textwrap.fill(_REUSE, width=84, subsequent_indent="    ")
-).replace("{parameters}", params.docstring())
+_GROUPS = (
+    "The parameters below come in this order: those most users set ("
+    + ", ".join(f"``{name}``" for name in params.DOC_GROUPS["set first"])
+    + "); then how cells are drawn (sampling-time); then how the generator is trained; "
+    "then how fitting runs (a pretrained generator, the smallest class to generate, "
+    "progress)."
+)
+SCLDSampler.__doc__ = (
+    SCLDSampler.__doc__.replace(
+        "{reuse}", textwrap.fill(_REUSE, width=84, subsequent_indent="    ")
+    )
+    .replace("{groups}", textwrap.fill(_GROUPS, width=84, subsequent_indent="    "))
+    .replace(
+        "{parameters}",
+        params.docstring(tuple(n for group in params.DOC_GROUPS.values() for n in group)),
+    )
+)

@@ -63,3 +63,12 @@ def test_tuning_searches_exactly_the_sampling_parameters():
     space = default_search_space()
     assert list(space) == [p.name for p in params.PARAMS if p.search is not None]
     assert set(space) <= set(params.SAMPLING_PARAMS)
+
+
+def test_docstring_lists_the_parameters_most_users_set_first_then_by_kind():
+    doc = SCLDSampler.__doc__.split("Parameters\n")[1].split("Attributes")[0]
+    listed = [line.split(" : ")[0].strip() for line in doc.splitlines() if " : " in line[:40]]
+    assert listed[: len(params.FIRST)] == list(params.FIRST)
+    assert sorted(listed) == sorted(params.SAMPLER_PARAMS)
+    kinds = [params.BY_NAME[n].kind for n in listed[len(params.FIRST) :]]
+    assert kinds == sorted(kinds, key=["sampling", "training", "fit"].index)
