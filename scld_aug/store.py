@@ -42,7 +42,21 @@ def training_key(matrix, labels: np.ndarray, config, random_state: Any) -> str:
     ``matrix``), the labels with their types, the training configuration, the seed and
     ``TRAINING_VERSION``."""
     seed = int(random_state) if is_seeded(random_state) else type(random_state).__name__
-    return data_layer.fingerprint(matrix, labels, TRAINING_VERSION, asdict(config), seed)
+    return data_layer.fingerprint(matrix, labels, TRAINING_VERSION, _canonical(config), seed)
+
+
+def _canonical(config) -> dict:
+    """The config's values as the key sees them: a whole number given for a float
+    parameter (``kl_weight=1``) is that float (``1.0``), since it trains the same
+    generator."""
+    from scld_aug.params import BY_NAME
+
+    values = asdict(config)
+    for name, value in values.items():
+        floating = name in BY_NAME and BY_NAME[name].py_type.startswith("float")
+        if floating and isinstance(value, Integral) and not isinstance(value, bool):
+            values[name] = float(value)
+    return values
 
 
 class GeneratorCache:

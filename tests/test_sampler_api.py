@@ -322,3 +322,19 @@ def test_anchored_generation_needs_stored_anchors(data, tiny_params):
     sampler.generator_.anchors = None  # as in a file saved without them
     with pytest.raises(ValueError, match="without the latent codes"):
         sampler.generate(5, "type2")
+
+
+def test_a_whole_number_for_a_float_parameter_is_the_same_cached_generator(data, tiny_params):
+    from scld_aug import store
+    from scld_aug.data import as_csr
+    from scld_aug.params import TRAINING_PARAMS, TrainingConfig
+
+    X, y = data
+    matrix = as_csr(X)
+    training = {k: v for k, v in tiny_params.items() if k in TRAINING_PARAMS}
+    config = TrainingConfig(**{**training, "likelihood": "nb"})
+    whole = TrainingConfig(**{**training, "likelihood": "nb", "kl_weight": 1})
+    as_float = TrainingConfig(**{**training, "likelihood": "nb", "kl_weight": 1.0})
+    key = store.training_key(matrix, y, whole, 0)
+    assert key == store.training_key(matrix, y, as_float, 0)
+    assert key != store.training_key(matrix, y, config, 0)
