@@ -574,6 +574,11 @@ def option_scores(results: pd.DataFrame, options: dict[str, str]) -> pd.DataFram
     ]
     if scores.empty:
         return pd.DataFrame()
+    # Paired: only the splits every option was run on (a variant may cover fewer seeds).
+    split = [c for c in ("dataset", "protocol", "seed") if c in scores]
+    ran = scores.groupby(split)["method"].nunique()
+    complete = ran[ran == scores["method"].nunique()].index
+    scores = scores.set_index(split).loc[lambda t: t.index.isin(complete)].reset_index()
     by_option = scores.groupby(["dataset", "method"])["value"].mean().unstack()
     draw_means = scores.groupby(["dataset", "method", "draw"])["value"].mean()
     noise = draw_means.groupby(["dataset", "method"]).std().unstack().max(axis=1)

@@ -541,3 +541,17 @@ def test_panel_acceptance_names_every_row_that_misses_a_bar():
     assert lines[3].endswith("**missed** on b natural logreg")
     assert lines[4].endswith("**missed** on b natural logreg")
     assert panel.acceptance(summary[summary["dataset"] == "a"]).count("**missed**") == 1
+
+
+def test_panel_options_are_compared_on_the_splits_both_ran_on():
+    from evaluation import panel
+
+    rows = [
+        {"dataset": "a", "protocol": "natural", "seed": seed, "method": method,
+         "metric": "rare_macro_f1", "classifier": "logreg", "draw": 0, "value": value}
+        for seed in range(5)
+        for method, value in (("SCLD", 0.5 + 0.1 * seed), ("SCLD kl_weight=1", 0.6 + 0.1 * seed))
+        if method == "SCLD" or seed < 2  # the variant ran on seeds 0 and 1 only
+    ]  # fmt: skip
+    table = panel.option_scores(pd.DataFrame(rows), panel.MECHANISMS["kl_weight"])
+    assert table.loc["a", "0"] == pytest.approx(0.55) and table.loc["a", "1"] == pytest.approx(0.65)
