@@ -351,11 +351,14 @@ def _synthetic_obs(obs: pd.DataFrame, index: pd.Index, labels_key: str, labels) 
         if column == labels_key:
             continue
         values = pd.Series(index=index, dtype=_nullable(obs[column].dtype))
+        # One pass over the real cells per column: each type's value where it has one.
         per_type = obs[column].groupby(real, observed=True, dropna=False)
         shared = per_type.nunique(dropna=False) == 1
-        for label in np.unique(labels.astype(object)) if len(labels) else []:
-            if shared.get(label, False):
-                values[labels == label] = obs[column][real == label].iloc[0]
+        value_of = per_type.first()[shared]
+        mapped = pd.Series(labels.astype(object), index=index).map(value_of)
+        filled = mapped.notna().to_numpy()
+        if filled.any():
+            values[filled] = mapped[filled].to_numpy()
         columns[column] = values
     out = pd.DataFrame(columns, index=index)
     dtype = obs[labels_key].dtype
